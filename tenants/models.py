@@ -1,0 +1,179 @@
+"""Organisations (tenants), their members, API keys and limits.
+
+Every tenant-owned row carries a non-null organisation: tenancy fails closed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class Limits(models.Model):
+    """Limit fields shared by organisations and API keys. ``None`` means "no limit here".
+
+    A key's limits may only tighten its organisation's (``tenants.services``); the gateway
+    enforces both the key's and the organisation's, so the tighter one always wins.
+    """
+
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    monthly_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+    monthly_spend_budget = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="In the platform currency.",
+    )
+
+    LIMIT_FIELDS = (
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_concurrent_requests",
+        "monthly_token_budget",
+        "monthly_spend_budget",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Organization(Limits):
+    """A tenant: it owns members, API keys, usage and a bill."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=63, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Role(models.TextChoices):
+    """Roles in an organisation, most powerful first.
+
+    owner: everything, including owners; admin: members, keys, settings; member: read, and use
+    inference with keys of their own; viewer: read-only.
+    """
+
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    VIEWER = "viewer", "Viewer"
+
+
+class Membership(models.Model):
+    """A user's role in one organisation. A user can belong to several organisations."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "user"], name="uniq_membership")
+        ]
+        ordering = ["organization", "user"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Scope(models.TextChoices):
+    """What an API key may do."""
+
+    INFERENCE = "inference", "Inference (the OpenAI-compatible endpoints)"
+    MANAGEMENT_READ = "management:read", "Read the management API"
+    MANAGEMENT_WRITE = "management:write", "Write through the management API"
+
+
+class ApiKey(Limits):
+    """An API key of an organisation. The secret itself is never stored.
+
+    Stored: an HMAC-SHA256 of the whole key under a server-side pepper (``secret_hash``), the
+    random lookup part (``prefix``) and the last four characters, for display and look-up.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Revoked"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=200)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="created_api_keys",
+    )
+    prefix = models.CharField(max_length=32, unique=True)
+    last_four = models.CharField(max_length=4)
+    secret_hash = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model or alias names; empty means all the organisation may use."
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.OneToOneField(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replaces"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["organization", "-created_at"]
+        indexes = [models.Index(fields=["organization", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
+
+    @property
+    def display(self) -> str:
+        """What a person may see of the key: enough to recognise it, not to use it."""
+        from tenants.keys import KEY_PREFIX
+
+        return f"{KEY_PREFIX}{self.prefix}…{self.last_four}"
+
+    def status_at(self, moment: datetime) -> ApiKey.Status:
+        if self.revoked_at is not None and self.revoked_at <= moment:
+            return self.Status.REVOKED
+        if self.expires_at is not None and self.expires_at <= moment:
+            return self.Status.EXPIRED
+        return self.Status.ACTIVE
+
+    @property
+    def status(self) -> ApiKey.Status:
+        return self.status_at(timezone.now())
