@@ -143,7 +143,9 @@ class ApiKey(Limits):
     secret_hash = models.CharField(max_length=64, unique=True)
     scopes = models.JSONField(default=list)
     allowed_models = models.JSONField(
-        default=list, blank=True, help_text="Model or alias names; empty means all the organisation may use."
+        default=list,
+        blank=True,
+        help_text="Model or alias names; empty means all the organisation may use.",
     )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

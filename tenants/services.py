@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -29,7 +29,7 @@ MAX_ROTATION_GRACE = timedelta(days=7)
 
 @transaction.atomic
 def organization_create(
-    *, name: str, slug: str, owner: AbstractBaseUser | None = None, **limits: Any
+    *, name: str, slug: str, owner: User | None = None, **limits: Any
 ) -> Organization:
     """Create an organisation; ``owner`` (if given) becomes its first owner."""
     org = Organization(name=name, slug=slug)
@@ -101,7 +101,7 @@ def _ensure_an_owner_remains(membership: Membership) -> None:
 
 @transaction.atomic
 def membership_add(
-    *, organization: Organization, user: AbstractBaseUser, role: str, actor_role: str
+    *, organization: Organization, user: User, role: str, actor_role: str
 ) -> Membership:
     _check_role_change(actor_role=actor_role, old_role=None, new_role=role)
     if Membership.objects.filter(organization=organization, user=user).exists():
@@ -185,7 +185,7 @@ def api_key_create(
     *,
     organization: Organization,
     name: str,
-    created_by: AbstractBaseUser | None,
+    created_by: User | None,
     actor_role: str,
     scopes: list[str] | None = None,
     allowed_models: list[str] | None = None,

@@ -165,8 +165,7 @@ def publish_full(batch_size: int = 500) -> FullPublishResult:
     removed = 0
     for pattern in (key_record_name("*"), org_record_name("*")):
         stale = [
-            raw for raw in client.scan_iter(match=pattern, count=1000)
-            if raw.decode() not in live
+            raw for raw in client.scan_iter(match=pattern, count=1000) if raw.decode() not in live
         ]
         for start in range(0, len(stale), batch_size):
             removed += int(client.delete(*stale[start : start + batch_size]))
@@ -218,3 +217,8 @@ def publish_all_organizations_on_commit() -> None:
         )
 
     transaction.on_commit(publish)
+
+
+def publish_full_on_commit() -> None:
+    """After commit, rewrite the whole snapshot (rows were deleted, so stale records must go)."""
+    transaction.on_commit(lambda: _guarded("the full snapshot", publish_full))

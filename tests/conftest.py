@@ -22,6 +22,12 @@ def _redis_prefix(settings) -> None:  # type: ignore[no-untyped-def]
     settings.VLINDERS_REDIS_PREFIX = f"vltest:{os.getpid()}:{uuid.uuid4().hex[:8]}:"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:  # type: ignore[no-untyped-def]
+    """Real hashers are slow on purpose; the tests are not about password strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def redis_client(_redis_prefix) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
     """The real Redis at REDIS_URL; everything under the test's prefix is removed afterwards."""
@@ -41,18 +47,24 @@ def org(db):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def owner(org):  # type: ignore[no-untyped-def]
-    return MembershipFactory(organization=org, user=UserFactory(username="owner"), role=Role.OWNER).user
+    return MembershipFactory(
+        organization=org, user=UserFactory(username="owner"), role=Role.OWNER
+    ).user
 
 
 @pytest.fixture
 def viewer(org):  # type: ignore[no-untyped-def]
     """The read-only member."""
-    return MembershipFactory(organization=org, user=UserFactory(username="viewer"), role=Role.VIEWER).user
+    return MembershipFactory(
+        organization=org, user=UserFactory(username="viewer"), role=Role.VIEWER
+    ).user
 
 
 @pytest.fixture
 def member(org):  # type: ignore[no-untyped-def]
-    return MembershipFactory(organization=org, user=UserFactory(username="member"), role=Role.MEMBER).user
+    return MembershipFactory(
+        organization=org, user=UserFactory(username="member"), role=Role.MEMBER
+    ).user
 
 
 @pytest.fixture

@@ -19,5 +19,5 @@ def get_redis() -> redis.Redis:
 
 
 def redis_key(*parts: str) -> str:
-    """Build a Redis key under the platform prefix: ``redis_key("access", "v1")`` -> ``vl:access:v1``."""
+    """A Redis key under the platform prefix: ``redis_key("access", "v1")`` is ``vl:access:v1``."""
     return settings.VLINDERS_REDIS_PREFIX + ":".join(parts)

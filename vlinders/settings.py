@@ -12,6 +12,9 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
+
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VLINDERS_VAR_DIR", BASE_DIR / "var"))
@@ -186,6 +189,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "OrganizationStatusEnum": "tenants.models.Organization.Status",
+        "ApiKeyStatusEnum": "tenants.models.ApiKey.Status",
+        "CatalogModelStatusEnum": "inference.models.CatalogModel.Status",
+    },
 }
 
 # Request bodies of the management API are small; refuse large ones early.

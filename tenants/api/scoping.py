@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from rest_framework import exceptions, permissions, viewsets
 from rest_framework.request import Request
@@ -26,14 +26,28 @@ from tenants.models import Organization, Role
 from tenants.roles import MANAGE, READ, role_at_least, role_of_key_scopes
 
 
-def actor_role(request: Request, organization: Organization) -> Role | None:
-    """The role the request acts with in ``organization``, or ``None`` for none at all."""
+def actor_role(request: Request, organization: Organization) -> Role:
+    """The role the request acts with in ``organization``.
+
+    Raises 404 when it has none (not a member; a key of another organisation) and 403 for an API
+    key of this organisation that has no management scope.
+    """
     user = request.user
     if isinstance(user, ApiKeyPrincipal):
         if user.api_key.organization_id != organization.pk:
-            return None
-        return role_of_key_scopes(user.api_key.scopes)
-    return selectors.membership_role(user=user, organization=organization)
+            raise exceptions.NotFound()
+        return _key_role(user)
+    role = selectors.membership_role(user=user, organization=organization)
+    if role is None:
+        raise exceptions.NotFound()
+    return role
+
+
+def _key_role(principal: ApiKeyPrincipal) -> Role:
+    role = role_of_key_scopes(principal.api_key.scopes)
+    if role is None:
+        raise exceptions.PermissionDenied("This API key has no management scope.")
+    return role
 
 
 class OrganizationAccess(permissions.BasePermission):
@@ -42,14 +56,12 @@ class OrganizationAccess(permissions.BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         slug = view.kwargs.get(view.organization_url_kwarg)
         if slug is None:  # list/create of organisations themselves
+            if isinstance(request.user, ApiKeyPrincipal):
+                _key_role(request.user)
             return True
         organization = get_object_or_404(Organization, slug=slug)
         role = actor_role(request, organization)
-        if role is None:
-            raise exceptions.NotFound()
         view.organization, view.role = organization, role
-        if isinstance(request.user, ApiKeyPrincipal) and not role_at_least(role, READ):
-            raise exceptions.PermissionDenied("This API key has no management scope.")
         if not role_at_least(role, view.required_role(request)):
             raise exceptions.PermissionDenied("Your role in this organisation does not allow this.")
         return True
@@ -78,7 +90,7 @@ class OrganizationScopedViewSet(viewsets.GenericViewSet[Any]):
 
     def get_queryset(self) -> QuerySet[Any]:
         if getattr(self, "swagger_fake_view", False):  # schema generation has no organisation
-            return self.queryset if self.queryset is not None else QuerySet()
+            return self.queryset.none() if self.queryset is not None else QuerySet().none()
         return self.scoped_queryset(self.organization)
 
     def get_serializer_context(self) -> dict[str, Any]:
@@ -87,6 +99,3 @@ class OrganizationScopedViewSet(viewsets.GenericViewSet[Any]):
             context["organization"] = self.organization
             context["role"] = self.role
         return context
-
-    def get_object(self) -> Model:
-        return super().get_object()  # type: ignore[no-any-return]

@@ -1,0 +1,41 @@
+# Vlinders: the two commands the README promises, and the checks behind them.
+#   make up    bring the platform up on this machine (SQLite, local Redis)
+#   make test  lint, type-check and run the whole suite against Postgres and Redis
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The suite runs against real services. Override these to point at others.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/vlinders
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: venv up test lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+up: venv
+	./bin/vlinders-up
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy .
+
+pytest: venv
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

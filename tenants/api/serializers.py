@@ -1,0 +1,161 @@
+"""Serializers of the tenants API: shapes and field validation only; rules live in services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
+
+LIMIT_FIELDS = list(Limits.LIMIT_FIELDS)
+
+
+class LimitsSerializer(serializers.ModelSerializer[Organization]):
+    class Meta:
+        model = Organization
+        fields = LIMIT_FIELDS
+
+
+class OrganizationSerializer(serializers.ModelSerializer[Organization]):
+    role = serializers.SerializerMethodField(help_text="Your role in this organisation.")
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "status", "created_at", "role", *LIMIT_FIELDS]
+        read_only_fields = ["id", "slug", "status", "created_at", *LIMIT_FIELDS]
+
+    def get_role(self, org: Organization) -> str | None:
+        roles: dict[Any, str] = self.context.get("roles", {})
+        return roles.get(org.pk)
+
+
+class OrganizationCreateSerializer(serializers.ModelSerializer[Organization]):
+    class Meta:
+        model = Organization
+        fields = ["name", "slug"]
+
+
+class OrganizationStatusSerializer(serializers.Serializer[Organization]):
+    status = serializers.ChoiceField(choices=Organization.Status.choices)
+
+
+class MemberUserSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(read_only=True)
+    email = serializers.EmailField(read_only=True)
+
+
+class MembershipSerializer(serializers.ModelSerializer[Membership]):
+    user = MemberUserSerializer(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "role", "created_at"]
+        read_only_fields = ["id", "user", "created_at"]
+
+
+class MembershipCreateSerializer(serializers.Serializer[Membership]):
+    """Add an existing user by username or e-mail address."""
+
+    user = serializers.CharField(help_text="Username or e-mail address of an existing user.")
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+    def validate_user(self, value: str) -> Any:
+        users = get_user_model().objects.filter(is_active=True)
+        user = users.filter(username=value).first() or users.filter(email__iexact=value).first()
+        if user is None:
+            raise serializers.ValidationError("No active user with that username or e-mail.")
+        return user
+
+
+class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
+    """A key as listed: never its secret or hash."""
+
+    status = serializers.CharField(read_only=True)
+    display = serializers.CharField(read_only=True)
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    replaced_by: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
+        read_only=True
+    )
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices))
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=128), required=False
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "display",
+            "prefix",
+            "last_four",
+            "status",
+            "scopes",
+            "allowed_models",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "created_by",
+            "created_at",
+            "replaced_by",
+            *LIMIT_FIELDS,
+        ]
+        read_only_fields = [
+            "id",
+            "prefix",
+            "last_four",
+            "revoked_at",
+            "last_used_at",
+            "created_at",
+        ]
+
+
+class ApiKeyCreateSerializer(ApiKeySerializer):
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.choices),
+        default=[Scope.INFERENCE.value],
+        allow_empty=False,
+    )
+
+
+class ApiKeyUpdateSerializer(ApiKeySerializer):
+    class Meta(ApiKeySerializer.Meta):
+        read_only_fields = [*ApiKeySerializer.Meta.read_only_fields, "scopes"]
+
+
+class ApiKeyWithSecretSerializer(ApiKeySerializer):
+    """Returned once, by create and rotate: the only time the secret is ever shown."""
+
+    key = serializers.SerializerMethodField(help_text="The secret. Shown once; store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+
+    def get_key(self, api_key: ApiKey) -> str:
+        return str(self.context["secret"])
+
+
+class ApiKeyRotateSerializer(serializers.Serializer[Any]):
+    grace_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=7 * 24 * 3600,
+        default=0,
+        help_text="How long the old key keeps working (0: revoked at once).",
+    )
+
+
+class AvailableModelSerializer(serializers.Serializer[Any]):
+    """A model or alias an organisation may use, as tenants see it."""
+
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["model", "alias"])
+    target = serializers.CharField(allow_null=True)
+    description = serializers.CharField()
+    context_length = serializers.IntegerField()
+    price_input_per_mtok = serializers.DecimalField(max_digits=12, decimal_places=6)
+    price_output_per_mtok = serializers.DecimalField(max_digits=12, decimal_places=6)

@@ -1,0 +1,263 @@
+"""Views of the tenants API. Thin: validate the shape, call one service, serialise the result.
+
+Every view on an organisation's data is an ``OrganizationScopedViewSet`` (see ``scoping``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from inference.selectors import aliases_for_organization, models_for_organization
+from tenants import selectors, services
+from tenants.api import serializers as s
+from tenants.api.authentication import ApiKeyPrincipal
+from tenants.api.scoping import OrganizationAccess, OrganizationScopedViewSet
+from tenants.models import ApiKey, Membership, Organization
+from tenants.roles import READ, USE
+
+STAFF_ONLY = [permissions.IsAuthenticated, OrganizationAccess, permissions.IsAdminUser]
+
+
+def _acting_user(request: Request) -> Any:
+    """The person behind a request: the session user, or the creator of the API key used."""
+    if isinstance(request.user, ApiKeyPrincipal):
+        return request.user.api_key.created_by
+    return request.user
+
+
+class OrganizationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    OrganizationScopedViewSet,
+):
+    """Organisations the caller belongs to (platform staff: all of them)."""
+
+    serializer_class = s.OrganizationSerializer
+    queryset = Organization.objects.none()
+    lookup_field = "slug"
+    lookup_url_kwarg = "org_slug"
+    http_method_names = ["get", "post", "patch", "put", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Organization]:
+        if isinstance(self.request.user, ApiKeyPrincipal):
+            return Organization.objects.filter(pk=self.request.user.api_key.organization_id)
+        return selectors.organizations_for_user(self.request.user)
+
+    def get_object(self) -> Organization:
+        return self.organization
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        if hasattr(self, "organization"):
+            context["roles"] = {self.organization.pk: self.role}
+        elif (
+            not isinstance(self.request.user, ApiKeyPrincipal)
+            and self.request.user.is_authenticated
+        ):
+            context["roles"] = dict(
+                Membership.objects.filter(user=self.request.user).values_list(
+                    "organization_id", "role"
+                )
+            )
+        return context
+
+    @extend_schema(
+        request=s.OrganizationCreateSerializer, responses={201: s.OrganizationSerializer}
+    )
+    def create(self, request: Request) -> Response:
+        """Create an organisation; you become its owner. People only, not API keys."""
+        if isinstance(request.user, ApiKeyPrincipal):
+            raise PermissionDenied("API keys cannot create organisations.")
+        data = s.OrganizationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        assert isinstance(request.user, User)  # authenticated by a session, not a key
+        org = services.organization_create(owner=request.user, **data.validated_data)
+        context = self.get_serializer_context() | {"roles": {org.pk: "owner"}}
+        return Response(s.OrganizationSerializer(org, context=context).data, status=201)
+
+    def perform_update(self, serializer: Any) -> None:
+        services.organization_update(
+            organization=self.organization,
+            name=serializer.validated_data.get("name", self.organization.name),
+        )
+
+    @extend_schema(request=s.OrganizationStatusSerializer, responses=s.OrganizationSerializer)
+    @action(detail=True, methods=["post"], permission_classes=STAFF_ONLY)
+    def status(self, request: Request, org_slug: str) -> Response:
+        """Suspend or reactivate (platform staff). A suspended organisation's keys stop working."""
+        data = s.OrganizationStatusSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = services.organization_set_status(
+            organization=self.organization, status=data.validated_data["status"]
+        )
+        return Response(self.get_serializer(org).data)
+
+    @extend_schema(methods=["GET"], responses=s.LimitsSerializer)
+    @extend_schema(
+        methods=["PUT", "PATCH"], request=s.LimitsSerializer, responses=s.LimitsSerializer
+    )
+    @action(detail=True, methods=["get", "put", "patch"])
+    def limits(self, request: Request, org_slug: str) -> Response:
+        """The organisation's limits: members read them, platform staff set them."""
+        if request.method in permissions.SAFE_METHODS:
+            return Response(s.LimitsSerializer(self.organization).data)
+        if not request.user.is_staff:
+            raise PermissionDenied("Only platform staff set an organisation's limits.")
+        data = s.LimitsSerializer(
+            self.organization, data=request.data, partial=request.method == "PATCH"
+        )
+        data.is_valid(raise_exception=True)
+        org = services.organization_set_limits(
+            organization=self.organization, **data.validated_data
+        )
+        return Response(s.LimitsSerializer(org).data)
+
+
+class MembershipViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    OrganizationScopedViewSet,
+):
+    """Members of an organisation and their roles. Owners and admins manage them."""
+
+    serializer_class = s.MembershipSerializer
+    queryset = Membership.objects.none()
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def scoped_queryset(self, organization: Organization) -> QuerySet[Membership]:
+        return organization.memberships.select_related("user").order_by("created_at", "pk")
+
+    @extend_schema(request=s.MembershipCreateSerializer, responses={201: s.MembershipSerializer})
+    def create(self, request: Request, org_slug: str) -> Response:
+        data = s.MembershipCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_add(
+            organization=self.organization,
+            user=data.validated_data["user"],
+            role=data.validated_data["role"],
+            actor_role=self.role,
+        )
+        return Response(s.MembershipSerializer(membership).data, status=201)
+
+    def perform_update(self, serializer: Any) -> None:
+        role = serializer.validated_data.get("role", serializer.instance.role)
+        serializer.instance = services.membership_change_role(
+            membership=serializer.instance, role=role, actor_role=self.role
+        )
+
+    def perform_destroy(self, instance: Membership) -> None:
+        services.membership_remove(membership=instance, actor_role=self.role)
+
+
+class ApiKeyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    OrganizationScopedViewSet,
+):
+    """API keys. The secret is returned once, by create and rotate, and never again."""
+
+    serializer_class = s.ApiKeySerializer
+    queryset = ApiKey.objects.none()
+    http_method_names = ["get", "post", "patch", "head", "options"]
+    # Members create keys and manage their own (the service checks whose key it is).
+    action_roles = {"create": USE, "partial_update": USE, "revoke": USE, "rotate": USE}
+
+    def scoped_queryset(self, organization: Organization) -> QuerySet[ApiKey]:
+        return organization.api_keys.select_related("created_by").order_by("-created_at", "pk")
+
+    def get_serializer_class(self) -> type[s.ApiKeySerializer]:
+        if self.action == "partial_update":
+            return s.ApiKeyUpdateSerializer
+        return s.ApiKeySerializer
+
+    def _with_secret(self, api_key: ApiKey, secret: str, code: int) -> Response:
+        return Response(
+            s.ApiKeyWithSecretSerializer(api_key, context={"secret": secret}).data, status=code
+        )
+
+    @extend_schema(request=s.ApiKeyCreateSerializer, responses={201: s.ApiKeyWithSecretSerializer})
+    def create(self, request: Request, org_slug: str) -> Response:
+        data = s.ApiKeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        api_key, secret = services.api_key_create(
+            organization=self.organization,
+            created_by=_acting_user(request),
+            actor_role=self.role,
+            **data.validated_data,
+        )
+        return self._with_secret(api_key, secret, status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = services.api_key_update(
+            api_key=serializer.instance,
+            actor_role=self.role,
+            actor=_acting_user(self.request),
+            **serializer.validated_data,
+        )
+
+    @extend_schema(request=None, responses=s.ApiKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, org_slug: str, pk: str) -> Response:
+        """Revoke the key at once, on every gateway replica."""
+        api_key = services.api_key_revoke(
+            api_key=self.get_object(), actor_role=self.role, actor=_acting_user(request)
+        )
+        return Response(s.ApiKeySerializer(api_key).data)
+
+    @extend_schema(request=s.ApiKeyRotateSerializer, responses={201: s.ApiKeyWithSecretSerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, org_slug: str, pk: str) -> Response:
+        """Issue a new secret with the same settings; the old key is revoked, or expires after
+        ``grace_seconds``."""
+        data = s.ApiKeyRotateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        api_key, secret = services.api_key_rotate(
+            api_key=self.get_object(),
+            actor_role=self.role,
+            actor=_acting_user(request),
+            grace=timedelta(seconds=data.validated_data["grace_seconds"]),
+        )
+        return self._with_secret(api_key, secret, status.HTTP_201_CREATED)
+
+
+class AvailableModelViewSet(OrganizationScopedViewSet):
+    """The models and aliases this organisation may use, with prices."""
+
+    serializer_class = s.AvailableModelSerializer
+    pagination_class = None
+    action_roles = {"list": READ}
+
+    def list(self, request: Request, org_slug: str) -> Response:
+        rows: list[dict[str, Any]] = []
+        for model in models_for_organization(self.organization):
+            rows.append(_available(model.name, "model", None, model))
+        for alias in aliases_for_organization(self.organization):
+            rows.append(_available(alias.name, "alias", alias.target.name, alias.target))
+        rows.sort(key=lambda row: row["name"])
+        return Response(s.AvailableModelSerializer(rows, many=True).data)
+
+
+def _available(name: str, kind: str, target: str | None, model: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": kind,
+        "target": target,
+        "description": model.description,
+        "context_length": model.context_length,
+        "price_input_per_mtok": model.price_input_per_mtok,
+        "price_output_per_mtok": model.price_output_per_mtok,
+    }

@@ -1,0 +1,14 @@
+"""Celery tasks of the tenants app."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from tenants import snapshot
+
+
+@shared_task(name="tenants.republish_access_snapshot", ignore_result=True)
+def republish_access_snapshot() -> dict[str, int]:
+    """Periodic full republish: repairs a Redis that restarted empty or missed a publish."""
+    result = snapshot.publish_full()
+    return {"organizations": result.organizations, "keys": result.keys, "removed": result.removed}
