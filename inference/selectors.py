@@ -31,8 +31,9 @@ def model_names_for_organization(organization: Organization) -> list[str]:
     return sorted(names)
 
 
-def public_name_taken(name: str, *, exclude_model: CatalogModel | None = None,
-                      exclude_alias: ModelAlias | None = None) -> bool:
+def public_name_taken(
+    name: str, *, exclude_model: CatalogModel | None = None, exclude_alias: ModelAlias | None = None
+) -> bool:
     """Whether ``name`` is already a model's or an alias's public name (they share one space)."""
     models = CatalogModel.objects.filter(name=name)
     aliases = ModelAlias.objects.filter(name=name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import factory
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 
 from inference.models import CatalogModel, EngineKind, ModelAlias
 from tenants.models import Membership, Organization, Role
@@ -13,7 +13,7 @@ from tenants.models import Membership, Organization, Role
 
 class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = get_user_model()
+        model = User
         django_get_or_create = ("username",)
 
     username = factory.Sequence(lambda n: f"user{n}")

@@ -1,0 +1,191 @@
+"""The Django admin for the model catalog (platform staff).
+
+Every save and delete goes through ``inference.services``, so the admin obeys the same rules as
+the API and republishes the access snapshot; the forms run the services' validation so a broken
+rule shows on the form instead of failing the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.widgets import AdminURLFieldWidget
+from django.core.exceptions import ValidationError
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from inference import services
+from inference.models import CatalogModel, ModelAlias
+
+
+def _add_service_errors(form: forms.ModelForm[Any], error: ValidationError) -> None:
+    for field, messages in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages)
+
+
+def _adopt(obj: Model, created: Model) -> None:
+    """Make the admin's unsaved ``obj`` stand for the row the service created."""
+    for field in obj._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(created, field.attname))
+    obj._state.adding = False
+    obj._state.db = created._state.db
+
+
+class CatalogModelAdminForm(forms.ModelForm):  # type: ignore[type-arg]
+    upstream_base_url = forms.URLField(
+        required=False,
+        max_length=1024,
+        assume_scheme="https",
+        widget=AdminURLFieldWidget,
+        help_text="OpenAI-compatible upstream, e.g. https://api.example.com/v1 (openai engine).",
+    )
+    upstream_api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Never shown. Leave blank to keep the current key.",
+    )
+    clear_upstream_api_key = forms.BooleanField(
+        required=False, help_text="Remove the stored upstream API key."
+    )
+
+    class Meta:
+        model = CatalogModel
+        fields = (*services.CATALOG_MODEL_FIELDS, "organizations")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("clear_upstream_api_key"):
+            data["upstream_api_key"] = ""
+        elif not data.get("upstream_api_key") and not self.instance._state.adding:
+            data["upstream_api_key"] = self.instance.upstream_api_key
+        return data
+
+    def _post_clean(self) -> None:
+        super()._post_clean()  # type: ignore[misc]
+        if self.errors:
+            return
+        try:
+            services.catalog_model_validate(
+                model=self.instance, organizations=self.cleaned_data.get("organizations", [])
+            )
+        except ValidationError as error:
+            _add_service_errors(self, error)
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = CatalogModelAdminForm
+    list_display = (
+        "name",
+        "engine_kind",
+        "status",
+        "visibility",
+        "min_replicas",
+        "max_replicas",
+        "context_length",
+        "updated_at",
+    )
+    list_filter = ("engine_kind", "status", "visibility")
+    search_fields = ("name", "description", "source_path", "upstream_model")
+    readonly_fields = ("id", "created_at", "updated_at")
+    filter_horizontal = ("organizations",)
+    fieldsets = (
+        (None, {"fields": ("id", "name", "description", "status")}),
+        (
+            "Engine",
+            {
+                "fields": (
+                    "engine_kind",
+                    "source_path",
+                    "upstream_base_url",
+                    "upstream_model",
+                    "upstream_api_key",
+                    "clear_upstream_api_key",
+                    "engine_args",
+                    "context_length",
+                )
+            },
+        ),
+        ("Price per million tokens", {"fields": ("price_input_per_mtok", "price_output_per_mtok")}),
+        (
+            "Scaling",
+            {
+                "fields": (
+                    "min_replicas",
+                    "max_replicas",
+                    "scale_to_zero",
+                    "target_ongoing_requests",
+                    "replica_cpus",
+                    "replica_gpus",
+                    "accelerator_type",
+                )
+            },
+        ),
+        ("Access", {"fields": ("visibility", "organizations")}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    def save_model(self, request: HttpRequest, obj: CatalogModel, form: Any, change: bool) -> None:
+        fields = {name: getattr(obj, name) for name in services.CATALOG_MODEL_FIELDS}
+        organizations = list(form.cleaned_data.get("organizations", []))
+        if change:
+            services.catalog_model_update(model=obj, organizations=organizations, **fields)
+        else:
+            _adopt(obj, services.catalog_model_create(organizations=organizations, **fields))
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The service already set the organisations; only inline formsets (none today) remain.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request: HttpRequest, obj: CatalogModel) -> None:
+        services.catalog_model_delete(model=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CatalogModel]) -> None:
+        services.catalog_models_delete(models=list(queryset))
+
+
+class ModelAliasAdminForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = ModelAlias
+        fields = ("name", "target", "description")
+
+    def _post_clean(self) -> None:
+        super()._post_clean()  # type: ignore[misc]
+        if self.errors:
+            return
+        try:
+            services.model_alias_validate(alias=self.instance)
+        except ValidationError as error:
+            _add_service_errors(self, error)
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = ModelAliasAdminForm
+    list_display = ("name", "target", "created_at")
+    list_select_related = ("target",)
+    search_fields = ("name", "target__name", "description")
+    autocomplete_fields = ("target",)
+    readonly_fields = ("id", "created_at")
+
+    def save_model(self, request: HttpRequest, obj: ModelAlias, form: Any, change: bool) -> None:
+        if change:
+            services.model_alias_update(
+                alias=obj, name=obj.name, target=obj.target, description=obj.description
+            )
+        else:
+            _adopt(
+                obj,
+                services.model_alias_create(
+                    name=obj.name, target=obj.target, description=obj.description
+                ),
+            )
+
+    def delete_model(self, request: HttpRequest, obj: ModelAlias) -> None:
+        services.model_alias_delete(alias=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelAlias]) -> None:
+        services.model_aliases_delete(aliases=list(queryset))

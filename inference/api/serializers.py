@@ -1,0 +1,89 @@
+"""Serializers of the catalog administration API (platform staff only).
+
+They are thin: they turn JSON into typed values (syntax, types, references) and back. Every
+business rule lives in ``inference.services``, which the views call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from inference.models import CatalogModel, ModelAlias, model_name_validator
+from tenants.models import Organization
+
+
+class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
+    """A catalog model. ``upstream_api_key`` is write-only: it is accepted, never returned
+    (``has_upstream_api_key`` says whether one is set). ``organizations`` are slugs."""
+
+    organizations = serializers.SlugRelatedField(
+        many=True,
+        slug_field="slug",
+        queryset=Organization.objects.all(),
+        required=False,
+        help_text="Slugs of the organisations that may use a restricted model.",
+    )
+    aliases: serializers.SlugRelatedField[ModelAlias] = serializers.SlugRelatedField(
+        many=True, slug_field="name", read_only=True
+    )
+    has_upstream_api_key = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CatalogModel
+        fields = (
+            "id",
+            "name",
+            "description",
+            "engine_kind",
+            "source_path",
+            "upstream_base_url",
+            "upstream_model",
+            "upstream_api_key",
+            "has_upstream_api_key",
+            "engine_args",
+            "context_length",
+            "price_input_per_mtok",
+            "price_output_per_mtok",
+            "min_replicas",
+            "max_replicas",
+            "target_ongoing_requests",
+            "scale_to_zero",
+            "replica_cpus",
+            "replica_gpus",
+            "accelerator_type",
+            "status",
+            "visibility",
+            "organizations",
+            "aliases",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("id", "created_at", "updated_at")
+        extra_kwargs: dict[str, dict[str, Any]] = {
+            # The shared model/alias namespace is checked by the service (one rule, one message).
+            "name": {"validators": [model_name_validator]},
+            "upstream_api_key": {"write_only": True, "style": {"input_type": "password"}},
+        }
+
+    def get_has_upstream_api_key(self, obj: CatalogModel) -> bool:
+        return bool(obj.upstream_api_key)
+
+
+class ModelAliasSerializer(serializers.ModelSerializer[ModelAlias]):
+    """An alias: another public name of a catalog model, named by the model's name."""
+
+    target = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=CatalogModel.objects.all(),
+        help_text="Name of the catalog model this alias points at.",
+    )
+
+    class Meta:
+        model = ModelAlias
+        fields = ("id", "name", "target", "description", "created_at")
+        read_only_fields = ("id", "created_at")
+        extra_kwargs: dict[str, dict[str, Any]] = {
+            "name": {"validators": [model_name_validator]},
+        }

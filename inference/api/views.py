@@ -1,0 +1,78 @@
+"""Catalog administration: ``/api/v1/models/`` and ``/api/v1/aliases/``, for platform staff only.
+
+Models and aliases are addressed by their public name (``/api/v1/models/meta/llama-3.1-8b/``),
+the name clients put in ``model``; names may contain ``/``, ``.``, ``:`` and ``-``, and the
+trailing slash ends the name. Renaming changes the URL. Tenants read the models they may use
+through the organisation-scoped API, not here.
+
+Views are thin: serializers parse, ``inference.services`` validates and writes (and republishes
+the access snapshot); a service's ``ValidationError`` becomes a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import permissions, viewsets
+
+from inference import services
+from inference.api.serializers import CatalogModelSerializer, ModelAliasSerializer
+from inference.models import CatalogModel, ModelAlias
+
+# A public name in a URL path (the syntax itself is checked by ``model_name_validator``).
+NAME_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9._:/-]*"
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List catalog models", tags=["catalog"]),
+    retrieve=extend_schema(summary="Show a catalog model", tags=["catalog"]),
+    create=extend_schema(summary="Add a catalog model", tags=["catalog"]),
+    update=extend_schema(summary="Replace a catalog model's settings", tags=["catalog"]),
+    partial_update=extend_schema(summary="Change a catalog model's settings", tags=["catalog"]),
+    destroy=extend_schema(summary="Remove a catalog model and its aliases", tags=["catalog"]),
+)
+class CatalogModelViewSet(viewsets.ModelViewSet[CatalogModel]):
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = CatalogModelSerializer
+    queryset = CatalogModel.objects.prefetch_related("organizations", "aliases")
+    lookup_field = "name"
+    lookup_value_regex = NAME_IN_PATH
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = services.catalog_model_create(**serializer.validated_data)
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = services.catalog_model_update(
+            model=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: CatalogModel) -> None:
+        services.catalog_model_delete(model=instance)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List model aliases", tags=["catalog"]),
+    retrieve=extend_schema(summary="Show a model alias", tags=["catalog"]),
+    create=extend_schema(summary="Add a model alias", tags=["catalog"]),
+    update=extend_schema(summary="Replace a model alias", tags=["catalog"]),
+    partial_update=extend_schema(summary="Change a model alias", tags=["catalog"]),
+    destroy=extend_schema(summary="Remove a model alias", tags=["catalog"]),
+)
+class ModelAliasViewSet(viewsets.ModelViewSet[ModelAlias]):
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = ModelAliasSerializer
+    queryset = ModelAlias.objects.select_related("target")
+    lookup_field = "name"
+    lookup_value_regex = NAME_IN_PATH
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = services.model_alias_create(**serializer.validated_data)
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = services.model_alias_update(
+            alias=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: ModelAlias) -> None:
+        services.model_alias_delete(alias=instance)

@@ -1,0 +1,364 @@
+"""Writes of the model catalog: models and aliases.
+
+Every write validates the whole row against the catalog's rules (below), runs in one transaction,
+and — when it can change which public names an organisation may use — republishes every
+organisation's access-snapshot record after the transaction commits
+(``tenants.snapshot.publish_all_organizations_on_commit``).
+
+Rules of a catalog model (``catalog_model_validate``):
+
+- the model's own field validation (``full_clean``: name syntax, choices, URLs, minimums);
+- models and aliases share one namespace of public names: a name used by either is taken;
+- ``engine_args`` match the JSON Schema of the engine kind (``inference.engine_args``);
+- engine source: ``vllm`` needs ``source_path``; ``openai`` needs ``upstream_base_url`` and
+  ``upstream_model`` (``upstream_api_key`` is optional); ``synthetic`` needs no source. Source
+  fields that the engine kind does not use must be empty, so a stale upstream key or path never
+  lingers on a row that does not use it;
+- ``min_replicas <= max_replicas``;
+- scale to zero: ``scale_to_zero`` is true exactly when ``min_replicas == 0``. A model that may
+  scale to zero says so twice on purpose (a 0 typed by mistake does not silently make the first
+  request after an idle period wait for a cold start), and a model that says ``scale_to_zero``
+  cannot keep a warm replica;
+- vLLM context: ``engine_args.max_model_len``, when set, does not exceed ``context_length``;
+- vLLM parallelism: when ``replica_gpus > 0``, ``tensor_parallel_size * pipeline_parallel_size``
+  (each 1 when absent) must not exceed ``replica_gpus``; a single worker (product 1) may run on
+  a fraction of a GPU. CPU replicas (``replica_gpus == 0``) are not checked;
+- visibility: ``public`` models list no organisations; ``restricted`` models list the
+  organisations that may use them (an empty list means nobody yet — fails closed).
+
+Rules of an alias (``model_alias_validate``): ``full_clean`` and the shared namespace. An alias
+never widens access: it is visible only to organisations that may use its target.
+
+Catalog writes are serialised by one transaction-scoped Postgres advisory lock, so two concurrent
+writes cannot both claim the same public name across the two tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+
+from inference.engine_args import validate_engine_args
+from inference.models import CatalogModel, EngineKind, ModelAlias, Visibility
+from inference.selectors import public_name_taken
+from tenants.models import Organization
+from tenants.snapshot import publish_all_organizations_on_commit
+
+# The fields of a catalog model that ``catalog_model_create``/``catalog_model_update`` accept
+# (besides ``organizations``, which is a relation).
+CATALOG_MODEL_FIELDS = (
+    "name",
+    "description",
+    "engine_kind",
+    "source_path",
+    "upstream_base_url",
+    "upstream_model",
+    "upstream_api_key",
+    "engine_args",
+    "context_length",
+    "price_input_per_mtok",
+    "price_output_per_mtok",
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "scale_to_zero",
+    "replica_cpus",
+    "replica_gpus",
+    "accelerator_type",
+    "status",
+    "visibility",
+)
+
+# Which source fields each engine kind needs; every other source field must be empty.
+_SOURCE_FIELDS = ("source_path", "upstream_base_url", "upstream_model", "upstream_api_key")
+_REQUIRED_SOURCE: dict[str, tuple[str, ...]] = {
+    EngineKind.VLLM: ("source_path",),
+    EngineKind.OPENAI: ("upstream_base_url", "upstream_model"),
+    EngineKind.SYNTHETIC: (),
+}
+_ALLOWED_SOURCE: dict[str, tuple[str, ...]] = {
+    EngineKind.VLLM: ("source_path",),
+    EngineKind.OPENAI: ("upstream_base_url", "upstream_model", "upstream_api_key"),
+    EngineKind.SYNTHETIC: (),
+}
+
+# Key of the advisory lock that serialises writes of public names (any fixed 63-bit number).
+_CATALOG_NAMES_LOCK = int.from_bytes(b"vl-names", "big") & ((1 << 63) - 1)
+
+
+class _Errors:
+    """Collects field -> messages so one response names every problem at once."""
+
+    def __init__(self) -> None:
+        self.by_field: dict[str, list[str]] = {}
+
+    def add(self, field: str, message: str) -> None:
+        self.by_field.setdefault(field, []).append(message)
+
+    def merge(self, error: ValidationError) -> None:
+        for field, messages in error.message_dict.items():
+            for message in messages:
+                self.add(field, message)
+
+    def raise_if_any(self) -> None:
+        if self.by_field:
+            raise ValidationError(self.by_field)
+
+
+def _lock_catalog_names() -> None:
+    """Serialise catalog writes until the current transaction ends (Postgres; SQLite already
+    serialises writers)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CATALOG_NAMES_LOCK])
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - set(CATALOG_MODEL_FIELDS))
+    if unknown:
+        raise TypeError(f"Not catalog model fields: {', '.join(unknown)}")
+
+
+# --- catalog models ----------------------------------------------------------------------------
+
+
+def catalog_model_validate(
+    *, model: CatalogModel, organizations: Iterable[Organization] | None = None
+) -> None:
+    """Raise ``ValidationError`` (field -> messages) unless ``model`` obeys the catalog's rules.
+
+    ``organizations`` is the list the model will have; ``None`` means its current list (none for
+    an unsaved model). Rules: see the module docstring.
+    """
+    errors = _Errors()
+    try:
+        model.full_clean()
+    except ValidationError as exc:
+        errors.merge(exc)
+
+    if "name" not in errors.by_field and public_name_taken(model.name, exclude_model=model):
+        errors.add("name", f"The name {model.name!r} is already used by a model or an alias.")
+
+    kind = model.engine_kind
+    if kind in _REQUIRED_SOURCE:
+        try:
+            validate_engine_args(kind, model.engine_args)
+        except ValidationError as exc:
+            errors.merge(exc)
+        for field in _REQUIRED_SOURCE[kind]:
+            if not getattr(model, field) and field not in errors.by_field:
+                errors.add(field, f"Required for the {kind} engine.")
+        for field in _SOURCE_FIELDS:
+            if field not in _ALLOWED_SOURCE[kind] and getattr(model, field):
+                errors.add(field, f"Not used by the {kind} engine; leave it empty.")
+        if kind == EngineKind.VLLM and "engine_args" not in errors.by_field:
+            _check_vllm_parallelism(model, errors)
+            _check_vllm_context(model, errors)
+
+    min_replicas, max_replicas = model.min_replicas, model.max_replicas
+    if isinstance(min_replicas, int) and isinstance(max_replicas, int):
+        if min_replicas > max_replicas:
+            errors.add(
+                "min_replicas",
+                f"Must not exceed max_replicas ({max_replicas}); got {min_replicas}.",
+            )
+        if min_replicas == 0 and not model.scale_to_zero:
+            errors.add(
+                "min_replicas", "0 replicas means scaling to zero: set scale_to_zero as well."
+            )
+        if model.scale_to_zero and min_replicas != 0:
+            errors.add("scale_to_zero", "A model that scales to zero has min_replicas 0.")
+
+    if organizations is None:
+        has_organizations = not model._state.adding and model.organizations.exists()
+    else:
+        has_organizations = bool(list(organizations))
+    if model.visibility == Visibility.PUBLIC and has_organizations:
+        errors.add(
+            "organizations",
+            "A public model is open to every organisation; list organisations only with "
+            "visibility 'restricted'.",
+        )
+
+    errors.raise_if_any()
+
+
+def _check_vllm_parallelism(model: CatalogModel, errors: _Errors) -> None:
+    args = model.engine_args if isinstance(model.engine_args, dict) else {}
+    workers = int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+    gpus = model.replica_gpus
+    if isinstance(gpus, Decimal | int | float) and gpus > 0 and workers > 1 and workers > gpus:
+        errors.add(
+            "engine_args",
+            f"tensor_parallel_size * pipeline_parallel_size = {workers} exceeds replica_gpus "
+            f"({gpus}).",
+        )
+
+
+def _check_vllm_context(model: CatalogModel, errors: _Errors) -> None:
+    """The engine's ``max_model_len`` must not exceed the advertised ``context_length``: the
+    gateway reserves tokens against the advertised length, so a longer engine window would let a
+    request past the budget it reserved."""
+    max_model_len = model.engine_args.get("max_model_len")
+    if isinstance(max_model_len, int) and isinstance(model.context_length, int):
+        if max_model_len > model.context_length:
+            errors.add(
+                "engine_args",
+                f"max_model_len ({max_model_len}) exceeds context_length "
+                f"({model.context_length}).",
+            )
+
+
+def _access_state(model: CatalogModel) -> tuple[Any, ...]:
+    """What of a model decides which names organisations may use (as stored)."""
+    row = CatalogModel.objects.filter(pk=model.pk).values_list("name", "status", "visibility")
+    org_ids = CatalogModel.organizations.through.objects.filter(catalogmodel_id=model.pk)
+    return (
+        tuple(row.first() or ()),
+        frozenset(org_ids.values_list("organization_id", flat=True)),
+    )
+
+
+@transaction.atomic
+def catalog_model_create(
+    *,
+    name: str,
+    engine_kind: str,
+    context_length: int,
+    organizations: list[Organization] | None = None,
+    **fields: Any,
+) -> CatalogModel:
+    """Add a model to the catalog. ``fields`` are other ``CATALOG_MODEL_FIELDS`` (model
+    defaults apply to the rest); ``organizations`` matters for restricted visibility."""
+    _check_fields(fields)
+    _lock_catalog_names()
+    model = CatalogModel(
+        name=name, engine_kind=engine_kind, context_length=context_length, **fields
+    )
+    organizations = list(organizations or [])
+    catalog_model_validate(model=model, organizations=organizations)
+    model.save()
+    model.organizations.set(organizations)
+    publish_all_organizations_on_commit()
+    return model
+
+
+@transaction.atomic
+def catalog_model_update(
+    *,
+    model: CatalogModel,
+    organizations: list[Organization] | None = None,
+    **fields: Any,
+) -> CatalogModel:
+    """Change ``fields`` (any of ``CATALOG_MODEL_FIELDS``) and, unless ``None``, replace the
+    organisations. Republishes the snapshot when names, status, visibility or organisations
+    changed; ``model`` may already carry the new values (the admin's form sets them)."""
+    _check_fields(fields)
+    _lock_catalog_names()
+    before = _access_state(model)
+    previous = {field: getattr(model, field) for field in fields}
+    for field, value in fields.items():
+        setattr(model, field, value)
+    if organizations is not None:
+        organizations = list(organizations)
+    try:
+        catalog_model_validate(model=model, organizations=organizations)
+    except ValidationError:
+        for field, value in previous.items():  # leave the caller's instance as it was
+            setattr(model, field, value)
+        raise
+    model.save()
+    if organizations is not None:
+        model.organizations.set(organizations)
+    if _access_state(model) != before:
+        publish_all_organizations_on_commit()
+    return model
+
+
+@transaction.atomic
+def catalog_model_delete(*, model: CatalogModel) -> None:
+    """Remove a model and its aliases from the catalog."""
+    catalog_models_delete(models=[model])
+
+
+@transaction.atomic
+def catalog_models_delete(*, models: Iterable[CatalogModel]) -> int:
+    """Remove several models (and their aliases) with one republish; returns how many."""
+    _lock_catalog_names()
+    _, deleted = CatalogModel.objects.filter(pk__in=[model.pk for model in models]).delete()
+    publish_all_organizations_on_commit()
+    return deleted.get(CatalogModel._meta.label, 0)
+
+
+# --- aliases -----------------------------------------------------------------------------------
+
+
+def model_alias_validate(*, alias: ModelAlias) -> None:
+    """Raise ``ValidationError`` unless ``alias`` is valid and its name is free."""
+    errors = _Errors()
+    try:
+        alias.full_clean()
+    except ValidationError as exc:
+        errors.merge(exc)
+    if "name" not in errors.by_field and public_name_taken(alias.name, exclude_alias=alias):
+        errors.add("name", f"The name {alias.name!r} is already used by a model or an alias.")
+    errors.raise_if_any()
+
+
+@transaction.atomic
+def model_alias_create(*, name: str, target: CatalogModel, description: str = "") -> ModelAlias:
+    """Give ``target`` another public name."""
+    _lock_catalog_names()
+    alias = ModelAlias(name=name, target=target, description=description)
+    model_alias_validate(alias=alias)
+    alias.save()
+    publish_all_organizations_on_commit()
+    return alias
+
+
+@transaction.atomic
+def model_alias_update(
+    *,
+    alias: ModelAlias,
+    name: str | None = None,
+    target: CatalogModel | None = None,
+    description: str | None = None,
+) -> ModelAlias:
+    """Rename, repoint or describe an alias (``None`` leaves a field as it is)."""
+    _lock_catalog_names()
+    before = ModelAlias.objects.filter(pk=alias.pk).values_list("name", "target_id").first()
+    previous = (alias.name, alias.target_id, alias.description)
+    if name is not None:
+        alias.name = name
+    if target is not None:
+        alias.target = target
+    if description is not None:
+        alias.description = description
+    try:
+        model_alias_validate(alias=alias)
+    except ValidationError:
+        alias.name, alias.target_id, alias.description = previous
+        raise
+    alias.save()
+    if before != (alias.name, alias.target_id):
+        publish_all_organizations_on_commit()
+    return alias
+
+
+@transaction.atomic
+def model_alias_delete(*, alias: ModelAlias) -> None:
+    """Remove an alias (its target stays)."""
+    model_aliases_delete(aliases=[alias])
+
+
+@transaction.atomic
+def model_aliases_delete(*, aliases: Iterable[ModelAlias]) -> int:
+    """Remove several aliases with one republish; returns how many."""
+    _lock_catalog_names()
+    _, deleted = ModelAlias.objects.filter(pk__in=[alias.pk for alias in aliases]).delete()
+    publish_all_organizations_on_commit()
+    return deleted.get(ModelAlias._meta.label, 0)
