@@ -222,3 +222,15 @@ def publish_all_organizations_on_commit() -> None:
 def publish_full_on_commit() -> None:
     """After commit, rewrite the whole snapshot (rows were deleted, so stale records must go)."""
     transaction.on_commit(lambda: _guarded("the full snapshot", publish_full))
+
+
+def ensure_published() -> bool:
+    """Republish in full if the snapshot is missing (Redis restarted empty); True if it did.
+
+    Cheap enough to run every few seconds: one EXISTS on the meta hash, which only a full
+    publish writes.
+    """
+    if get_redis().exists(meta_name()):
+        return False
+    publish_full()
+    return True

@@ -17,7 +17,14 @@ import django_stubs_ext
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("VLINDERS_VAR_DIR", BASE_DIR / "var"))
+
+
+def _env(name: str, default: str) -> str:
+    """The variable's value; unset and empty both mean "use the default" (as in .env.example)."""
+    return os.environ.get(name) or default
+
+
+VAR_DIR = Path(_env("VLINDERS_VAR_DIR", str(BASE_DIR / "var")))
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -115,7 +122,7 @@ ASGI_APPLICATION = "vlinders.asgi.application"
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'vlinders.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        conn_max_age=int(_env("DATABASE_CONN_MAX_AGE", "60")),
         conn_health_checks=True,
     )
 }
@@ -140,9 +147,9 @@ LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "console:login"
 
 # --- Redis: the access snapshot, the limiter state, the Channels layer and the Celery broker ---
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Every key Vlinders writes to Redis starts with this prefix (docs/access-snapshot.md).
-VLINDERS_REDIS_PREFIX = os.environ.get("VLINDERS_REDIS_PREFIX", "vl:")
+VLINDERS_REDIS_PREFIX = _env("VLINDERS_REDIS_PREFIX", "vl:")
 
 CHANNEL_LAYERS = {
     "default": {
@@ -151,7 +158,7 @@ CHANNEL_LAYERS = {
     }
 }
 
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_URL = _env("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -163,7 +170,12 @@ CELERY_BEAT_SCHEDULE = {
     # missed writes (restart without persistence, an outage during a publish).
     "republish-access-snapshot": {
         "task": "tenants.republish_access_snapshot",
-        "schedule": float(os.environ.get("VLINDERS_SNAPSHOT_REPUBLISH_SECONDS", "300")),
+        "schedule": float(_env("VLINDERS_SNAPSHOT_REPUBLISH_SECONDS", "300")),
+    },
+    # A Redis that restarted empty refuses every key until the snapshot is back: check often.
+    "ensure-access-snapshot": {
+        "task": "tenants.ensure_access_snapshot",
+        "schedule": 10.0,
     },
 }
 
@@ -197,14 +209,14 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Request bodies of the management API are small; refuse large ones early.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(_env("DATA_UPLOAD_MAX_MEMORY_SIZE", str(1024 * 1024)))
 
 # How often, at most, an API key's last-used time is written (coarse on purpose: one write per
 # key per interval, not one per request).
 VLINDERS_KEY_LAST_USED_RESOLUTION_SECONDS = 300
 
-EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "vlinders@localhost")
+EMAIL_BACKEND = _env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "vlinders@localhost")
 
 LOGGING = {
     "version": 1,
@@ -213,7 +225,7 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO")},
 }
 
 if not DEBUG:

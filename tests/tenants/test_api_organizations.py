@@ -149,3 +149,12 @@ def test_limit_can_be_removed_with_null(as_staff, org):
     assert response.status_code == 200
     org.refresh_from_db()
     assert org.requests_per_minute is None
+
+
+def test_huge_body_is_refused_without_a_500(as_owner, org):
+    body = '{"name": "' + "x" * (2 * 1024 * 1024) + '"}'
+    response = as_owner.patch("/api/v1/orgs/acme/", body, content_type="application/json")
+    assert response.status_code == 413
+    assert "larger than" in response.json()["detail"]
+    org.refresh_from_db()
+    assert org.name == "Acme"

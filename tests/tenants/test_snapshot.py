@@ -188,3 +188,15 @@ def test_management_command_republishes(org, redis_client):
 
     call_command("publish_access_snapshot", "--full")
     assert _org_record(redis_client, org)["slug"] == "acme"
+
+
+def test_ensure_published_repairs_an_emptied_redis(org, redis_client):
+    from tenants.tasks import ensure_access_snapshot
+
+    assert ensure_access_snapshot() is True  # nothing there yet: full publish
+    assert _org_record(redis_client, org)["slug"] == "acme"
+    assert ensure_access_snapshot() is False  # present: nothing to do
+    for name in redis_client.scan_iter(match=snapshot.redis_key("*")):
+        redis_client.delete(name)  # Redis restarted empty
+    assert ensure_access_snapshot() is True
+    assert _org_record(redis_client, org)["slug"] == "acme"
