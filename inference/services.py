@@ -204,13 +204,11 @@ def _check_vllm_context(model: CatalogModel, errors: _Errors) -> None:
     gateway reserves tokens against the advertised length, so a longer engine window would let a
     request past the budget it reserved."""
     max_model_len = model.engine_args.get("max_model_len")
-    if isinstance(max_model_len, int) and isinstance(model.context_length, int):
-        if max_model_len > model.context_length:
-            errors.add(
-                "engine_args",
-                f"max_model_len ({max_model_len}) exceeds context_length "
-                f"({model.context_length}).",
-            )
+    context = model.context_length
+    if isinstance(max_model_len, int) and isinstance(context, int) and max_model_len > context:
+        errors.add(
+            "engine_args", f"max_model_len ({max_model_len}) exceeds context_length ({context})."
+        )
 
 
 def _access_state(model: CatalogModel) -> tuple[Any, ...]:
