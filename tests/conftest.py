@@ -112,3 +112,6 @@ def as_staff(staff) -> APIClient:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def anonymous() -> APIClient:
     return APIClient()
+
+
+from tests.ray_fixtures import ray_cluster  # noqa: E402,F401  (session fixture, shared)

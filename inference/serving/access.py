@@ -1,0 +1,241 @@
+"""Authorisation from the access snapshot (contract 2, ``docs/access-snapshot.md``).
+
+The gateway never reads Postgres. It reads the key and organisation records from Redis and keeps
+them in an in-process cache that is dropped, entry by entry, by the control plane's pub/sub
+invalidation messages. Why this is safe:
+
+- A change reaches every replica as fast as Redis delivers the message (milliseconds).
+- While the subscription is down (Redis restarting, a network cut), the cache is not used at all:
+  every request reads Redis, and fails closed with a 503 if Redis is unreachable. A (re)subscribe
+  drops the whole cache, since messages sent meanwhile were lost.
+- Entries also expire after ``ttl`` seconds, a backstop against a subscription that died
+  silently.
+- Unknown keys are cached too (so guessing costs no Redis round trip); the message that announces
+  a new key drops that entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from inference.serving import errors
+from inference.serving.limits import LimitSet
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KEY_SHAPE = re.compile(r"^vlk_[A-Za-z0-9]{52}$")
+_MISSING: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, and what they may do, for one request."""
+
+    key_id: str
+    org_id: str
+    org_slug: str
+    key_name: str
+    key_limits: LimitSet
+    org_limits: LimitSet
+    org_models: frozenset[str]
+    key_models: frozenset[str]  # empty: every name the organisation may use
+
+    def may_use(self, name: str) -> bool:
+        return name in self.org_models and (not self.key_models or name in self.key_models)
+
+    def usable(self) -> list[str]:
+        names = self.org_models if not self.key_models else self.org_models & self.key_models
+        return sorted(names)
+
+
+class _Lru:
+    """A bounded mapping; the oldest entries go first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def get(self, name: str, *, now: float, ttl: float) -> dict[str, Any] | None:
+        entry = self.items.get(name)
+        if entry is None or now - entry[0] > ttl:
+            return None
+        self.items.move_to_end(name)
+        return entry[1]
+
+    def put(self, name: str, value: dict[str, Any], *, now: float) -> None:
+        self.items[name] = (now, value)
+        self.items.move_to_end(name)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+    def drop(self, name: str) -> None:
+        self.items.pop(name, None)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+class AccessCache:
+    """Reads and caches access-snapshot records; ``authorize`` is the gateway's only entry."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        pepper: str,
+        ttl: float = 30.0,
+        capacity: int = 100_000,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.pepper = pepper.encode()
+        self.ttl = ttl
+        self.keys = _Lru(capacity)
+        self.orgs = _Lru(capacity)
+        self.subscribed = False
+        self.invalidations = 0
+        self._listener: asyncio.Task[None] | None = None
+
+    # --- Redis names (docs/access-snapshot.md) ---
+
+    def _name(self, *parts: str) -> str:
+        return self.prefix + ":".join(("access", f"v{SCHEMA_VERSION}", *parts))
+
+    @property
+    def channel(self) -> str:
+        return self._name("invalidate")
+
+    def key_hash(self, presented: str) -> str:
+        return hmac.new(self.pepper, presented.encode(), hashlib.sha256).hexdigest()
+
+    # --- invalidation ---
+
+    def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        # Anything sent while we were not listening is lost: start clean.
+                        self.keys.clear()
+                        self.orgs.clear()
+                        self.subscribed = True
+                        backoff = 0.1
+                    elif message["type"] == "message":
+                        self._apply(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as error:
+                logger.warning("access snapshot: subscription lost (%s); retrying", error)
+            finally:
+                self.subscribed = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _apply(self, raw: bytes | str) -> None:
+        self.invalidations += 1
+        try:
+            message = json.loads(raw)
+            kind, ident = message.get("kind"), message.get("id")
+        except (ValueError, AttributeError):
+            kind, ident = "all", None
+        if kind == "key" and isinstance(ident, str):
+            self.keys.drop(ident)
+        elif kind == "org" and isinstance(ident, str):
+            self.orgs.drop(ident)
+        else:  # "all", or a message this version does not understand: drop everything
+            self.keys.clear()
+            self.orgs.clear()
+
+    # --- reads ---
+
+    async def _record(self, cache: _Lru, name: str, ident: str) -> dict[str, Any]:
+        now = time.monotonic()
+        if self.subscribed:
+            cached = cache.get(ident, now=now, ttl=self.ttl)
+            if cached is not None:
+                return cached
+        try:
+            raw = await self.client.get(self._name(name, ident))
+        except (RedisError, OSError) as error:
+            logger.error("access snapshot: Redis unreachable: %s", error)
+            raise errors.unavailable(
+                "Authorisation is temporarily unavailable; retry shortly.", "auth_unavailable"
+            ) from error
+        record = _MISSING if raw is None else json.loads(raw)
+        if self.subscribed:
+            cache.put(ident, record, now=now)
+        return record
+
+    async def authorize(self, authorization: str | None) -> Principal:
+        """Return the principal for an ``Authorization`` header, or raise the OpenAI-shaped
+        error that refuses it (401 for any key problem, 403 without the inference scope)."""
+        if not authorization:
+            raise errors.unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer vlk_...'.",
+                code="missing_api_key",
+            )
+        scheme, _, presented = authorization.partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not KEY_SHAPE.match(presented):
+            raise errors.unauthorized("Incorrect API key provided.")
+        key = await self._record(self.keys, "key", self.key_hash(presented))
+        if not key or key.get("schema") != SCHEMA_VERSION:
+            raise errors.unauthorized("Incorrect API key provided.")
+        if key.get("status") != "active":
+            raise errors.unauthorized("This API key has been revoked.", code="revoked_api_key")
+        expires_at = key.get("expires_at")
+        if expires_at and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
+            raise errors.unauthorized("This API key has expired.", code="expired_api_key")
+        org = await self._record(self.orgs, "org", str(key.get("org_id")))
+        if not org or org.get("schema") != SCHEMA_VERSION:
+            raise errors.unauthorized("Incorrect API key provided.")
+        if org.get("status") != "active":
+            raise errors.unauthorized(
+                "This API key's organisation is suspended.", code="organization_suspended"
+            )
+        if "inference" not in key.get("scopes", []):
+            raise errors.forbidden(
+                "This API key does not have the 'inference' scope.", code="missing_scope"
+            )
+        return Principal(
+            key_id=key["key_id"],
+            org_id=org["org_id"],
+            org_slug=org.get("slug", ""),
+            key_name=key.get("name", ""),
+            key_limits=LimitSet.from_record(key.get("limits") or {}),
+            org_limits=LimitSet.from_record(org.get("limits") or {}),
+            org_models=frozenset(org.get("models", [])),
+            key_models=frozenset(key.get("allowed_models", [])),
+        )

@@ -1,0 +1,1 @@
+"""Engines behind a ModelServer: each speaks OpenAI's request and response shapes."""

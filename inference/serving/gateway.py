@@ -1,0 +1,486 @@
+"""The gateway: the OpenAI-compatible ingress of the data plane.
+
+For every request: a request id of its own; the body read under a size limit; the key
+authorised from the access snapshot (contract 2); the body validated; the model routed (aliases
+included); tokens and spend reserved by the limiter (contract 3); the model server called; the
+reservation settled with the engine's own counts; one usage event emitted (contract 4); metrics
+recorded. Every refusal is an OpenAI-shaped error (``errors.ApiError``).
+
+Two ids: Ray Serve puts ``x-request-id`` on every response (the client's own, if it sent one, or
+one Ray generated), and the gateway keeps it as ``http_request_id`` for correlation. The usage
+event's ``request_id``, on which metering deduplicates, is the gateway's own (``req_…``), never
+taken from the client: a client that reused an ``x-request-id`` must not make a request free.
+
+The gateway class is plain Python; ``app.py`` turns it into a Ray Serve deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from inference.serving import errors, metrics, requests
+from inference.serving.access import AccessCache, Principal
+from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
+from inference.serving.pricing import cost
+from inference.serving.spec import DeploymentSpec, ModelSpec
+from inference.serving.usage import UsageEmitter, UsageEvent
+
+logger = logging.getLogger("vlinders.gateway")
+
+api = FastAPI(title="Vlinders gateway", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@dataclass
+class Call:
+    """What the gateway knows about one request as it goes; becomes the usage event."""
+
+    request_id: str
+    endpoint: requests.Endpoint
+    http_request_id: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    principal: Principal | None = None
+    model: str = ""
+    target: ModelSpec | None = None
+    stream: bool = False
+    reservation: Reservation | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usage_known: bool = False
+    ttft: float | None = None
+    finish_reason: str | None = None
+    status: int = 200
+    error_type: str | None = None
+    error_code: str | None = None
+    settled: bool = False
+
+
+class Gateway:
+    """One gateway replica. ``handles`` maps Serve deployment names to model-server handles."""
+
+    def __init__(self, spec: dict[str, Any], handles: dict[str, Any]) -> None:
+        self.spec = DeploymentSpec.model_validate(spec)
+        self.routes = self.spec.routes()
+        self.handles = handles
+        pepper = os.environ.get("VLINDERS_KEY_PEPPER")
+        if not pepper:
+            raise RuntimeError(
+                "VLINDERS_KEY_PEPPER is not set in the Ray cluster's environment: the gateway "
+                "cannot hash API keys (docs/deployment-spec.md)."
+            )
+        self.redis = aioredis.Redis.from_url(
+            self.spec.redis_url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            health_check_interval=10,
+        )
+        self.access = AccessCache(
+            self.redis,
+            prefix=self.spec.redis_prefix,
+            pepper=pepper,
+            ttl=self.spec.gateway.access_cache_ttl_s,
+        )
+        self.limiter = Limiter(self.redis, self.spec.redis_prefix)
+        self.usage = UsageEmitter(
+            broker_url=self.spec.broker_url,
+            task_name=self.spec.usage_task,
+            spool_dir=self.spec.usage_spool_dir,
+            queue=self.spec.usage_queue,
+        )
+        self._started = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def _ensure_started(self) -> None:
+        """Start the invalidation listener and the usage flusher on the replica's event loop."""
+        if not self._started:
+            self.access.start()
+            self.usage.start()
+            self._started = True
+
+    # --- small helpers ---
+
+    def _background_task(self, coro: Any) -> None:
+        """Run ``coro`` to completion even if the request that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.spec.gateway.max_body_bytes
+        too_big = errors.ApiError(
+            413,
+            f"The request body is larger than {limit} bytes.",
+            "invalid_request_error",
+            None,
+            "request_too_large",
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        body = bytearray()
+        async for part in request.stream():
+            body.extend(part)
+            if len(body) > limit:
+                raise too_big
+        return bytes(body)
+
+    def _route(self, call: Call, principal: Principal, name: str) -> ModelSpec:
+        """404 for names the organisation may not use (no existence leak), 403 for names its
+        key may not use, 404 for allowed names not deployed (yet)."""
+        if name not in principal.org_models:
+            raise errors.model_not_found(name)
+        if not principal.may_use(name):
+            raise errors.forbidden(
+                f"This API key may not use the model `{name}`.", "model_not_allowed", "model"
+            )
+        target = self.routes.get(name)
+        if target is None:
+            raise errors.model_not_found(name)
+        return target
+
+    def _response_headers(self, call: Call) -> dict[str, str]:
+        return call.reservation.headers() if call.reservation is not None else {}
+
+    def _error_response(self, call: Call, error: errors.ApiError) -> JSONResponse:
+        call.status, call.error_type, call.error_code = error.status, error.type, error.code
+        headers = {**self._response_headers(call), **error.headers}
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    # --- the request path ---
+
+    async def handle(self, request: Request, endpoint: requests.Endpoint) -> Response:
+        self._ensure_started()
+        call = Call(
+            request_id=_new_request_id(),
+            endpoint=endpoint,
+            http_request_id=request.headers.get("x-request-id"),
+        )
+        try:
+            call.principal = await self.access.authorize(request.headers.get("authorization"))
+            parsed = requests.parse(requests.parse_json(await self._read_body(request)), endpoint)
+            call.model, call.stream = parsed.model, parsed.stream
+            call.target = self._route(call, call.principal, parsed.model)
+            await self._reserve(call, parsed)
+            handle = self.handles[call.target.deployment]
+            body = dict(parsed.body)
+            if parsed.stream:
+                body["stream_options"] = {
+                    **(body.get("stream_options") or {}),
+                    "include_usage": True,
+                    "continuous_usage_stats": True,
+                }
+                return StreamingResponse(
+                    self._stream(call, handle, endpoint, body, parsed),
+                    media_type="text/event-stream",
+                    headers={**self._response_headers(call), "cache-control": "no-cache"},
+                )
+            with metrics.IN_FLIGHT.labels(call.model).track_inprogress():
+                result = await handle.complete.remote(endpoint, body)
+            self._take_usage(call, result.get("usage"))
+            call.finish_reason = _finish_reason(result)
+            result["model"] = parsed.model
+            return JSONResponse(result, headers=self._response_headers(call))
+        except errors.ApiError as error:
+            return self._error_response(call, error)
+        except LimiterUnavailable:
+            return self._error_response(
+                call, errors.unavailable("Rate limiting is temporarily unavailable; retry.")
+            )
+        except Exception:
+            logger.exception("request %s failed", call.request_id)
+            return self._error_response(
+                call,
+                errors.ApiError(
+                    500,
+                    "The server had an error while processing your request.",
+                    "server_error",
+                    None,
+                    "internal_error",
+                ),
+            )
+        finally:
+            if not call.stream or call.status != 200:
+                await self._finish(call)
+
+    async def _reserve(self, call: Call, parsed: requests.ParsedRequest) -> None:
+        assert call.principal is not None
+        assert call.target is not None
+        prompt, completion = requests.reserved_tokens(
+            parsed, context_length=call.target.context_length
+        )
+        spend = cost(
+            prompt,
+            completion,
+            input_per_mtok=call.target.price_input_per_mtok,
+            output_per_mtok=call.target.price_output_per_mtok,
+        )
+        decision = await self.limiter.reserve(
+            key_id=call.principal.key_id,
+            org_id=call.principal.org_id,
+            key_limits=call.principal.key_limits,
+            org_limits=call.principal.org_limits,
+            tokens=prompt + completion,
+            spend=spend,
+            request_id=call.request_id,
+        )
+        if isinstance(decision, Refusal):
+            raise _rate_limited(decision)
+        call.reservation = decision
+
+    async def _stream(
+        self,
+        call: Call,
+        handle: Any,
+        endpoint: str,
+        body: dict[str, Any],
+        parsed: requests.ParsedRequest,
+    ) -> AsyncIterator[bytes]:
+        generator = handle.options(stream=True).stream.remote(endpoint, body)
+        metrics.IN_FLIGHT.labels(call.model).inc()
+        finished = False
+        try:
+            async for batch in generator:
+                out: list[str] = []
+                for chunk in batch:
+                    self._take_usage(call, chunk.get("usage"))
+                    if not chunk.get("choices"):
+                        continue  # the engine's usage chunk: re-emitted at the end if asked
+                    if call.ttft is None:
+                        call.ttft = time.perf_counter() - call.started
+                    call.finish_reason = _finish_reason(chunk) or call.finish_reason
+                    chunk.pop("usage", None)
+                    chunk["model"] = parsed.model
+                    out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+                if out:
+                    yield "".join(out).encode()
+            if parsed.include_usage:
+                yield _sse(_usage_chunk(call, parsed.model, endpoint))
+            yield b"data: [DONE]\n\n"
+            finished = True
+        except errors.ApiError as error:
+            call.status, call.error_type, call.error_code = error.status, error.type, error.code
+            yield _sse(error.body())
+            finished = True
+        except Exception:
+            logger.exception("stream %s failed", call.request_id)
+            call.status, call.error_type, call.error_code = 500, "server_error", "internal_error"
+            yield _sse(
+                errors.ApiError(
+                    500, "The server had an error while streaming.", "server_error"
+                ).body()
+            )
+            finished = True
+        finally:
+            metrics.IN_FLIGHT.labels(call.model).dec()
+            if not finished:
+                # The client went away: cancel the engine's work and meter what it produced.
+                generator.cancel()
+                call.status, call.error_type, call.error_code = 499, "client_disconnected", None
+            # Settle outside this (possibly cancelled) task so it always completes.
+            self._background_task(self._finish(call))
+
+    def _take_usage(self, call: Call, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        call.cached_tokens = int(details.get("cached_tokens") or 0)
+        call.usage_known = True
+
+    async def _finish(self, call: Call) -> None:
+        """Settle the reservation, emit the usage event, record metrics. Once per request."""
+        if call.settled:
+            return
+        call.settled = True
+        latency = time.perf_counter() - call.started
+        target = call.target
+        if call.reservation is not None and target is not None:
+            if not call.usage_known and call.status == 200:
+                logger.warning("request %s: engine reported no usage", call.request_id)
+            spend = cost(
+                call.prompt_tokens,
+                call.completion_tokens,
+                input_per_mtok=target.price_input_per_mtok,
+                output_per_mtok=target.price_output_per_mtok,
+            )
+            try:
+                await self.limiter.settle(
+                    call.reservation,
+                    prompt_tokens=call.prompt_tokens,
+                    completion_tokens=call.completion_tokens,
+                    spend=spend,
+                )
+            except Exception:
+                # The lease expires by itself; Postgres stays the authority for spend.
+                logger.exception("request %s: settling failed", call.request_id)
+        model = call.model or "-"
+        org = call.principal.org_slug if call.principal else "-"
+        metrics.REQUESTS.labels(model, call.endpoint, org, str(call.status)).inc()
+        if call.status != 200:
+            metrics.ERRORS.labels(model, call.error_type or "-", call.error_code or "-").inc()
+        metrics.LATENCY.labels(model, call.endpoint).observe(latency)
+        if call.ttft is not None:
+            metrics.TTFT.labels(model).observe(call.ttft)
+        metrics.TOKENS.labels(model, org, "prompt").inc(call.prompt_tokens)
+        metrics.TOKENS.labels(model, org, "completion").inc(call.completion_tokens)
+        logger.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "request_id": call.request_id,
+                    "http_request_id": call.http_request_id,
+                    "org": org,
+                    "model": model,
+                    "endpoint": call.endpoint,
+                    "status": call.status,
+                    "stream": call.stream,
+                    "prompt_tokens": call.prompt_tokens,
+                    "completion_tokens": call.completion_tokens,
+                    "latency_ms": round(latency * 1000, 2),
+                }
+            )
+        )
+        if call.principal is None:
+            return  # usage events are for requests that passed authentication
+        self.usage.emit(
+            UsageEvent(
+                request_id=call.request_id,
+                org_id=call.principal.org_id,
+                key_id=call.principal.key_id,
+                model=call.model,
+                served_model=target.name if target else "",
+                endpoint=call.endpoint,
+                stream=call.stream,
+                status=call.status,
+                error_type=call.error_type,
+                finish_reason=call.finish_reason,
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                cached_tokens=call.cached_tokens,
+                latency_ms=latency * 1000,
+                ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+                started_at=call.started_at,
+                http_request_id=call.http_request_id,
+            )
+        )
+
+    # --- models ---
+
+    async def list_models(self, request: Request) -> Response:
+        self._ensure_started()
+        try:
+            principal = await self.access.authorize(request.headers.get("authorization"))
+        except errors.ApiError as error:
+            return JSONResponse(error.body(), error.status)
+        data = [
+            _model_object(name, self.routes[name])
+            for name in principal.usable()
+            if name in self.routes
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(self, request: Request, model: str) -> Response:
+        self._ensure_started()
+        try:
+            principal = await self.access.authorize(request.headers.get("authorization"))
+            if not principal.may_use(model) or model not in self.routes:
+                raise errors.model_not_found(model)
+        except errors.ApiError as error:
+            return JSONResponse(error.body(), error.status)
+        return JSONResponse(_model_object(model, self.routes[model]))
+
+    async def health(self) -> Response:
+        try:
+            await self.redis.ping()
+            redis_ok = True
+        except Exception:
+            redis_ok = False
+        body = {
+            "status": "ok" if redis_ok else "degraded",
+            "revision": self.spec.revision,
+            "redis": redis_ok,
+            "snapshot_subscribed": self.access.subscribed,
+            "usage": self.usage.stats(),
+        }
+        return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+def _new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def _finish_reason(result: dict[str, Any]) -> str | None:
+    for choice in result.get("choices") or []:
+        if choice.get("finish_reason"):
+            return str(choice["finish_reason"])
+    return None
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def _usage_chunk(call: Call, model: str, endpoint: str) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": call.prompt_tokens,
+        "completion_tokens": call.completion_tokens,
+        "total_tokens": call.prompt_tokens + call.completion_tokens,
+    }
+    if call.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": call.cached_tokens}
+    return {
+        "id": call.request_id,
+        "object": "chat.completion.chunk" if endpoint == "chat.completions" else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def _model_object(name: str, target: ModelSpec) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "vlinders",
+        "context_length": target.context_length,
+    }
+
+
+def _rate_limited(refusal: Refusal) -> errors.ApiError:
+    """429 for a refusal: ``insufficient_quota`` for budgets, ``rate_limit_exceeded`` otherwise,
+    with ``Retry-After`` when waiting can help (not when the request alone exceeds the limit)."""
+    budget = "budget" in refusal.limit
+    what = refusal.limit.replace(".", " ").replace("_", " ")
+    headers = refusal.headers()
+    if refusal.retry_after is None:
+        message = f"This request alone exceeds the {what}; lower max_tokens or the prompt."
+    elif budget:
+        message = f"You exceeded your {what}. Raise the budget or wait for the next month."
+    else:
+        message = f"You exceeded your {what}. Retry after {_seconds(refusal.retry_after)} s."
+    if refusal.retry_after is not None:
+        headers["Retry-After"] = str(_seconds(refusal.retry_after))
+    code = "insufficient_quota" if budget else "rate_limit_exceeded"
+    return errors.ApiError(429, message, code, None, code, headers)
+
+
+def _seconds(value: float) -> int:
+    return max(1, math.ceil(value))

@@ -1,0 +1,742 @@
+"""Rate limits and monthly budgets in Redis (contract 3, ``docs/limits.md``).
+
+The gateway calls :meth:`Limiter.reserve` before a request reaches an engine, with an upper
+estimate of its cost (prompt tokens + ``max_tokens``, and the spend those would cost), and
+:meth:`Limiter.settle` with the real usage afterwards. Every decision is ONE Lua script, so it is
+atomic across the key's and the organisation's counters and costs one Redis round trip; no
+gateway replica keeps limiter state of its own.
+
+What is limited, per API key and per organisation (the tighter one wins because both must pass):
+requests per minute, tokens per minute, concurrent requests, tokens per UTC calendar month and
+spend per UTC calendar month.
+
+Per-minute limits use a *sliding window counter*: two fixed one-minute buckets, the previous one
+weighted by how much of it still overlaps the last 60 s (``prev * (1 - elapsed/60) + curr``).
+It assumes the previous minute's traffic was spread evenly. Worst case: a full burst at the very
+end of one minute, followed by traffic at the limit's own pace, lets up to ``2 * limit - 1`` pass
+in some 60 s span (the same bound as a token bucket whose burst equals the limit); what it
+prevents is a fixed window's second burst right after the boundary.
+
+Concurrency is a sorted set of reservation ids scored by lease expiry (10 minutes by default):
+settle removes the lease, and a lease whose gateway died is reclaimed by the next script that
+touches the scope once it expires, so a crash cannot hold a slot forever.
+
+The budget guarantee. A reservation of ``r`` is admitted only if ``used + reserved + r <= budget``
+for the month, checked and recorded in the same script for both scopes. Settle replaces ``r`` in
+``reserved`` by the actual ``a`` in ``used``; an expired lease moves ``r`` from ``reserved`` to
+``used`` (the crashed request may have run; the control plane's reconciliation corrects it). So
+``used + reserved <= budget`` holds after every script, whatever the concurrency, and
+
+    used <= budget  +  sum over settled requests of max(0, a - r).
+
+When every request's actual usage stays within what it reserved, a budget is never overspent,
+not even by one micro-unit; a request that used more than it reserved (a low prompt estimate)
+overspends by exactly that excess, and no further request is admitted until the counters are back
+under the budget. Lowering a budget below what is already used or reserved refuses new requests; it
+takes nothing back. Redis restarted empty forgets ``used`` until reconciliation rewrites it.
+
+Money is never a float: spend is kept as integer micro-units (1e-6 of the platform currency),
+exact in Lua's doubles up to 2**53 micro-units (~9e9 currency units). Amounts are rounded up
+(:func:`to_micros`), budgets down, so the limiter never under-counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
+from typing import Any, Literal, NamedTuple
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Scope = Literal["key", "org"]
+
+MICROS_PER_UNIT = 1_000_000
+WINDOW_SECONDS = 60
+DEFAULT_LEASE_SECONDS = 600.0
+# Budget keys outlive their month by this much, so late settles and reconciliation still find them.
+MONTH_KEY_GRACE_SECONDS = 40 * 86400
+# Leases and pending reservations of a scope are dropped after this long without any write.
+IDLE_TTL_SECONDS = 40 * 86400
+# What a refusal for a transient reason (a concurrency slot, in-flight reservations) asks to wait.
+TRANSIENT_RETRY_SECONDS = 1.0
+
+_LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent_requests",
+    "monthly_token_budget",
+    "monthly_spend_budget",
+)
+_SCOPES: tuple[Scope, Scope] = ("key", "org")
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_MONTH_FIELDS = ("used_tokens", "used_micros", "reserved_tokens", "reserved_micros")
+
+
+class LimiterUnavailable(Exception):
+    """Redis could not be reached. The gateway answers 503: without the limiter it fails closed."""
+
+
+class DuplicateReservation(ValueError):
+    """A reservation with this request id is still pending; request ids must be unique."""
+
+
+def to_micros(amount: Decimal | int | str, *, rounding: str = ROUND_CEILING) -> int:
+    """An amount of the platform currency as integer micro-units; the one conversion.
+
+    Rounds up by default, so a reserved or settled spend is never under-counted; budgets use
+    ``ROUND_FLOOR`` so a budget is never exceeded by its own rounding. Exact for any Decimal
+    (computed at a precision that cannot round). Floats are refused: money is never a float.
+    """
+    if isinstance(amount, float | bool):
+        raise TypeError("money must be a Decimal, an int or a decimal string, never a float")
+    try:
+        value = Decimal(amount)
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal amount: {amount!r}") from exc
+    if not value.is_finite():
+        raise ValueError(f"not a finite amount: {amount!r}")
+    if value < 0:
+        raise ValueError(f"amounts are never negative: {amount!r}")
+    with localcontext() as ctx:
+        ctx.prec = max(28, len(value.as_tuple().digits) + 12)
+        return int(value.scaleb(6).to_integral_value(rounding=rounding))
+
+
+def from_micros(micros: int) -> Decimal:
+    """Integer micro-units back to an exact Decimal amount (six decimal places)."""
+    return Decimal(micros).scaleb(-6)
+
+
+@dataclass(frozen=True)
+class LimitSet:
+    """The limits of one scope (a key or an organisation). ``None`` means unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent_requests: int | None = None
+    monthly_token_budget: int | None = None
+    monthly_spend_budget: Decimal | None = None  # platform currency
+
+    @classmethod
+    def from_record(cls, limits: Mapping[str, Any] | None) -> LimitSet:
+        """Build from the ``limits`` object of an access-snapshot record (contract 2).
+
+        Missing fields and ``null`` are unlimited; spend arrives as a decimal string. Anything
+        else malformed raises ``ValueError`` so the gateway fails closed.
+        """
+        limits = limits or {}
+        ints: dict[str, int | None] = {}
+        for name in _LIMIT_FIELDS[:4]:
+            value = limits.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"limit {name} must be an integer or null, not {value!r}")
+            if value is not None and value < 0:
+                raise ValueError(f"limit {name} must not be negative")
+            ints[name] = value
+        spend = limits.get("monthly_spend_budget")
+        budget: Decimal | None = None
+        if spend is not None:
+            if isinstance(spend, float | bool):
+                raise ValueError("monthly_spend_budget must be a decimal string, never a float")
+            try:
+                budget = Decimal(spend)
+            except InvalidOperation as exc:
+                raise ValueError(f"monthly_spend_budget is not a decimal: {spend!r}") from exc
+            if not budget.is_finite() or budget < 0:
+                raise ValueError(f"monthly_spend_budget is out of range: {spend!r}")
+        return cls(
+            requests_per_minute=ints["requests_per_minute"],
+            tokens_per_minute=ints["tokens_per_minute"],
+            max_concurrent_requests=ints["max_concurrent_requests"],
+            monthly_token_budget=ints["monthly_token_budget"],
+            monthly_spend_budget=budget,
+        )
+
+    def _script_args(self) -> list[int]:
+        """The limits as the scripts take them: integers, spend in micro-units, -1 unlimited."""
+        spend = self.monthly_spend_budget
+        return [
+            -1 if self.requests_per_minute is None else self.requests_per_minute,
+            -1 if self.tokens_per_minute is None else self.tokens_per_minute,
+            -1 if self.max_concurrent_requests is None else self.max_concurrent_requests,
+            -1 if self.monthly_token_budget is None else self.monthly_token_budget,
+            -1 if spend is None else to_micros(spend, rounding=ROUND_FLOOR),
+        ]
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """What the OpenAI-style ``x-ratelimit-*`` headers say: for the tighter of key and org.
+
+    ``None`` fields (neither scope has that limit) are left out of the headers.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None  # seconds until the window is empty again
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for kind in ("requests", "tokens"):
+            limit = getattr(self, f"limit_{kind}")
+            if limit is None:
+                continue
+            out[f"x-ratelimit-limit-{kind}"] = str(limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(getattr(self, f"remaining_{kind}"))
+            out[f"x-ratelimit-reset-{kind}"] = _duration(getattr(self, f"reset_{kind}"))
+        return out
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An admitted request. Pass it to :meth:`Limiter.settle` (or ``release``) exactly once;
+    more calls are harmless no-ops."""
+
+    request_id: str
+    key_id: str
+    org_id: str
+    month: str  # YYYY-MM (UTC) the budgets were charged in
+    minute: int  # the per-minute bucket (unix time // 60) the tokens were counted in
+    tokens: int
+    spend_micros: int
+    lease_expires_at: float
+    rate: RateLimitStatus
+
+    @property
+    def spend(self) -> Decimal:
+        return from_micros(self.spend_micros)
+
+    def headers(self) -> dict[str, str]:
+        return self.rate.headers()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused request: which limit (``"key.requests_per_minute"``), the scope, and how long
+    to wait. ``retry_after`` is ``None`` when the request can never fit (its cost alone exceeds
+    the limit); the gateway should then say so rather than ask the client to retry.
+
+    When several limits refuse, the one with the longest wait is reported: retrying sooner would
+    only be refused again.
+    """
+
+    limit: str
+    scope: Scope
+    retry_after: float | None
+    rate: RateLimitStatus
+
+    def headers(self) -> dict[str, str]:
+        return self.rate.headers()
+
+
+class MonthUsage(NamedTuple):
+    used_tokens: int
+    used_spend: Decimal
+    reserved_tokens: int
+    reserved_spend: Decimal
+
+
+# --- Lua ------------------------------------------------------------------------------------
+# Shared helpers. ``int`` formats a Lua number (a double) as an integer string: redis.call would
+# otherwise format large numbers in exponent notation, which INCRBY/HINCRBY reject.
+_LUA_COMMON = """
+local function int(x) return string.format('%d', x) end
+local function num(x) return tonumber(x) or 0 end
+
+-- Add delta to a hash field, never leaving it below zero.
+local function add(key, field, delta)
+  local v = redis.call('HINCRBY', key, field, int(delta))
+  if v < 0 then redis.call('HSET', key, field, 0) end
+end
+
+local function parse(rec)
+  local m, t, u = string.match(rec, '^([^|]*)|(%d+)|(%d+)$')
+  return m, tonumber(t), tonumber(u)
+end
+
+-- Leases that expired: their gateway is gone. A reservation of this month is counted as used
+-- (it may have run; reconciliation from Postgres corrects it); one of an earlier month is just
+-- dropped (that month no longer limits anything); one of a later month (a gateway whose clock
+-- is ahead) is left for a script that runs in that month.
+local function reclaim(leases, pending, month_key, month, now)
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
+  for _, id in ipairs(expired) do
+    local rec = redis.call('HGET', pending, id)
+    local m, t, u = nil, 0, 0
+    if rec then m, t, u = parse(rec) end
+    if not rec or m <= month then
+      if m == month then
+        add(month_key, 'reserved_tokens', -t)
+        add(month_key, 'reserved_micros', -u)
+        redis.call('HINCRBY', month_key, 'used_tokens', int(t))
+        redis.call('HINCRBY', month_key, 'used_micros', int(u))
+      end
+      redis.call('HDEL', pending, id)
+      redis.call('ZREM', leases, id)
+    end
+  end
+end
+"""
+
+# KEYS, per scope (key, then org): rpm_prev rpm_curr tpm_prev tpm_curr leases pending month
+# ARGV: 1 now, 2 elapsed fraction of the minute, 3 request id, 4 tokens, 5 micros, 6 month,
+#       7 lease expiry, 8 minute-bucket ttl, 9 month ttl, 10 idle ttl,
+#       11-15 key limits, 16-20 org limits (rpm tpm concurrent tokens micros; -1 unlimited)
+# Returns {1 | 0 | -1, 9 counters per scope..., refused codes...}; -1: duplicate request id.
+_RESERVE = (
+    _LUA_COMMON
+    + """
+local now, frac, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local tokens, micros, month = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+
+for s = 0, 1 do
+  if redis.call('HEXISTS', KEYS[s * 7 + 6], rid) == 1 then return {-1} end
+end
+
+local state, refused = {}, {}
+for s = 0, 1 do
+  local k, a = s * 7, 10 + s * 5
+  reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now)
+  local rp, rc = num(redis.call('GET', KEYS[k + 1])), num(redis.call('GET', KEYS[k + 2]))
+  local tp, tc = num(redis.call('GET', KEYS[k + 3])), num(redis.call('GET', KEYS[k + 4]))
+  local conc = redis.call('ZCOUNT', KEYS[k + 5], '(' .. now, '+inf')
+  local m = redis.call('HMGET', KEYS[k + 7],
+    'used_tokens', 'used_micros', 'reserved_tokens', 'reserved_micros')
+  local ut, um, rt, rm = num(m[1]), num(m[2]), num(m[3]), num(m[4])
+  local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local cc, tb, sb = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  if rpm >= 0 and rp * (1 - frac) + rc + 1 > rpm then table.insert(refused, s * 5 + 1) end
+  if tpm >= 0 and tp * (1 - frac) + tc + tokens > tpm then table.insert(refused, s * 5 + 2) end
+  if cc >= 0 and conc + 1 > cc then table.insert(refused, s * 5 + 3) end
+  if tb >= 0 and ut + rt + tokens > tb then table.insert(refused, s * 5 + 4) end
+  if sb >= 0 and um + rm + micros > sb then table.insert(refused, s * 5 + 5) end
+  state[s + 1] = {rp, rc, tp, tc, conc, ut, um, rt, rm}
+end
+
+if #refused == 0 then
+  for s = 0, 1 do
+    local k, st = s * 7, state[s + 1]
+    redis.call('INCR', KEYS[k + 2])
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[8])
+    redis.call('INCRBY', KEYS[k + 4], ARGV[4])
+    redis.call('EXPIRE', KEYS[k + 4], ARGV[8])
+    redis.call('ZADD', KEYS[k + 5], ARGV[7], rid)
+    redis.call('EXPIRE', KEYS[k + 5], ARGV[10])
+    redis.call('HSET', KEYS[k + 6], rid, month .. '|' .. ARGV[4] .. '|' .. ARGV[5])
+    redis.call('EXPIRE', KEYS[k + 6], ARGV[10])
+    redis.call('HINCRBY', KEYS[k + 7], 'reserved_tokens', ARGV[4])
+    redis.call('HINCRBY', KEYS[k + 7], 'reserved_micros', ARGV[5])
+    redis.call('EXPIRE', KEYS[k + 7], ARGV[9])
+    st[2], st[4], st[5] = st[2] + 1, st[4] + tokens, st[5] + 1
+    st[8], st[9] = st[8] + tokens, st[9] + micros
+  end
+end
+
+local out = {#refused == 0 and 1 or 0}
+for s = 1, 2 do for _, v in ipairs(state[s]) do table.insert(out, v) end end
+for _, c in ipairs(refused) do table.insert(out, c) end
+return out
+"""
+)
+
+# KEYS, per scope (key, then org): leases pending month tpm_bucket (the reservation's)
+# ARGV: 1 request id, 2 actual tokens, 3 actual micros, 4 month ttl
+# Settle reclaims nothing: its month may not be the current one (reserve does it).
+# Returns {settled in key scope 0|1, settled in org scope 0|1}.
+_SETTLE = (
+    _LUA_COMMON
+    + """
+local rid, tokens = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for s = 0, 1 do
+  local k = s * 4
+  local rec = redis.call('HGET', KEYS[k + 2], rid)
+  out[s + 1] = 0
+  if rec then
+    local _, t, u = parse(rec)
+    redis.call('HDEL', KEYS[k + 2], rid)
+    redis.call('ZREM', KEYS[k + 1], rid)
+    add(KEYS[k + 3], 'reserved_tokens', -t)
+    add(KEYS[k + 3], 'reserved_micros', -u)
+    redis.call('HINCRBY', KEYS[k + 3], 'used_tokens', ARGV[2])
+    redis.call('HINCRBY', KEYS[k + 3], 'used_micros', ARGV[3])
+    redis.call('EXPIRE', KEYS[k + 3], ARGV[4])
+    local cur = redis.call('GET', KEYS[k + 4])
+    if cur and tokens ~= t then
+      local v = tonumber(cur) + tokens - t
+      if v < 0 then v = 0 end
+      redis.call('SET', KEYS[k + 4], int(v), 'KEEPTTL')
+    end
+    out[s + 1] = 1
+  end
+end
+return out
+"""
+)
+
+# KEYS: month. ARGV: used tokens, used micros, ttl. Only the used_* fields are written.
+_SET_USED = """
+redis.call('HSET', KEYS[1], 'used_tokens', ARGV[1], 'used_micros', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class Limiter:
+    """Contract 3: the data plane's limiter. One instance per gateway replica is enough; it
+    holds no state of its own beyond the registered scripts.
+
+    ``prefix`` is ``VLINDERS_REDIS_PREFIX``; every key starts with ``prefix + "limits:v1:"``.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self.redis = redis
+        self.base = f"{prefix}limits:v1:"
+        self.lease_seconds = lease_seconds
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._set_used = redis.register_script(_SET_USED)
+
+    # -- key layout ----------------------------------------------------------------------------
+    def _scope(self, scope: Scope, ident: str) -> str:
+        if scope not in _SCOPES:
+            raise ValueError(f"scope must be 'key' or 'org', not {scope!r}")
+        return f"{self.base}{scope}:{ident}:"
+
+    def _month_key(self, scope: Scope, ident: str, month: str) -> str:
+        return f"{self._scope(scope, ident)}month:{month}"
+
+    # -- the API -------------------------------------------------------------------------------
+    async def reserve(
+        self,
+        *,
+        key_id: str,
+        org_id: str,
+        key_limits: LimitSet,
+        org_limits: LimitSet,
+        tokens: int,
+        spend: Decimal,
+        request_id: str,
+        now: float | None = None,
+    ) -> Reservation | Refusal:
+        """Check every limit of both scopes and, only if all pass, record the request: one
+        request and ``tokens`` in this minute's buckets, a concurrency lease, and ``tokens`` and
+        ``spend`` as reserved against this month's budgets. One atomic script.
+
+        ``tokens`` and ``spend`` are the upper estimate (prompt + max_tokens). Raises
+        :class:`LimiterUnavailable` when Redis cannot be reached and
+        :class:`DuplicateReservation` when ``request_id`` is still pending.
+        """
+        if tokens < 0:
+            raise ValueError("tokens must not be negative")
+        micros = to_micros(spend)
+        now = time.time() if now is None else now
+        minute = math.floor(now / WINDOW_SECONDS)
+        frac = (now - minute * WINDOW_SECONDS) / WINDOW_SECONDS
+        month, month_end = _month_of(now)
+        keys: list[str] = []
+        for scope, ident in zip(_SCOPES, (key_id, org_id), strict=True):
+            base = self._scope(scope, ident)
+            keys += [
+                f"{base}rpm:{minute - 1}",
+                f"{base}rpm:{minute}",
+                f"{base}tpm:{minute - 1}",
+                f"{base}tpm:{minute}",
+                f"{base}leases",
+                f"{base}pending",
+                f"{base}month:{month}",
+            ]
+        lease_expires_at = now + self.lease_seconds
+        args: list[str | int] = [
+            repr(now),
+            repr(frac),
+            request_id,
+            tokens,
+            micros,
+            month,
+            repr(lease_expires_at),
+            _ttl((minute + 2) * WINDOW_SECONDS - now + WINDOW_SECONDS),
+            _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now),
+            _ttl(max(IDLE_TTL_SECONDS, 2 * self.lease_seconds)),
+            *key_limits._script_args(),
+            *org_limits._script_args(),
+        ]
+        reply = await self._call(self._reserve, keys, args)
+        status = int(reply[0])
+        if status == -1:
+            raise DuplicateReservation(f"request id {request_id!r} already holds a reservation")
+        counters = [_Counters(*(int(v) for v in reply[1 + 9 * s : 10 + 9 * s])) for s in (0, 1)]
+        limits = (key_limits, org_limits)
+        rate = _rate_status(counters, limits, frac)
+        if status == 1:
+            return Reservation(
+                request_id=request_id,
+                key_id=key_id,
+                org_id=org_id,
+                month=month,
+                minute=minute,
+                tokens=tokens,
+                spend_micros=micros,
+                lease_expires_at=lease_expires_at,
+                rate=rate,
+            )
+        waits: list[tuple[float, str, Scope]] = []
+        for code in reply[19:]:
+            s, index = divmod(int(code) - 1, 5)
+            wait = _retry_after(
+                index, counters[s], limits[s], frac, tokens, micros, month_end - now
+            )
+            waits.append((math.inf if wait is None else wait, _LIMIT_FIELDS[index], _SCOPES[s]))
+        wait, field, scope = max(waits, key=lambda w: w[0])
+        return Refusal(
+            limit=f"{scope}.{field}",
+            scope=scope,
+            retry_after=None if wait == math.inf else wait,
+            rate=rate,
+        )
+
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        spend: Decimal,
+        now: float | None = None,
+    ) -> bool:
+        """Replace the reservation by the actual usage, atomically for both scopes: release the
+        lease, ``reserved -= reserved amount`` and ``used += actual`` in the reservation's month,
+        and correct the reservation's tokens/min bucket by ``actual - reserved`` (never below 0).
+
+        Idempotent: the script deletes the reservation's pending record, so a second call (a
+        retry after a timeout) finds nothing and changes nothing. Returns whether this call
+        settled anything. A reservation whose lease expired *and* was reclaimed by a later
+        reserve was counted as fully used then; settling it does nothing (reconciliation
+        corrects it). ``now`` only sets the month counters' expiry.
+        """
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError("token counts must not be negative")
+        micros = to_micros(spend)
+        now = time.time() if now is None else now
+        _, month_end = _month_bounds(reservation.month)
+        keys: list[str] = []
+        for scope, ident in zip(_SCOPES, (reservation.key_id, reservation.org_id), strict=True):
+            base = self._scope(scope, ident)
+            keys += [
+                f"{base}leases",
+                f"{base}pending",
+                f"{base}month:{reservation.month}",
+                f"{base}tpm:{reservation.minute}",
+            ]
+        args: list[str | int] = [
+            reservation.request_id,
+            prompt_tokens + completion_tokens,
+            micros,
+            _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now),
+        ]
+        reply = await self._call(self._settle, keys, args)
+        return any(int(v) for v in reply)
+
+    async def release(self, reservation: Reservation, *, now: float | None = None) -> bool:
+        """Settle with zero usage: the request failed before the engine produced anything."""
+        return await self.settle(
+            reservation, prompt_tokens=0, completion_tokens=0, spend=Decimal(0), now=now
+        )
+
+    async def month_usage(
+        self, scope: Scope, ident: str, *, month: str | None = None, now: float | None = None
+    ) -> MonthUsage:
+        """``(used_tokens, used_spend, reserved_tokens, reserved_spend)`` of one scope for a
+        month (default: the current UTC month). Leases that expired but were not reclaimed yet
+        still count as reserved."""
+        if month is None:
+            month, _ = _month_of(time.time() if now is None else now)
+        _month_bounds(month)
+        values = await self._call_plain(
+            self.redis.hmget(self._month_key(scope, ident, month), list(_MONTH_FIELDS))
+        )
+        ut, um, rt, rm = (int(v or 0) for v in values)
+        return MonthUsage(ut, from_micros(um), rt, from_micros(rm))
+
+    async def set_month_used(
+        self,
+        scope: Scope,
+        ident: str,
+        month: str,
+        tokens: int,
+        spend: Decimal,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Overwrite the *used* counters of a month with the authority's numbers (the control
+        plane reconciling from Postgres). The *reserved* counters belong to requests in flight
+        and are never touched, so reconciling cannot free or double a reservation."""
+        if tokens < 0:
+            raise ValueError("tokens must not be negative")
+        _, month_end = _month_bounds(month)
+        now = time.time() if now is None else now
+        args = [tokens, to_micros(spend), _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now)]
+        await self._call(self._set_used, [self._month_key(scope, ident, month)], args)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._call_plain(script(keys=keys, args=args))
+
+    @staticmethod
+    async def _call_plain(awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise LimiterUnavailable(f"the limiter's Redis is unreachable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """One scope's counters as a script saw them (after recording, when admitted)."""
+
+    rpm_prev: int
+    rpm_curr: int
+    tpm_prev: int
+    tpm_curr: int
+    concurrent: int
+    used_tokens: int
+    used_micros: int
+    reserved_tokens: int
+    reserved_micros: int
+
+
+def _estimate(prev: int, curr: int, frac: float) -> float:
+    """The sliding-window count: the previous bucket weighted by its remaining overlap."""
+    return prev * (1 - frac) + curr
+
+
+def _window_reset(prev: int, curr: int, frac: float) -> float:
+    """Seconds until the window is empty again, if nothing more arrives."""
+    left = (1 - frac) * WINDOW_SECONDS
+    if curr > 0:
+        return left + WINDOW_SECONDS
+    return left if prev > 0 else 0.0
+
+
+def _window_wait(prev: int, curr: int, frac: float, limit: int, cost: int) -> float | None:
+    """Seconds until ``cost`` fits under ``limit``, if nothing more arrives; None: never."""
+    if cost > limit:
+        return None
+    left = (1 - frac) * WINDOW_SECONDS
+    if curr + cost <= limit:  # fits later in this minute, as the previous bucket fades
+        at = 1 - (limit - curr - cost) / prev if prev else frac
+        return max(0.0, (at - frac) * WINDOW_SECONDS)
+    # Only in the next minute, as this one fades (curr > 0 here).
+    return left + (1 - (limit - cost) / curr) * WINDOW_SECONDS
+
+
+def _retry_after(
+    index: int,
+    c: _Counters,
+    limits: LimitSet,
+    frac: float,
+    tokens: int,
+    micros: int,
+    until_next_month: float,
+) -> float | None:
+    if index == 0:
+        wait = _window_wait(c.rpm_prev, c.rpm_curr, frac, _req(limits.requests_per_minute), 1)
+    elif index == 1:
+        wait = _window_wait(c.tpm_prev, c.tpm_curr, frac, _req(limits.tokens_per_minute), tokens)
+    elif index == 2:
+        return None if _req(limits.max_concurrent_requests) < 1 else TRANSIENT_RETRY_SECONDS
+    else:
+        if index == 3:
+            budget, cost, used = _req(limits.monthly_token_budget), tokens, c.used_tokens
+        else:
+            spend = _req(limits.monthly_spend_budget)
+            budget, cost = to_micros(spend, rounding=ROUND_FLOOR), micros
+            used = c.used_micros
+        if cost > budget:
+            return None
+        # Only in-flight reservations stand in the way: they settle within seconds.
+        return TRANSIENT_RETRY_SECONDS if used + cost <= budget else max(until_next_month, 0.001)
+    # Up to the millisecond (ignoring float noise), and never zero: it was refused just now.
+    return None if wait is None else max(math.ceil(wait * 1000 - 1e-6) / 1000, 0.001)
+
+
+def _req(value: Any) -> Any:
+    assert value is not None  # a refused limit is never unlimited
+    return value
+
+
+def _rate_status(
+    counters: list[_Counters], limits: tuple[LimitSet, LimitSet], frac: float
+) -> RateLimitStatus:
+    """The headers' numbers: for each of requests and tokens, the scope with less remaining."""
+    found: dict[str, tuple[int, int, float]] = {}
+    for c, lim in zip(counters, limits, strict=True):
+        for kind, limit, prev, curr in (
+            ("requests", lim.requests_per_minute, c.rpm_prev, c.rpm_curr),
+            ("tokens", lim.tokens_per_minute, c.tpm_prev, c.tpm_curr),
+        ):
+            if limit is None:
+                continue
+            remaining = max(0, math.floor(limit - _estimate(prev, curr, frac)))
+            entry = (remaining, limit, _window_reset(prev, curr, frac))
+            if kind not in found or entry[:2] < found[kind][:2]:
+                found[kind] = entry
+    req, tok = found.get("requests"), found.get("tokens")
+    return RateLimitStatus(
+        limit_requests=req[1] if req else None,
+        remaining_requests=req[0] if req else None,
+        reset_requests=req[2] if req else None,
+        limit_tokens=tok[1] if tok else None,
+        remaining_tokens=tok[0] if tok else None,
+        reset_tokens=tok[2] if tok else None,
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    """OpenAI's reset format: ``"20ms"``, ``"1s"``, ``"6m0s"``."""
+    if not seconds or seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, secs = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _month_of(now: float) -> tuple[str, float]:
+    """The UTC calendar month of a unix time, and when the next one starts."""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    month = f"{moment.year:04d}-{moment.month:02d}"
+    return month, _month_bounds(month)[1]
+
+
+def _month_bounds(month: str) -> tuple[float, float]:
+    """Start and end (the next month's start) of a ``YYYY-MM`` month, as unix times."""
+    if not _MONTH.match(month):
+        raise ValueError(f"month must be YYYY-MM, not {month!r}")
+    year, mon = int(month[:4]), int(month[5:])
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+    return start.timestamp(), end.timestamp()
+
+
+def _ttl(seconds: float) -> int:
+    """A relative time-to-live in whole seconds, at least one (EXPIRE with 0 would delete)."""
+    return max(1, math.ceil(seconds))

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the gateway, correct across replicas.
+
+Ray Serve runs each replica in its own process, and a scrape through the load balancer reaches
+one replica at random, so per-process counters would be wrong. Replicas therefore record into
+``prometheus_client``'s multiprocess mode: the Ray cluster is started with
+``PROMETHEUS_MULTIPROC_DIR`` set (one directory per node), every replica writes its values there,
+and ``/metrics`` on any gateway replica of a node returns the sum over that node's replicas.
+Prometheus scrapes each node's gateway (one per node in a cluster) and sums across nodes.
+
+Without ``PROMETHEUS_MULTIPROC_DIR`` (a single process, unit tests) the in-process registry is
+served instead.
+
+Labels: ``model`` (the public name asked for), ``endpoint``, and ``org`` (the organisation slug)
+on request and token counters only, where its cardinality (number of tenants) is acceptable;
+latency histograms carry no tenant label.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "vlinders_requests_total",
+    "Requests that reached the gateway, by outcome.",
+    ["model", "endpoint", "org", "status"],
+)
+ERRORS = Counter(
+    "vlinders_errors_total",
+    "Refused or failed requests, by OpenAI error type and code.",
+    ["model", "type", "code"],
+)
+LATENCY = Histogram(
+    "vlinders_request_latency_seconds",
+    "Time from request to the last byte of the response.",
+    ["model", "endpoint"],
+    buckets=_LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "vlinders_time_to_first_token_seconds",
+    "Time from request to the first token of a stream.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "vlinders_tokens_total",
+    "Tokens metered, by direction (prompt, completion).",
+    ["model", "org", "direction"],
+)
+ENGINE_CANCELLED = Counter(
+    "vlinders_engine_requests_cancelled_total",
+    "Engine requests aborted before they finished (the client went away).",
+    ["model"],
+)
+IN_FLIGHT = Gauge(
+    "vlinders_requests_in_flight",
+    "Requests being served now.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page: summed over the node's replicas in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

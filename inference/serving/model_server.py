@@ -1,0 +1,121 @@
+"""``ModelServer``: one Ray Serve deployment per catalog model, wrapping one engine.
+
+Streams cross Ray as lists of chunks: every chunk that is ready when the gateway asks for the
+next message travels in that one message, so a busy replica is not limited by one Ray message
+per token, while the first chunk still goes out the moment it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from inference.serving import metrics
+from inference.serving.engines.base import Endpoint, Engine
+from inference.serving.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+def make_engine(spec: ModelSpec) -> Engine:
+    """The engine for a model spec (one place that knows every engine kind)."""
+    if spec.engine == "synthetic":
+        from inference.serving.engines.synthetic import SyntheticEngine
+
+        return SyntheticEngine(model=spec.name, **spec.engine_args)
+    if spec.engine == "openai":
+        from inference.serving.engines.openai_upstream import OpenAIUpstreamEngine
+
+        return OpenAIUpstreamEngine(
+            base_url=spec.source["base_url"],
+            model=spec.source["model"],
+            api_key=spec.source.get("api_key", ""),
+            **spec.engine_args,
+        )
+    if spec.engine == "vllm":
+        raise NotImplementedError("the vLLM engine arrives with the vLLM issue")
+    raise ValueError(f"unknown engine {spec.engine!r}")
+
+
+class ModelServer:
+    """The body of every model deployment (``app.py`` wraps it with ``serve.deployment``)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = ModelSpec.model_validate(spec)
+        self.engine = make_engine(self.spec)
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            async with self._lock:
+                if not self._started:
+                    await self.engine.start()
+                    self._started = True
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_started()
+        return await self.engine.complete(endpoint, body)
+
+    async def stream(
+        self, endpoint: Endpoint, body: dict[str, Any]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield lists of chunks: everything ready at each step, never waiting to fill a list."""
+        await self._ensure_started()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for chunk in self.engine.stream(endpoint, body):
+                    queue.put_nowait(chunk)
+            except Exception as error:
+                queue.put_nowait(error)
+            finally:
+                queue.put_nowait(_END)
+
+        producer = asyncio.get_running_loop().create_task(produce())
+        completed = False
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                done = batch[-1] is _END
+                chunks = [item for item in batch if item is not _END]
+                for item in chunks:
+                    if isinstance(item, BaseException):
+                        raise item
+                if chunks:
+                    yield chunks
+                if done:
+                    completed = True
+                    return
+        finally:
+            # A client that went away cancels this generator: stop the engine's work too.
+            if not completed:
+                metrics.ENGINE_CANCELLED.labels(self.spec.name).inc()
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def stats(self) -> dict[str, Any]:
+        """Engine counters, for tests and operators (e.g. how many streams were cancelled)."""
+        return {
+            key: getattr(self.engine, key)
+            for key in ("active", "cancelled")
+            if hasattr(self.engine, key)
+        }
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve periodically; raising marks the replica unhealthy."""
+        if self._started:
+            await self.engine.check_health()
+
+    async def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.engine.aclose()

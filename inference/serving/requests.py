@@ -1,0 +1,228 @@
+"""Validation of OpenAI request bodies at the gateway, and the token estimate it reserves.
+
+The gateway checks what it needs to route, limit and meter a request; everything else (tools,
+response_format, logprobs, …) passes through to the engine, whose own validation answers with an
+OpenAI-shaped 400. Each check names the offending ``param``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from inference.serving import errors
+
+Endpoint = Literal["chat.completions", "completions"]
+
+MAX_N = 16
+MAX_STOP = 4
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# Tokens a chat template may add around each message and the reply (an upper bound for the
+# templates of common models; the reservation must not be lower than the true count).
+_TEMPLATE_TOKENS_PER_MESSAGE = 8
+_TEMPLATE_TOKENS_PER_REQUEST = 16
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request: the body to forward, and what the gateway needs from it."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    n: int
+    max_tokens: int | None
+    prompt_bytes: int
+    prompt_parts: int
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise errors.invalid(
+            f"We could not parse the JSON body of your request: {error}.", code="invalid_json"
+        ) from error
+    if not isinstance(body, dict):
+        raise errors.invalid("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    checks: list[tuple[str, bool, str]] = [
+        (
+            "temperature",
+            _is_number(body.get("temperature")) and 0 <= body["temperature"] <= 2,
+            "must be a number between 0 and 2",
+        ),
+        (
+            "top_p",
+            _is_number(body.get("top_p")) and 0 < body["top_p"] <= 1,
+            "must be a number greater than 0 and at most 1",
+        ),
+        ("seed", _is_int(body.get("seed")), "must be an integer"),
+        ("user", isinstance(body.get("user"), str), "must be a string"),
+        (
+            "presence_penalty",
+            _is_number(body.get("presence_penalty")) and -2 <= body["presence_penalty"] <= 2,
+            "must be a number between -2 and 2",
+        ),
+        (
+            "frequency_penalty",
+            _is_number(body.get("frequency_penalty")) and -2 <= body["frequency_penalty"] <= 2,
+            "must be a number between -2 and 2",
+        ),
+    ]
+    for param, ok, what in checks:
+        if body.get(param) is not None and not ok:
+            raise errors.invalid(f"'{param}' {what}.", param=param)
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if (
+            not isinstance(stops, list)
+            or len(stops) > MAX_STOP
+            or not all(isinstance(s, str) and s for s in stops)
+        ):
+            raise errors.invalid(
+                f"'stop' must be a non-empty string or a list of at most {MAX_STOP} of them.",
+                param="stop",
+            )
+
+
+def _max_tokens(body: dict[str, Any], endpoint: Endpoint) -> int | None:
+    names = (
+        ["max_completion_tokens", "max_tokens"]
+        if endpoint == "chat.completions"
+        else ["max_tokens"]
+    )
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 1:
+            raise errors.invalid(f"'{name}' must be a positive integer.", param=name)
+        return int(value)
+    return None
+
+
+def _text_bytes(content: Any) -> int:
+    """UTF-8 bytes of a message's text; an upper bound on its tokens for byte-level BPE."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    return len(json.dumps(content, ensure_ascii=False).encode())
+
+
+def _chat_prompt(body: dict[str, Any]) -> tuple[int, int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid("'messages' must be a non-empty array.", param="messages")
+    total = 0
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise errors.invalid(
+                f"'messages[{index}]' must be an object with a 'role' of "
+                f"{', '.join(sorted(_ROLES))}.",
+                param=f"messages[{index}]",
+            )
+        total += _text_bytes(message.get("content"))
+        for extra in ("tool_calls", "name", "function_call"):
+            total += _text_bytes(message.get(extra))
+    total += _text_bytes(body.get("tools"))
+    return total, len(messages)
+
+
+def _completion_prompt(body: dict[str, Any]) -> tuple[int, int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt.encode()), 1
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return sum(len(p.encode()) for p in prompt), len(prompt)
+        if all(_is_int(t) for t in prompt):
+            return len(prompt), 1
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return sum(len(p) for p in prompt), len(prompt)
+    raise errors.invalid(
+        "'prompt' must be a string, a list of strings, or token ids.", param="prompt"
+    )
+
+
+def parse(body: dict[str, Any], endpoint: Endpoint) -> ParsedRequest:
+    """Validate ``body`` for ``endpoint``; raise an OpenAI-shaped 400 naming the param."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.invalid("you must provide a model parameter", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise errors.invalid("'stream' must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise errors.invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(options, dict) or not isinstance(
+            options.get("include_usage", False), bool
+        ):
+            raise errors.invalid(
+                "'stream_options' must be an object with a boolean 'include_usage'.",
+                param="stream_options",
+            )
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= MAX_N:
+        raise errors.invalid(f"'n' must be an integer between 1 and {MAX_N}.", param="n")
+    _check_sampling(body)
+    max_tokens = _max_tokens(body, endpoint)
+    if endpoint == "chat.completions":
+        prompt_bytes, parts = _chat_prompt(body)
+    else:
+        prompt_bytes, parts = _completion_prompt(body)
+    return ParsedRequest(
+        endpoint=endpoint,
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=bool(stream and options and options.get("include_usage")),
+        n=int(n),
+        max_tokens=max_tokens,
+        prompt_bytes=prompt_bytes,
+        prompt_parts=parts,
+    )
+
+
+def reserved_tokens(request: ParsedRequest, *, context_length: int) -> tuple[int, int]:
+    """(prompt, completion) tokens to reserve: upper bounds of what the request can consume.
+
+    Prompt: its UTF-8 bytes plus chat-template overhead (each byte-level BPE token covers at
+    least one byte), capped at the context length (the engine refuses longer prompts).
+    Completion: ``n`` times ``max_tokens``, or the whole context length when it is not given.
+    A list of completion prompts runs each prompt ``n`` times.
+    """
+    overhead = (
+        _TEMPLATE_TOKENS_PER_REQUEST + _TEMPLATE_TOKENS_PER_MESSAGE * request.prompt_parts
+        if request.endpoint == "chat.completions"
+        else 0
+    )
+    runs = request.prompt_parts if request.endpoint == "completions" else 1
+    prompt = min(request.prompt_bytes + overhead, context_length * runs)
+    per_choice = min(request.max_tokens or context_length, context_length)
+    return prompt, per_choice * request.n * runs

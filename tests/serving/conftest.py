@@ -1,0 +1,305 @@
+"""A real Vlinders data plane for the tests: the application deployed on a real local Ray
+Serve (``ray_cluster``), reading the access snapshot and limits from the real Redis, sending
+usage events to a real Redis broker of its own (so a test can take the broker down), and the
+official ``openai`` SDK as the client.
+
+The deployed application is shared by the whole session (deploying costs seconds); each test
+makes its own organisation and keys, so tests never share limits or budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+import redis
+from django.conf import settings
+
+from inference.models import Visibility
+from tenants import services, snapshot
+from tenants.models import ApiKey, Organization, Role
+from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
+from tests.ray_fixtures import free_port
+
+SESSION_PREFIX = f"vltest:serve:{uuid.uuid4().hex[:8]}:"
+USAGE_QUEUE = f"vltest-usage-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _redis_prefix(settings) -> None:  # type: ignore[no-untyped-def]
+    """Every serving test publishes under the prefix the deployed gateway reads."""
+    settings.VLINDERS_REDIS_PREFIX = SESSION_PREFIX
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of the test's own: the usage broker, which tests may stop."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def usage_broker() -> Iterator[RedisServer]:
+    server = RedisServer(port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+# The synthetic engine is the labelled test engine (not a model): fast and slow variants.
+SYNTHETIC_FAST = {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16}
+SYNTHETIC_SLOW = {"ttft_ms": 20, "tpot_ms": 40, "default_max_tokens": 400}
+
+
+def _model(name: str, engine_args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "deployment": f"model-{name}",
+        "engine": "synthetic",
+        "source": {},
+        "engine_args": engine_args,
+        "context_length": 4096,
+        "price_input_per_mtok": "1.000000",
+        "price_output_per_mtok": "2.000000",
+        "aliases": [],
+        "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64},
+        "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
+        **extra,
+    }
+
+
+@dataclass
+class Deployed:
+    base_url: str
+    spec: dict[str, Any]
+    ray_dashboard: str
+    token: str
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The summed value of one metric series on /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = self.get("/metrics")
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+
+def deploy(ray_cluster: Any, config: dict[str, Any], *, timeout: float = 240) -> None:
+    """PUT the Serve config to the dashboard and wait until the application is RUNNING."""
+    headers = {"Authorization": f"Bearer {ray_cluster.token}", "Content-Type": "application/json"}
+    url = f"{ray_cluster.dashboard_url}/api/serve/applications/"
+    request = urllib.request.Request(url, json.dumps(config).encode(), headers, method="PUT")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            status = json.loads(r.read())["applications"].get("vlinders", {})
+        if status.get("status") == "RUNNING":
+            return
+        if status.get("status") == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploy failed: {json.dumps(status)[:3000]}")
+        time.sleep(1)
+    raise TimeoutError(f"not running after {timeout} s: {json.dumps(status)[:3000]}")
+
+
+@pytest.fixture(scope="session")
+def upstream_key(django_db_setup, django_db_blocker) -> str:  # type: ignore[no-untyped-def]
+    """A key that the ``openai`` upstream engine uses to call back into this very gateway (a
+    real OpenAI-compatible server), committed for the whole session."""
+    with django_db_blocker.unblock():
+        org = Organization.objects.create(name="Upstream", slug=f"upstream-{uuid.uuid4().hex[:6]}")
+        key, secret = services.api_key_create(
+            organization=org, name="upstream", created_by=None, actor_role=Role.OWNER
+        )
+        previous = settings.VLINDERS_REDIS_PREFIX
+        settings.VLINDERS_REDIS_PREFIX = SESSION_PREFIX
+        try:
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            client.set(
+                snapshot.org_record_name(org.id), json.dumps(snapshot.org_record(org, ["syn-fast"]))
+            )
+            snapshot.publish_keys([key])
+        finally:
+            settings.VLINDERS_REDIS_PREFIX = previous
+    return secret
+
+
+@pytest.fixture(scope="session")
+def gateway(ray_cluster, usage_broker, upstream_key) -> Iterator[Deployed]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    spool = tempfile.mkdtemp(prefix="vl-spool-")
+    spec = {
+        "spec_version": 1,
+        "revision": "test",
+        "redis_url": settings.REDIS_URL,
+        "redis_prefix": SESSION_PREFIX,
+        "broker_url": usage_broker.url,
+        "usage_task": "billing.ingest_usage",
+        "usage_queue": USAGE_QUEUE,
+        "usage_spool_dir": spool,
+        "gateway": {
+            "min_replicas": 2,
+            "max_replicas": 2,
+            "num_cpus": 0.25,
+            "max_body_bytes": 64 * 1024,
+            "access_cache_ttl_s": 30,
+        },
+        "models": [
+            _model("syn-fast", SYNTHETIC_FAST, aliases=["syn-alias"]),
+            _model("syn-slow", SYNTHETIC_SLOW),
+            _model("syn-private", SYNTHETIC_FAST),
+            {
+                **_model("upstream-syn", {"timeout_s": 30}),
+                "engine": "openai",
+                "source": {
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "model": "syn-fast",
+                    "api_key": upstream_key,
+                },
+            },
+        ],
+    }
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "vlinders",
+                "route_prefix": "/",
+                "import_path": "inference.serving.app:build_app",
+                "args": spec,
+            }
+        ],
+    }
+    deploy(ray_cluster, config)
+    yield Deployed(f"http://127.0.0.1:{port}", spec, ray_cluster.dashboard_url, ray_cluster.token)
+    shutil.rmtree(spool, ignore_errors=True)
+
+
+@pytest.fixture
+def catalog(db):  # type: ignore[no-untyped-def]
+    """Catalog rows matching the deployed models, so organisation records list them."""
+    fast = CatalogModelFactory(name="syn-fast")
+    CatalogModelFactory(name="syn-slow")
+    CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
+    CatalogModelFactory(name="upstream-syn")
+    ModelAliasFactory(name="syn-alias", target=fast)
+    return fast
+
+
+Tenant = Callable[..., tuple[Organization, ApiKey, str]]
+
+
+@pytest.fixture
+def make_tenant(catalog, gateway) -> Tenant:  # type: ignore[no-untyped-def]
+    """Make an organisation and a key, publish both, return (org, key, secret)."""
+
+    def make(org_limits: dict[str, Any] | None = None, **key_options: Any):  # type: ignore[no-untyped-def]
+        org = OrganizationFactory(**(org_limits or {}))
+        key, secret = services.api_key_create(
+            organization=org, name="test", created_by=None, actor_role=Role.OWNER, **key_options
+        )
+        snapshot.publish_organizations([org])
+        snapshot.publish_keys([key])
+        return org, key, secret
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant) -> tuple[Organization, ApiKey, str]:  # type: ignore[no-untyped-def]
+    return make_tenant()
+
+
+@pytest.fixture
+def client(gateway, tenant) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=tenant[2], max_retries=0)
+
+
+def usage_events(
+    broker: RedisServer, *, wait_for: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+) -> list[dict[str, Any]]:
+    """Read the usage events delivered to the test queue until ``wait_for`` is satisfied.
+
+    Messages are Celery protocol 2 (body ``[args, kwargs, embed]``, the task name in headers);
+    they stay in the queue (read with LRANGE), so later calls see earlier events too.
+    """
+    import base64
+
+    client = broker.client()
+    deadline = time.monotonic() + timeout
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        events = []
+        for raw in client.lrange(USAGE_QUEUE, 0, -1):
+            message = json.loads(raw)
+            assert message["headers"]["task"] == "billing.ingest_usage"
+            body = json.loads(base64.b64decode(message["body"]))
+            events.extend(body[0][0])
+        if wait_for(events):
+            return events
+        time.sleep(0.2)
+    return events

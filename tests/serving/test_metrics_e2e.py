@@ -1,0 +1,56 @@
+"""/metrics sums every replica of the node, whichever replica answers the scrape."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.django_db, pytest.mark.ray]
+
+
+def _scrape(gateway):
+    status, text = gateway.get("/metrics")
+    assert status == 200
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_counts_add_up_across_replicas(gateway, client, tenant):
+    org = tenant[0]
+    before = gateway.metric("vlinders_requests_total", model="syn-fast", org=org.slug, status="200")
+    for _ in range(20):  # spread over both gateway replicas
+        client.chat.completions.create(
+            model="syn-fast", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
+    # Several scrapes, each answered by whichever replica HAProxy picks, all see all 20.
+    for _ in range(6):
+        after = gateway.metric(
+            "vlinders_requests_total", model="syn-fast", org=org.slug, status="200"
+        )
+        assert after - before == 20
+    tokens = gateway.metric(
+        "vlinders_tokens_total", model="syn-fast", org=org.slug, direction="completion"
+    )
+    assert tokens == 40
+
+
+def test_histograms_and_error_counters_are_exposed(gateway, client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    list(
+        client.chat.completions.create(  # a stream records time to first token
+            model="syn-fast", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    )
+    families = _scrape(gateway)
+    for name in (
+        "vlinders_requests",
+        "vlinders_errors",
+        "vlinders_request_latency_seconds",
+        "vlinders_time_to_first_token_seconds",
+        "vlinders_tokens",
+        "vlinders_requests_in_flight",
+    ):
+        assert name in families, name
+    assert gateway.metric("vlinders_errors_total", model="nope", code="model_not_found") >= 1
