@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,10 @@ class LocalRay:
     ``metrics_dir`` becomes ``PROMETHEUS_MULTIPROC_DIR``, where every replica of the node records
     its metrics (``inference/serving/metrics.py``); it is emptied at start, since files left by
     an earlier cluster would be summed into this one's counters.
+
+    Serve's HAProxy binds a stats port (8404) and a metrics port (9101) of its own and keeps its
+    files under /tmp/haproxy-serve; a second cluster on the same machine (the tests, a benchmark)
+    must give other ports, and a ``temp_dir`` moves the files beside the cluster's.
     """
 
     token: str
@@ -47,7 +52,10 @@ class LocalRay:
     temp_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     metrics_dir: str | None = None
+    haproxy_stats_port: int | None = None
+    haproxy_metrics_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
+    _haproxy: str | None = None
 
     @property
     def dashboard_url(self) -> str:
@@ -59,11 +67,28 @@ class LocalRay:
         env.update(self.env)
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        if self.haproxy_stats_port is not None:
+            env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.haproxy_stats_port)
+        if self.haproxy_metrics_port is not None:
+            env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.haproxy_metrics_port)
+        if self.temp_dir is not None:
+            # Ray adds a 56-character directory under this one, and HAProxy's socket path may
+            # not exceed 97 characters: keep it short.
+            haproxy = self._haproxy_dir()
+            env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = f"{haproxy}/haproxy.cfg"
+            env["RAY_SERVE_HAPROXY_SOCKET_PATH"] = f"{haproxy}/admin.sock"
+            env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = haproxy
+            env["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = f"{haproxy}/server-state"
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN"] = self.token
         env.pop("RAY_ADDRESS", None)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         return env
+
+    def _haproxy_dir(self) -> str:
+        if self._haproxy is None:
+            self._haproxy = tempfile.mkdtemp(prefix="vlhp")
+        return self._haproxy
 
     def command(self) -> list[str]:
         ray = str(Path(sys.executable).with_name("ray"))
@@ -139,6 +164,9 @@ class LocalRay:
         _signal_session(session, signal.SIGKILL)
         self.process.wait()
         self.process = None
+        if self._haproxy is not None:
+            shutil.rmtree(self._haproxy, ignore_errors=True)
+            self._haproxy = None
 
 
 def _session_members(session: int) -> list[int]:

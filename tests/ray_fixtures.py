@@ -37,6 +37,8 @@ def ray_cluster() -> Iterator[LocalRay]:
         temp_dir=temp_dir,
         env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
         metrics_dir=f"{temp_dir}/metrics",
+        haproxy_stats_port=free_port(),
+        haproxy_metrics_port=free_port(),
     )
     cluster.start(log_path=f"{temp_dir}/ray-start.log")
     try:

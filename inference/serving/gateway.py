@@ -67,6 +67,7 @@ class Call:
     status: int = 200
     error_type: str | None = None
     error_code: str | None = None
+    in_flight: bool = False
     settled: bool = False
 
 
@@ -164,12 +165,14 @@ class Gateway:
     # --- the request path ---
 
     async def handle(self, request: Request, endpoint: requests.Endpoint) -> Response:
+        """Serve one chat or completions request (see the module docstring)."""
         self._ensure_started()
         call = Call(
             request_id=_new_request_id(),
             endpoint=endpoint,
             http_request_id=request.headers.get("x-request-id"),
         )
+        streaming = False
         try:
             call.principal = await self.access.authorize(request.headers.get("authorization"))
             parsed = requests.parse(requests.parse_json(await self._read_body(request)), endpoint)
@@ -177,20 +180,28 @@ class Gateway:
             call.target = self._route(call, call.principal, parsed.model)
             await self._reserve(call, parsed)
             handle = self.handles[call.target.deployment]
-            body = dict(parsed.body)
+            metrics.IN_FLIGHT.labels(call.model).inc()
+            call.in_flight = True
             if parsed.stream:
-                body["stream_options"] = {
-                    **(body.get("stream_options") or {}),
-                    "include_usage": True,
-                    "continuous_usage_stats": True,
+                body = {
+                    **parsed.body,
+                    "stream_options": {
+                        **(parsed.body.get("stream_options") or {}),
+                        "include_usage": True,
+                        "continuous_usage_stats": True,
+                    },
                 }
+                generator = handle.options(stream=True).stream.remote(endpoint, body)
+                # Wait for the first message before answering: an engine that refuses the
+                # request then gets a real HTTP 400, not an error event inside a 200 stream.
+                first = await _first(generator)
+                streaming = True
                 return StreamingResponse(
-                    self._stream(call, handle, endpoint, body, parsed),
+                    self._stream(call, generator, first, parsed),
                     media_type="text/event-stream",
                     headers={**self._response_headers(call), "cache-control": "no-cache"},
                 )
-            with metrics.IN_FLIGHT.labels(call.model).track_inprogress():
-                result = await handle.complete.remote(endpoint, body)
+            result = await handle.complete.remote(endpoint, parsed.body)
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)
             result["model"] = parsed.model
@@ -201,6 +212,9 @@ class Gateway:
             return self._error_response(
                 call, errors.unavailable("Rate limiting is temporarily unavailable; retry.")
             )
+        except asyncio.CancelledError:
+            call.status, call.error_type = 499, "client_disconnected"
+            raise
         except Exception:
             logger.exception("request %s failed", call.request_id)
             return self._error_response(
@@ -214,8 +228,9 @@ class Gateway:
                 ),
             )
         finally:
-            if not call.stream or call.status != 200:
-                await self._finish(call)
+            if not streaming:
+                # Off the response's path, and immune to this task being cancelled.
+                self._background_task(self._finish(call))
 
     async def _reserve(self, call: Call, parsed: requests.ParsedRequest) -> None:
         assert call.principal is not None
@@ -245,31 +260,20 @@ class Gateway:
     async def _stream(
         self,
         call: Call,
-        handle: Any,
-        endpoint: str,
-        body: dict[str, Any],
+        generator: Any,
+        first: list[dict[str, Any]],
         parsed: requests.ParsedRequest,
     ) -> AsyncIterator[bytes]:
-        generator = handle.options(stream=True).stream.remote(endpoint, body)
-        metrics.IN_FLIGHT.labels(call.model).inc()
         finished = False
         try:
-            async for batch in generator:
-                out: list[str] = []
-                for chunk in batch:
-                    self._take_usage(call, chunk.get("usage"))
-                    if not chunk.get("choices"):
-                        continue  # the engine's usage chunk: re-emitted at the end if asked
-                    if call.ttft is None:
-                        call.ttft = time.perf_counter() - call.started
-                    call.finish_reason = _finish_reason(chunk) or call.finish_reason
-                    chunk.pop("usage", None)
-                    chunk["model"] = parsed.model
-                    out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+            batch: list[dict[str, Any]] | None = first
+            while batch is not None:
+                out = self._relay(call, batch, parsed)
                 if out:
-                    yield "".join(out).encode()
+                    yield out
+                batch = await _next(generator)
             if parsed.include_usage:
-                yield _sse(_usage_chunk(call, parsed.model, endpoint))
+                yield _sse(_usage_chunk(call, parsed.model, parsed.endpoint))
             yield b"data: [DONE]\n\n"
             finished = True
         except errors.ApiError as error:
@@ -286,13 +290,29 @@ class Gateway:
             )
             finished = True
         finally:
-            metrics.IN_FLIGHT.labels(call.model).dec()
             if not finished:
                 # The client went away: cancel the engine's work and meter what it produced.
                 generator.cancel()
                 call.status, call.error_type, call.error_code = 499, "client_disconnected", None
             # Settle outside this (possibly cancelled) task so it always completes.
             self._background_task(self._finish(call))
+
+    def _relay(
+        self, call: Call, batch: list[dict[str, Any]], parsed: requests.ParsedRequest
+    ) -> bytes:
+        """One Ray message of chunks -> SSE bytes for the client; usage is taken, not sent."""
+        out: list[str] = []
+        for chunk in batch:
+            self._take_usage(call, chunk.get("usage"))
+            if not chunk.get("choices"):
+                continue  # the engine's usage chunk: re-emitted at the end if asked
+            if call.ttft is None:
+                call.ttft = time.perf_counter() - call.started
+            call.finish_reason = _finish_reason(chunk) or call.finish_reason
+            chunk.pop("usage", None)
+            chunk["model"] = parsed.model
+            out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+        return "".join(out).encode()
 
     def _take_usage(self, call: Call, usage: dict[str, Any] | None) -> None:
         if not usage:
@@ -309,6 +329,8 @@ class Gateway:
             return
         call.settled = True
         latency = time.perf_counter() - call.started
+        if call.in_flight:
+            metrics.IN_FLIGHT.labels(call.model).dec()
         target = call.target
         if call.reservation is not None and target is not None:
             if not call.usage_known and call.status == 200:
@@ -419,6 +441,20 @@ class Gateway:
             "usage": self.usage.stats(),
         }
         return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+async def _first(generator: Any) -> list[dict[str, Any]]:
+    batch = await _next(generator)
+    return batch if batch is not None else []
+
+
+async def _next(generator: Any) -> list[dict[str, Any]] | None:
+    """The next message of a model server's stream, or ``None`` at its end."""
+    try:
+        batch: list[dict[str, Any]] = await generator.__anext__()
+    except StopAsyncIteration:
+        return None
+    return batch
 
 
 def _new_request_id() -> str:

@@ -138,3 +138,17 @@ def test_health(gateway):
     health = json.loads(body)
     assert health["status"] == "ok"
     assert health["redis"] is True
+
+
+@pytest.mark.parametrize("model", ["syn-fast", "upstream-syn"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_validation_comes_back_as_an_openai_400(client, model, stream):
+    """The engine's own refusal crosses Ray (and an upstream hop) as a 400 naming the param;
+    for a stream too, since the gateway waits for the engine's first message before answering."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}], logprobs=True, stream=stream
+        )
+    assert caught.value.status_code == 400
+    assert caught.value.param == "logprobs"
+    assert "logprobs" in caught.value.message

@@ -99,8 +99,17 @@ class SyntheticEngine:
         start = int.from_bytes(digest[:4], "big")
         return [" " + _VOCAB[(start + 7 * i) % len(_VOCAB)] for i in range(self.default_max_tokens)]
 
+    def _refuse_unsupported(self, body: dict[str, Any]) -> None:
+        """Like a real engine, refuse what it cannot do, naming the parameter (a 400)."""
+        for param in ("logprobs", "top_logprobs", "tools", "response_format"):
+            if body.get(param):
+                raise errors.invalid(
+                    f"The synthetic test engine does not support '{param}'.", param=param
+                )
+
     def _plan(self, endpoint: Endpoint, body: dict[str, Any]) -> list[tuple[list[str], str]]:
         """Per choice: the tokens it will emit, and its finish reason."""
+        self._refuse_unsupported(body)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         stop = body.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])

@@ -1,0 +1,260 @@
+"""Gateway overhead: the full Vlinders gateway against a bare Ray Serve ingress, side by side.
+
+Both call the same ModelServer on the synthetic engine (a labelled test engine, not a model: it
+answers at once with 16 filler tokens), so the difference is what the gateway adds:
+authentication from the access snapshot, limit reservation and settlement in Redis (with limits
+set, so every check runs), usage events to the broker, metrics. Each concurrency level runs both
+targets in one run, alternating, so the ratio is measured under the same machine load.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 2000] [--concurrency 1,32,128]
+
+Prints a table and writes bench/results/gateway_overhead.json. Needs the local Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+
+def setup_control_plane(workdir: str, prefix: str) -> str:
+    """A throwaway SQLite control plane: one organisation, one key, one synthetic model;
+    publishes the access snapshot under ``prefix`` and returns the key."""
+    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
+    os.environ["VLINDERS_VAR_DIR"] = workdir
+    os.environ["VLINDERS_REDIS_PREFIX"] = prefix
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from inference.models import CatalogModel
+    from tenants import services, snapshot
+    from tenants.models import Role
+
+    CatalogModel.objects.create(
+        name="bench-syn", engine_kind="synthetic", engine_args={"ttft_ms": 0, "tpot_ms": 0},
+        context_length=4096,
+    )
+    huge = 10**12
+    org = services.organization_create(
+        name="Bench", slug="bench", requests_per_minute=huge, tokens_per_minute=huge,
+        max_concurrent_requests=10**6, monthly_token_budget=huge, monthly_spend_budget=10**9,
+    )
+    _, secret = services.api_key_create(
+        organization=org, name="bench", created_by=None, actor_role=Role.OWNER,
+        requests_per_minute=huge, tokens_per_minute=huge, max_concurrent_requests=10**6,
+    )
+    snapshot.publish_full()
+    return secret
+
+
+def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, Any]:
+    from django.conf import settings
+
+    model = {
+        "name": "bench-syn", "deployment": "model-bench-syn", "engine": "synthetic",
+        "source": {}, "engine_args": {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16},
+        "context_length": 4096, "price_input_per_mtok": "0.1", "price_output_per_mtok": "0.2",
+        "aliases": [], "scaling": {"min_replicas": 1, "max_replicas": 1,
+                                   "target_ongoing_requests": 256},
+        "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
+    }
+    spec = {
+        "spec_version": 1, "revision": "bench", "redis_url": settings.REDIS_URL,
+        "redis_prefix": prefix, "broker_url": settings.REDIS_URL, "usage_queue": queue,
+        "usage_spool_dir": spool,
+        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5,
+                    "max_ongoing_requests": 1024},
+        "models": [model],
+    }
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {"name": "vlinders", "route_prefix": "/", "args": spec,
+             "import_path": "inference.serving.app:build_app"},
+            {"name": "bare", "route_prefix": "/bare", "args": {"model": model},
+             "import_path": "passthrough_app:build_bare"},
+        ],
+    }
+
+
+def deploy(dashboard: str, token: str, config: dict[str, Any]) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    url = f"{dashboard}/api/serve/applications/"
+    put = urllib.request.Request(url, json.dumps(config).encode(), headers, method="PUT")
+    try:
+        urllib.request.urlopen(put, timeout=30).close()  # noqa: S310
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"the dashboard refused the config: {error.read().decode()}") from error
+    for _ in range(300):
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:  # noqa: S310
+            apps = json.loads(r.read())["applications"]
+        states = {name: apps.get(name, {}).get("status") for name in ("vlinders", "bare")}
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if "DEPLOY_FAILED" in states.values():
+            raise RuntimeError(json.dumps(apps)[:3000])
+        time.sleep(1)
+    raise TimeoutError("applications did not start")
+
+
+async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[str, float]:
+    import aiohttp
+
+    body = json.dumps({"model": "bench-syn", "max_tokens": 16,
+                       "messages": [{"role": "user", "content": "benchmark prompt"}]})
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    latencies: list[float] = []
+    failures = 0
+    remaining = total
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal remaining, failures
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    failures += 1
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "failures": failures,
+        "rps": len(latencies) / wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per target and level")
+    parser.add_argument("--concurrency", default="1,32,128")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations per level")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    workdir = tempfile.mkdtemp(prefix="vl-bench-")
+    prefix = f"vlbench:{secrets.token_hex(4)}:"
+    queue = f"vlbench-usage-{secrets.token_hex(4)}"
+    key = setup_control_plane(workdir, prefix)
+
+    from django.conf import settings
+
+    from inference.ray_local import LocalRay
+    from tests.ray_fixtures import free_port
+
+    cluster = LocalRay(
+        token=secrets.token_hex(32), gcs_port=free_port(), dashboard_port=free_port(),
+        temp_dir=f"{workdir}/ray", metrics_dir=f"{workdir}/metrics",
+        haproxy_stats_port=free_port(), haproxy_metrics_port=free_port(),
+        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+             "PYTHONPATH": str(ROOT / "bench")},
+    )
+    port = free_port()
+    results: list[dict[str, Any]] = []
+    cluster.start(log_path=f"{workdir}/ray.log")
+    try:
+        deploy(cluster.dashboard_url, cluster.token,
+               serve_config(port, prefix, queue, f"{workdir}/spool"))
+        base = f"http://127.0.0.1:{port}"
+        targets = {"bare": (f"{base}/bare/v1/chat/completions", None),
+                   "gateway": (f"{base}/v1/chat/completions", key)}
+        for name, (url, secret) in targets.items():  # warm up both
+            asyncio.run(load(url, secret, 8, 200))
+        for level in levels:
+            runs: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
+            for round_ in range(args.rounds):
+                order = ["bare", "gateway"] if round_ % 2 == 0 else ["gateway", "bare"]
+                for name in order:
+                    url, secret = targets[name]
+                    runs[name].append(asyncio.run(load(url, secret, level, args.requests)))
+            row: dict[str, Any] = {"concurrency": level}
+            for name, measured in runs.items():
+                row[name] = {
+                    "rps": statistics.mean(m["rps"] for m in measured),
+                    "p50_ms": statistics.mean(m["p50_ms"] for m in measured),
+                    "p99_ms": statistics.mean(m["p99_ms"] for m in measured),
+                    "failures": sum(m["failures"] for m in measured),
+                }
+            row["rps_ratio"] = row["gateway"]["rps"] / row["bare"]["rps"]
+            row["p50_added_ms"] = row["gateway"]["p50_ms"] - row["bare"]["p50_ms"]
+            results.append(row)
+            print(_row(row), flush=True)
+    finally:
+        cluster.stop()
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for name in client.scan_iter(match=prefix + "*", count=1000):
+            client.delete(name)
+        client.delete(queue)
+
+    print()
+    print(_table(results))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {
+        "benchmark": "gateway_overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "requests_per_level": args.requests,
+        "rounds": args.rounds,
+        "engine": "synthetic (test engine, not a model): 16 tokens, no delay",
+        "results": results,
+    }
+    (RESULTS / "gateway_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nSaved {RESULTS / 'gateway_overhead.json'}")
+
+
+def _row(row: dict[str, Any]) -> str:
+    return (f"c={row['concurrency']}: bare {row['bare']['rps']:.0f} req/s, "
+            f"gateway {row['gateway']['rps']:.0f} req/s, ratio {row['rps_ratio']:.2f}")
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| clients | bare req/s | gateway req/s | ratio | bare p50 ms | gateway p50 ms "
+        "| bare p99 ms | gateway p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        b, g = r["bare"], r["gateway"]
+        lines.append(
+            f"| {r['concurrency']} | {b['rps']:.0f} | {g['rps']:.0f} | {r['rps_ratio']:.2f} "
+            f"| {b['p50_ms']:.1f} | {g['p50_ms']:.1f} | {b['p99_ms']:.1f} | {g['p99_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
