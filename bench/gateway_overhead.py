@@ -23,8 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +49,29 @@ def setup_control_plane(workdir: str, prefix: str) -> str:
     from tenants.models import Role
 
     CatalogModel.objects.create(
-        name="bench-syn", engine_kind="synthetic", engine_args={"ttft_ms": 0, "tpot_ms": 0},
+        name="bench-syn",
+        engine_kind="synthetic",
+        engine_args={"ttft_ms": 0, "tpot_ms": 0},
         context_length=4096,
     )
     huge = 10**12
     org = services.organization_create(
-        name="Bench", slug="bench", requests_per_minute=huge, tokens_per_minute=huge,
-        max_concurrent_requests=10**6, monthly_token_budget=huge, monthly_spend_budget=10**9,
+        name="Bench",
+        slug="bench",
+        requests_per_minute=huge,
+        tokens_per_minute=huge,
+        max_concurrent_requests=10**6,
+        monthly_token_budget=huge,
+        monthly_spend_budget=10**9,
     )
     _, secret = services.api_key_create(
-        organization=org, name="bench", created_by=None, actor_role=Role.OWNER,
-        requests_per_minute=huge, tokens_per_minute=huge, max_concurrent_requests=10**6,
+        organization=org,
+        name="bench",
+        created_by=None,
+        actor_role=Role.OWNER,
+        requests_per_minute=huge,
+        tokens_per_minute=huge,
+        max_concurrent_requests=10**6,
     )
     snapshot.publish_full()
     return secret
@@ -71,58 +81,72 @@ def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, An
     from django.conf import settings
 
     model = {
-        "name": "bench-syn", "deployment": "model-bench-syn", "engine": "synthetic",
-        "source": {}, "engine_args": {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16},
-        "context_length": 4096, "price_input_per_mtok": "0.1", "price_output_per_mtok": "0.2",
-        "aliases": [], "scaling": {"min_replicas": 1, "max_replicas": 1,
-                                   "target_ongoing_requests": 256},
+        "name": "bench-syn",
+        "deployment": "model-bench-syn",
+        "engine": "synthetic",
+        "source": {},
+        "engine_args": {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16},
+        "context_length": 4096,
+        "price_input_per_mtok": "0.1",
+        "price_output_per_mtok": "0.2",
+        "aliases": [],
+        "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 256},
         "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
     }
     spec = {
-        "spec_version": 1, "revision": "bench", "redis_url": settings.REDIS_URL,
-        "redis_prefix": prefix, "broker_url": settings.REDIS_URL, "usage_queue": queue,
+        "spec_version": 1,
+        "revision": "bench",
+        "redis_url": settings.REDIS_URL,
+        "redis_prefix": prefix,
+        "broker_url": settings.REDIS_URL,
+        "usage_queue": queue,
         "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5,
-                    "max_ongoing_requests": 1024},
+        "gateway": {
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "num_cpus": 0.5,
+            "max_ongoing_requests": 1024,
+        },
         "models": [model],
     }
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
-            {"name": "vlinders", "route_prefix": "/", "args": spec,
-             "import_path": "inference.serving.app:build_app"},
-            {"name": "bare", "route_prefix": "/bare", "args": {"model": model},
-             "import_path": "passthrough_app:build_bare"},
+            {
+                "name": "vlinders",
+                "route_prefix": "/",
+                "args": spec,
+                "import_path": "inference.serving.app:build_app",
+            },
+            {
+                "name": "bare",
+                "route_prefix": "/bare",
+                "args": {"model": model},
+                "import_path": "passthrough_app:build_bare",
+            },
         ],
     }
 
 
 def deploy(dashboard: str, token: str, config: dict[str, Any]) -> None:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    url = f"{dashboard}/api/serve/applications/"
-    put = urllib.request.Request(url, json.dumps(config).encode(), headers, method="PUT")
-    try:
-        urllib.request.urlopen(put, timeout=30).close()  # noqa: S310
-    except urllib.error.HTTPError as error:
-        raise RuntimeError(f"the dashboard refused the config: {error.read().decode()}") from error
-    for _ in range(300):
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:  # noqa: S310
-            apps = json.loads(r.read())["applications"]
-        states = {name: apps.get(name, {}).get("status") for name in ("vlinders", "bare")}
-        if all(s == "RUNNING" for s in states.values()):
-            return
-        if "DEPLOY_FAILED" in states.values():
-            raise RuntimeError(json.dumps(apps)[:3000])
-        time.sleep(1)
-    raise TimeoutError("applications did not start")
+    from inference.ray_client import RayDashboardClient
+
+    client = RayDashboardClient(base_url=dashboard, token=token)
+    client.put_applications(config)
+    client.wait_running(["vlinders", "bare"], timeout=300)
 
 
 async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[str, float]:
     import aiohttp
 
-    body = json.dumps({"model": "bench-syn", "max_tokens": 16,
-                       "messages": [{"role": "user", "content": "benchmark prompt"}]})
+    body = json.dumps(
+        {
+            "model": "bench-syn",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "benchmark prompt"}],
+        }
+    )
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -175,22 +199,33 @@ def main() -> None:
     from tests.ray_fixtures import free_port
 
     cluster = LocalRay(
-        token=secrets.token_hex(32), gcs_port=free_port(), dashboard_port=free_port(),
-        temp_dir=f"{workdir}/ray", metrics_dir=f"{workdir}/metrics",
-        haproxy_stats_port=free_port(), haproxy_metrics_port=free_port(),
-        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
-             "PYTHONPATH": str(ROOT / "bench")},
+        token=secrets.token_hex(32),
+        gcs_port=free_port(),
+        dashboard_port=free_port(),
+        temp_dir=f"{workdir}/ray",
+        metrics_dir=f"{workdir}/metrics",
+        haproxy_stats_port=free_port(),
+        haproxy_metrics_port=free_port(),
+        env={
+            "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+            "PYTHONPATH": str(ROOT / "bench"),
+        },
     )
     port = free_port()
     results: list[dict[str, Any]] = []
     cluster.start(log_path=f"{workdir}/ray.log")
     try:
-        deploy(cluster.dashboard_url, cluster.token,
-               serve_config(port, prefix, queue, f"{workdir}/spool"))
+        deploy(
+            cluster.dashboard_url,
+            cluster.token,
+            serve_config(port, prefix, queue, f"{workdir}/spool"),
+        )
         base = f"http://127.0.0.1:{port}"
-        targets = {"bare": (f"{base}/bare/v1/chat/completions", None),
-                   "gateway": (f"{base}/v1/chat/completions", key)}
-        for name, (url, secret) in targets.items():  # warm up both
+        targets = {
+            "bare": (f"{base}/bare/v1/chat/completions", None),
+            "gateway": (f"{base}/v1/chat/completions", key),
+        }
+        for url, secret in targets.values():  # warm up both
             asyncio.run(load(url, secret, 8, 200))
         for level in levels:
             runs: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
@@ -237,8 +272,10 @@ def main() -> None:
 
 
 def _row(row: dict[str, Any]) -> str:
-    return (f"c={row['concurrency']}: bare {row['bare']['rps']:.0f} req/s, "
-            f"gateway {row['gateway']['rps']:.0f} req/s, ratio {row['rps_ratio']:.2f}")
+    return (
+        f"c={row['concurrency']}: bare {row['bare']['rps']:.0f} req/s, "
+        f"gateway {row['gateway']['rps']:.0f} req/s, ratio {row['rps_ratio']:.2f}"
+    )
 
 
 def _table(results: list[dict[str, Any]]) -> str:

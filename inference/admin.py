@@ -7,6 +7,7 @@ rule shows on the form instead of failing the request.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -15,9 +16,16 @@ from django.contrib.admin.widgets import AdminURLFieldWidget
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from inference import services
-from inference.models import CatalogModel, ModelAlias
+from inference.deployment import redact_config
+from inference.models import (
+    CatalogModel,
+    DeploymentRevision,
+    ModelAlias,
+    ModelDeploymentStatus,
+)
 
 
 def _add_service_errors(form: forms.ModelForm[Any], error: ValidationError) -> None:
@@ -189,3 +197,75 @@ class ModelAliasAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelAlias]) -> None:
         services.model_aliases_delete(aliases=list(queryset))
+
+
+# --- Deployments (read-only: written by deployment_apply and the reconciler) ------------------
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DeploymentRevision)
+class DeploymentRevisionAdmin(_ReadOnlyAdmin):
+    list_display = ("short_revision", "outcome", "applied_by", "created_at", "finished_at")
+    list_filter = ("outcome",)
+    search_fields = ("revision", "error")
+    list_select_related = ("applied_by",)
+    # ``config`` itself is not shown: it holds upstream API keys, which the admin never shows.
+    fields = (
+        "revision",
+        "config_hash",
+        "outcome",
+        "error",
+        "applied_by",
+        "created_at",
+        "finished_at",
+        "shown_config",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="revision")
+    def short_revision(self, obj: DeploymentRevision) -> str:
+        return obj.revision[:12]
+
+    @admin.display(description="config (upstream API keys hidden)")
+    def shown_config(self, obj: DeploymentRevision) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(redact_config(obj.config), indent=2))
+
+
+@admin.register(ModelDeploymentStatus)
+class ModelDeploymentStatusAdmin(_ReadOnlyAdmin):
+    list_display = (
+        "catalog_model",
+        "deployment",
+        "state",
+        "replicas_running",
+        "replicas_target",
+        "short_revision",
+        "updated_at",
+    )
+    list_filter = ("state",)
+    list_select_related = ("catalog_model",)
+    search_fields = ("catalog_model__name", "deployment", "message")
+    readonly_fields = (
+        "catalog_model",
+        "deployment",
+        "state",
+        "replicas_running",
+        "replicas_target",
+        "message",
+        "revision",
+        "updated_at",
+    )
+
+    @admin.display(description="revision")
+    def short_revision(self, obj: ModelDeploymentStatus) -> str:
+        return obj.revision[:12]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -104,3 +105,77 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} -> {self.target.name}"
+
+
+# --- Deployments (contract 1: the catalog applied to Ray Serve) --------------------------------
+
+
+class DeploymentRevision(models.Model):
+    """One apply of the rendered Serve config to Ray: what was sent, by whom, and the outcome.
+
+    ``applied`` means Ray accepted the config (it then deploys asynchronously; a later
+    ``DEPLOY_FAILED`` found by the reconciler turns it ``failed``). ``failed`` means the dashboard
+    refused it or could not be reached, and Ray kept serving the previous revision.
+    """
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending (being sent)"
+        APPLIED = "applied", "Applied (accepted by Ray)"
+        FAILED = "failed", "Failed"
+
+    id = models.BigAutoField(primary_key=True)
+    # The spec's revision (SHA-256 of the args without revision): same catalog, same revision.
+    revision = models.CharField(max_length=64, db_index=True)
+    # SHA-256 of the whole config (also covers http_options and anything outside the args).
+    config_hash = models.CharField(max_length=64)
+    config = models.JSONField()
+    applied_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deployment_revisions",
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.revision[:12]} ({self.outcome})"
+
+
+class ModelDeploymentStatus(models.Model):
+    """What Ray Serve reports for one catalog model's deployment (one row per model), written by
+    the reconciler (``inference.deploy_services.deployment_reconcile``)."""
+
+    class State(models.TextChoices):
+        DEPLOYING = "deploying", "Deploying"
+        RUNNING = "running", "Running"
+        UNHEALTHY = "unhealthy", "Unhealthy"
+        FAILED = "failed", "Failed"
+        ABSENT = "absent", "Absent (not deployed)"
+        UNKNOWN = "unknown", "Unknown (Ray's dashboard unreachable)"
+
+    catalog_model = models.OneToOneField(
+        CatalogModel, on_delete=models.CASCADE, related_name="deployment_status"
+    )
+    deployment = models.CharField(max_length=128)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ABSENT)
+    replicas_running = models.PositiveIntegerField(default=0)
+    replicas_target = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True)
+    # The spec revision Ray reports as deployed for the application (empty if none).
+    revision = models.CharField(max_length=64, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["catalog_model__name"]
+        verbose_name = "model deployment status"
+        verbose_name_plural = "model deployment statuses"
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.state}"

@@ -114,4 +114,4 @@ def anonymous() -> APIClient:
     return APIClient()
 
 
-from tests.ray_fixtures import ray_cluster  # noqa: E402,F401  (session fixture, shared)
+from tests.ray_fixtures import ray_cluster, serve_port  # noqa: E402,F401  (session fixtures)

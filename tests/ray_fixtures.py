@@ -20,6 +20,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def serve_port() -> int:
+    """The one HTTP port of Serve for the session: Serve fixes it when it first starts, so every
+    test module that deploys on ``ray_cluster`` uses this one (no restart of Serve between)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[LocalRay]:
     """A running head node with token auth and Serve's high-throughput mode.
 

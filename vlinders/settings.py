@@ -232,3 +232,47 @@ if not DEBUG:
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SECURE = _env_bool("SECURE_COOKIES", False)
     CSRF_COOKIE_SECURE = _env_bool("SECURE_COOKIES", False)
+
+# --- Data plane (Ray Serve; contract 1, docs/deployment-spec.md, docs/operations.md) ----------
+# Where the control plane reaches the Ray dashboard's REST API (PUT/GET /api/serve/applications/).
+VLINDERS_RAY_DASHBOARD_URL = _env("VLINDERS_RAY_DASHBOARD_URL", "http://127.0.0.1:8265")
+
+
+def _ray_auth_token_from_environment() -> str:
+    """Ray's token (``RAY_AUTH_MODE=token``), found as Ray itself finds it: the variable, then
+    ``RAY_AUTH_TOKEN``, the file at ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``; else empty.
+    (``inference.ray_client.ray_auth_token`` adds the one ``manage.py run_ray`` generates.)"""
+    token = os.environ.get("VLINDERS_RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN")
+    if token:
+        return token.strip()
+    for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), "~/.ray/auth_token"):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_file():
+                return path.read_text().strip()
+    return ""
+
+
+VLINDERS_RAY_AUTH_TOKEN = _ray_auth_token_from_environment()
+# Where ``manage.py run_ray`` keeps the token it generates when none is configured (mode 0600).
+VLINDERS_RAY_AUTH_TOKEN_FILE = VAR_DIR / "ray_auth_token"
+# The gateway's HTTP address (Serve's http_options): OpenAI-compatible API for tenants.
+VLINDERS_GATEWAY_HOST = _env("VLINDERS_GATEWAY_HOST", "127.0.0.1")
+VLINDERS_GATEWAY_PORT = int(_env("VLINDERS_GATEWAY_PORT", "8100"))
+VLINDERS_GATEWAY_MIN_REPLICAS = int(_env("VLINDERS_GATEWAY_MIN_REPLICAS", "1"))
+VLINDERS_GATEWAY_MAX_REPLICAS = int(_env("VLINDERS_GATEWAY_MAX_REPLICAS", "1"))
+# Largest request body the gateway accepts, in bytes.
+VLINDERS_MAX_BODY_BYTES = int(_env("VLINDERS_MAX_BODY_BYTES", str(1024 * 1024)))
+# Seconds a gateway replica may cache an access-snapshot record (invalidation drops it sooner).
+VLINDERS_ACCESS_CACHE_TTL_S = float(_env("VLINDERS_ACCESS_CACHE_TTL_S", "30"))
+# The Celery queue usage events go to: a queue of their own, so metering workers can be scaled
+# (and paused) apart from other tasks (docs/usage-events.md).
+VLINDERS_USAGE_QUEUE = _env("VLINDERS_USAGE_QUEUE", "usage")
+# Where the gateway spools usage batches while the Celery broker is unreachable.
+VLINDERS_USAGE_SPOOL_DIR = Path(_env("VLINDERS_USAGE_SPOOL_DIR", str(VAR_DIR / "usage-spool")))
+# Poll Ray Serve's status into ModelDeploymentStatus rows.
+CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
+    "task": "inference.reconcile_deployments",
+    "schedule": 15.0,
+}
+# --- end of Data plane ---------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from typing import Any
 
 from rest_framework import serializers
 
-from inference.models import CatalogModel, ModelAlias, model_name_validator
+from inference.models import (
+    CatalogModel,
+    DeploymentRevision,
+    ModelAlias,
+    ModelDeploymentStatus,
+    model_name_validator,
+)
 from tenants.models import Organization
 
 
@@ -87,3 +93,48 @@ class ModelAliasSerializer(serializers.ModelSerializer[ModelAlias]):
         extra_kwargs: dict[str, dict[str, Any]] = {
             "name": {"validators": [model_name_validator]},
         }
+
+
+class DeploymentRevisionSerializer(serializers.ModelSerializer[DeploymentRevision]):
+    """One apply of the catalog to Ray Serve. The config itself is not returned (it holds
+    upstream API keys); ``manage.py serve render`` shows what the catalog renders now."""
+
+    applied_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+
+    class Meta:
+        model = DeploymentRevision
+        fields = (
+            "id",
+            "revision",
+            "config_hash",
+            "outcome",
+            "error",
+            "applied_by",
+            "created_at",
+            "finished_at",
+        )
+        read_only_fields = fields
+
+
+class ModelDeploymentStatusSerializer(serializers.ModelSerializer[ModelDeploymentStatus]):
+    """What Ray Serve last reported for one catalog model's deployment."""
+
+    model: serializers.SlugRelatedField[CatalogModel] = serializers.SlugRelatedField(
+        source="catalog_model", slug_field="name", read_only=True
+    )
+
+    class Meta:
+        model = ModelDeploymentStatus
+        fields = (
+            "model",
+            "deployment",
+            "state",
+            "replicas_running",
+            "replicas_target",
+            "message",
+            "revision",
+            "updated_at",
+        )
+        read_only_fields = fields

@@ -14,11 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import permissions, viewsets
+from rest_framework import generics, permissions, viewsets
 
 from inference import services
-from inference.api.serializers import CatalogModelSerializer, ModelAliasSerializer
-from inference.models import CatalogModel, ModelAlias
+from inference.api.serializers import (
+    CatalogModelSerializer,
+    DeploymentRevisionSerializer,
+    ModelAliasSerializer,
+    ModelDeploymentStatusSerializer,
+)
+from inference.models import CatalogModel, DeploymentRevision, ModelAlias, ModelDeploymentStatus
 
 # A public name in a URL path (the syntax itself is checked by ``model_name_validator``).
 NAME_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9._:/-]*"
@@ -76,3 +81,25 @@ class ModelAliasViewSet(viewsets.ModelViewSet[ModelAlias]):
 
     def perform_destroy(self, instance: ModelAlias) -> None:
         services.model_alias_delete(alias=instance)
+
+
+@extend_schema_view(
+    get=extend_schema(summary="List deployment revisions (applies to Ray Serve)", tags=["deploy"])
+)
+class DeploymentRevisionListView(generics.ListAPIView[DeploymentRevision]):
+    """Every apply of the catalog to Ray Serve, newest first, with its outcome."""
+
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = DeploymentRevisionSerializer
+    queryset = DeploymentRevision.objects.select_related("applied_by")
+
+
+@extend_schema_view(
+    get=extend_schema(summary="Show each model's deployment status in Ray", tags=["deploy"])
+)
+class ModelDeploymentStatusListView(generics.ListAPIView[ModelDeploymentStatus]):
+    """Per catalog model, what the reconciler last read from Ray Serve."""
+
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = ModelDeploymentStatusSerializer
+    queryset = ModelDeploymentStatus.objects.select_related("catalog_model")

@@ -26,6 +26,7 @@ import redis
 from django.conf import settings
 
 from inference.models import Visibility
+from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
 from tenants.models import ApiKey, Organization, Role
 from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
@@ -86,7 +87,7 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def usage_broker() -> Iterator[RedisServer]:
     server = RedisServer(port=free_port())
     server.start()
@@ -147,28 +148,15 @@ class Deployed:
 
 def deploy(ray_cluster: Any, config: dict[str, Any], *, timeout: float = 240) -> None:
     """PUT the Serve config to the dashboard and wait until the application is RUNNING."""
-    headers = {"Authorization": f"Bearer {ray_cluster.token}", "Content-Type": "application/json"}
-    url = f"{ray_cluster.dashboard_url}/api/serve/applications/"
-    request = urllib.request.Request(url, json.dumps(config).encode(), headers, method="PUT")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
-    deadline = time.monotonic() + timeout
-    status = None
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
-            status = json.loads(r.read())["applications"].get("vlinders", {})
-        if status.get("status") == "RUNNING":
-            return
-        if status.get("status") == "DEPLOY_FAILED":
-            raise RuntimeError(f"deploy failed: {json.dumps(status)[:3000]}")
-        time.sleep(1)
-    raise TimeoutError(f"not running after {timeout} s: {json.dumps(status)[:3000]}")
+    client = RayDashboardClient(base_url=ray_cluster.dashboard_url, token=ray_cluster.token)
+    client.put_applications(config)
+    client.wait_running(["vlinders"], timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def upstream_key(django_db_setup, django_db_blocker) -> str:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="package")
+def upstream_key(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A key that the ``openai`` upstream engine uses to call back into this very gateway (a
-    real OpenAI-compatible server), committed for the whole session."""
+    real OpenAI-compatible server), committed while the serving tests run, removed after."""
     with django_db_blocker.unblock():
         org = Organization.objects.create(name="Upstream", slug=f"upstream-{uuid.uuid4().hex[:6]}")
         key, secret = services.api_key_create(
@@ -184,12 +172,14 @@ def upstream_key(django_db_setup, django_db_blocker) -> str:  # type: ignore[no-
             snapshot.publish_keys([key])
         finally:
             settings.VLINDERS_REDIS_PREFIX = previous
-    return secret
+    yield secret
+    with django_db_blocker.unblock():
+        org.delete()
 
 
-@pytest.fixture(scope="session")
-def gateway(ray_cluster, usage_broker, upstream_key) -> Iterator[Deployed]:  # type: ignore[no-untyped-def]
-    port = free_port()
+@pytest.fixture(scope="package")
+def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Deployed]:  # type: ignore[no-untyped-def]
+    port = serve_port
     spool = tempfile.mkdtemp(prefix="vl-spool-")
     spec = {
         "spec_version": 1,

@@ -1,0 +1,202 @@
+"""Writes of contract 1: apply the rendered catalog to Ray Serve and reconcile what Ray reports.
+
+- ``deployment_apply`` renders the whole Serve config, records a ``DeploymentRevision``
+  (``pending``), sends it with ``PUT /api/serve/applications/`` and records the outcome. Ray
+  validates a config before it changes anything, so a refused config (400) or an unreachable
+  dashboard leaves the previous revision serving; the revision is recorded ``failed`` with the
+  reason, and nothing is raised to the caller (a Celery task or a command reports it).
+- ``deployment_reconcile`` reads ``GET /api/serve/applications/`` and writes one
+  ``ModelDeploymentStatus`` per catalog model, by its Serve deployment name. An unreachable
+  dashboard marks every model ``unknown`` (never ``running``) with the reason.
+- ``deployment_wait`` polls until Ray finished deploying a revision (``serve apply --wait``).
+
+Ray's statuses -> ours: a deployment ``UPDATING`` -> deploying; ``HEALTHY``, ``UPSCALING``,
+``DOWNSCALING`` -> running; ``UNHEALTHY`` -> unhealthy; ``DEPLOY_FAILED`` -> failed. A model with
+no deployment in Ray is ``absent`` — unless the application itself is ``DEPLOYING`` (still being
+built: deploying) or ``DEPLOY_FAILED`` (the builder failed: failed, with Ray's message).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from inference.deployment import (
+    APP_NAME,
+    config_revision,
+    deployment_name,
+    render_serve_config,
+    sha256_hex,
+)
+from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
+from inference.ray_client import MAX_MESSAGE_CHARS, RayDashboardClient, RayDashboardError
+
+logger = logging.getLogger(__name__)
+
+State = ModelDeploymentStatus.State
+
+_DEPLOYMENT_STATES = {
+    "UPDATING": State.DEPLOYING,
+    "HEALTHY": State.RUNNING,
+    "UPSCALING": State.RUNNING,
+    "DOWNSCALING": State.RUNNING,
+    "UNHEALTHY": State.UNHEALTHY,
+    "DEPLOY_FAILED": State.FAILED,
+}
+# Application statuses after which waiting for a deploy ends.
+FINISHED_APP_STATUSES = frozenset({"RUNNING", "DEPLOY_FAILED", "UNHEALTHY"})
+
+
+def _short(text: str) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + " […]"
+
+
+def deployment_apply(
+    *,
+    applied_by: User | None = None,
+    config: dict[str, Any] | None = None,
+) -> DeploymentRevision:
+    """Apply the catalog (or ``config``, e.g. a recorded revision's config to roll back to) and
+    return the recorded revision: ``applied`` if Ray accepted it, ``failed`` otherwise."""
+    if config is None:
+        config = render_serve_config()
+    record = DeploymentRevision.objects.create(
+        revision=config_revision(config),
+        config_hash=sha256_hex(config),
+        config=config,
+        applied_by=applied_by,
+    )
+    try:
+        RayDashboardClient.from_settings().put_applications(config)
+    except RayDashboardError as exc:
+        record.outcome = DeploymentRevision.Outcome.FAILED
+        record.error = _short(str(exc))
+        logger.warning("Deployment revision %s failed: %s", record.revision[:12], record.error)
+    else:
+        record.outcome = DeploymentRevision.Outcome.APPLIED
+        logger.info("Deployment revision %s applied", record.revision[:12])
+    record.finished_at = timezone.now()
+    record.save(update_fields=["outcome", "error", "finished_at"])
+    return record
+
+
+def _application(details: dict[str, Any]) -> dict[str, Any] | None:
+    app = (details.get("applications") or {}).get(APP_NAME)
+    return app if isinstance(app, dict) else None
+
+
+def _deployed_revision(app: dict[str, Any] | None) -> str:
+    if not app:
+        return ""
+    args = (app.get("deployed_app_config") or {}).get("args") or {}
+    return str(args.get("revision") or "")
+
+
+def _model_state(app: dict[str, Any] | None, name: str) -> tuple[str, int, int, str]:
+    """(state, replicas running, replicas target, message) of deployment ``name``."""
+    if app is None:
+        return State.ABSENT, 0, 0, f"Ray Serve runs no {APP_NAME!r} application."
+    app_status = str(app.get("status") or "")
+    if app_status == "DELETING":
+        return State.ABSENT, 0, 0, "The application is being deleted."
+    deployment = (app.get("deployments") or {}).get(name)
+    if not isinstance(deployment, dict):
+        if app_status in ("DEPLOYING", "NOT_STARTED"):
+            return State.DEPLOYING, 0, 0, "The application is being built."
+        if app_status == "DEPLOY_FAILED":
+            return State.FAILED, 0, 0, _short(str(app.get("message") or ""))
+        return State.ABSENT, 0, 0, "Not deployed (not an active model of the applied revision)."
+    status = str(deployment.get("status") or "")
+    state = _DEPLOYMENT_STATES.get(status, State.DEPLOYING)
+    replicas = deployment.get("replicas") or []
+    running = sum(1 for replica in replicas if replica.get("state") == "RUNNING")
+    target = int(deployment.get("target_num_replicas") or 0)
+    return state, running, target, _short(str(deployment.get("message") or ""))
+
+
+def _record_deploy_failure(app: dict[str, Any] | None) -> None:
+    """Ray accepted a revision but could not deploy it (e.g. the builder raised): the newest
+    record of that revision, if ``applied``, becomes ``failed`` with Ray's message."""
+    if not app or app.get("status") != "DEPLOY_FAILED":
+        return
+    revision = _deployed_revision(app)
+    latest = DeploymentRevision.objects.filter(revision=revision).first() if revision else None
+    if latest is not None and latest.outcome == DeploymentRevision.Outcome.APPLIED:
+        latest.outcome = DeploymentRevision.Outcome.FAILED
+        latest.error = _short(f"Ray could not deploy it: {app.get('message') or ''}")
+        latest.save(update_fields=["outcome", "error"])
+
+
+def deployment_reconcile() -> list[ModelDeploymentStatus]:
+    """Store Ray's view of every catalog model's deployment; return the rows, by model name."""
+    try:
+        details: dict[str, Any] | None = RayDashboardClient.from_settings().get_applications()
+        error = ""
+    except RayDashboardError as exc:
+        details, error = None, _short(str(exc))
+        logger.warning("Reconcile: %s", error)
+
+    app = _application(details) if details is not None else None
+    revision = _deployed_revision(app)
+    rows = []
+    with transaction.atomic():
+        for model in CatalogModel.objects.order_by("name"):
+            name = deployment_name(model.name)
+            if details is None:
+                values: dict[str, Any] = {
+                    "state": State.UNKNOWN,
+                    "replicas_running": 0,
+                    "message": error,
+                }
+            else:
+                state, running, target, message = _model_state(app, name)
+                values = {
+                    "state": state,
+                    "replicas_running": running,
+                    "replicas_target": target,
+                    "message": message,
+                    "revision": revision,
+                }
+            row, _ = ModelDeploymentStatus.objects.update_or_create(
+                catalog_model=model, defaults={"deployment": name, **values}
+            )
+            rows.append(row)
+        if details is not None:
+            _record_deploy_failure(app)
+    return rows
+
+
+def deployment_wait(
+    *,
+    revision: str,
+    timeout: float,
+    poll_interval: float = 1.0,
+    on_poll: Callable[[str], None] | None = None,
+) -> str:
+    """Poll Ray until its application deployed ``revision`` and finished (``RUNNING``,
+    ``DEPLOY_FAILED`` or ``UNHEALTHY``); return that status, or ``"TIMEOUT"``.
+
+    ``on_poll`` is called with each status seen (``"UNREACHABLE"`` while the dashboard does not
+    answer)."""
+    client = RayDashboardClient.from_settings()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            app = _application(client.get_applications())
+            status = str(app.get("status") or "") if app else "ABSENT"
+            if _deployed_revision(app) == revision and status in FINISHED_APP_STATUSES:
+                return status
+        except RayDashboardError:
+            status = "UNREACHABLE"
+        if on_poll is not None:
+            on_poll(status)
+        if time.monotonic() >= deadline:
+            return "TIMEOUT"
+        time.sleep(poll_interval)

@@ -1,0 +1,329 @@
+"""The renderer of contract 1: the catalog -> the whole desired state of the data plane.
+
+``render_spec()`` builds the deployment spec (the ``args`` of the one Serve application, see
+docs/deployment-spec.md), ``render_serve_config()`` the whole ``ServeDeploySchema`` config that
+``PUT /api/serve/applications/`` takes, and ``render_kuberay()`` a KubeRay ``RayService`` whose
+``serveConfigV2`` holds the same application. Rendering is pure: it reads the catalog and the
+settings and writes nothing, so the same catalog always renders the same ``revision``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import yaml
+from django.conf import settings
+
+from inference.models import CatalogModel, EngineKind
+
+SPEC_VERSION = 1
+APP_NAME = "vlinders"
+IMPORT_PATH = "inference.serving.app:build_app"
+USAGE_TASK = "billing.ingest_usage"
+
+# The gateway (ingress) deployment: replicas come from settings, the rest is fixed here. Its
+# replicas are light (auth from a cache, routing, token counting): half a CPU each.
+GATEWAY_TARGET_ONGOING_REQUESTS = 64
+GATEWAY_MAX_ONGOING_REQUESTS = 256
+GATEWAY_NUM_CPUS = 0.5
+
+# Inside a Kubernetes pod the gateway must listen on every interface, on the port KubeRay's
+# ``<name>-serve-svc`` Service targets (the container port named ``serve``).
+KUBERAY_SERVE_PORT = 8000
+KUBERAY_IMAGE = "ghcr.io/vlinders/vlinders-ray:0.1.0"
+KUBERAY_SECRET = "vlinders-secrets"
+KUBERAY_METRICS_DIR = "/tmp/vlinders-metrics"  # noqa: S108 (an emptyDir volume in the pod)
+
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
+_SLUG_MAX = 40
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces (the form the revision is a hash of)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def sha256_hex(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def deployment_name(model_name: str) -> str:
+    """The Serve deployment name of a catalog model: ``model-`` + a slug of the name + 6 hex of
+    the name's SHA-256 (unique even when two names slug alike, stable, valid for Ray)."""
+    slug = _SLUG_UNSAFE.sub("-", model_name.lower()).strip("-")[:_SLUG_MAX].strip("-")
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:6]
+    return f"model-{slug}-{digest}" if slug else f"model-{digest}"
+
+
+def spec_revision(spec: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``spec`` without its ``revision``."""
+    return sha256_hex({key: value for key, value in spec.items() if key != "revision"})
+
+
+def _price(value: Decimal) -> str:
+    return f"{Decimal(value):.6f}"
+
+
+def _number(value: Decimal | int | float) -> int | float:
+    """A resource amount as JSON number: ``4`` for a whole one, ``0.5`` otherwise."""
+    decimal = Decimal(value)
+    return int(decimal) if decimal == decimal.to_integral_value() else float(decimal)
+
+
+def _source(model: CatalogModel) -> dict[str, str]:
+    if model.engine_kind == EngineKind.VLLM:
+        return {"path": model.source_path}
+    if model.engine_kind == EngineKind.OPENAI:
+        return {
+            "base_url": model.upstream_base_url,
+            "model": model.upstream_model,
+            "api_key": model.upstream_api_key,
+        }
+    return {}
+
+
+def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
+    """One entry of ``models[]``."""
+    return {
+        "name": model.name,
+        "deployment": deployment_name(model.name),
+        "engine": model.engine_kind,
+        "source": _source(model),
+        "engine_args": dict(model.engine_args or {}),
+        "context_length": model.context_length,
+        "price_input_per_mtok": _price(model.price_input_per_mtok),
+        "price_output_per_mtok": _price(model.price_output_per_mtok),
+        "aliases": sorted(aliases),
+        "scaling": {
+            "min_replicas": model.min_replicas,
+            "max_replicas": model.max_replicas,
+            "target_ongoing_requests": model.target_ongoing_requests,
+        },
+        "resources": {
+            "num_cpus": _number(model.replica_cpus),
+            "num_gpus": _number(model.replica_gpus),
+            "accelerator_type": model.accelerator_type or None,
+        },
+    }
+
+
+def render_spec() -> dict[str, Any]:
+    """The deployment spec (``args``): active catalog models only, sorted by name, each with its
+    aliases; the revision last, computed over everything else."""
+    models = CatalogModel.objects.filter(status=CatalogModel.Status.ACTIVE).prefetch_related(
+        "aliases"
+    )
+    spec: dict[str, Any] = {
+        "spec_version": SPEC_VERSION,
+        "revision": "",
+        "redis_url": settings.REDIS_URL,
+        "redis_prefix": settings.VLINDERS_REDIS_PREFIX,
+        "broker_url": settings.CELERY_BROKER_URL,
+        "usage_task": USAGE_TASK,
+        "usage_queue": settings.VLINDERS_USAGE_QUEUE,
+        "usage_spool_dir": str(settings.VLINDERS_USAGE_SPOOL_DIR),
+        "gateway": {
+            "min_replicas": settings.VLINDERS_GATEWAY_MIN_REPLICAS,
+            "max_replicas": settings.VLINDERS_GATEWAY_MAX_REPLICAS,
+            "target_ongoing_requests": GATEWAY_TARGET_ONGOING_REQUESTS,
+            "max_ongoing_requests": GATEWAY_MAX_ONGOING_REQUESTS,
+            "num_cpus": GATEWAY_NUM_CPUS,
+            "max_body_bytes": settings.VLINDERS_MAX_BODY_BYTES,
+            "access_cache_ttl_s": float(settings.VLINDERS_ACCESS_CACHE_TTL_S),
+        },
+        "models": [
+            render_model(model, [alias.name for alias in model.aliases.all()])
+            for model in sorted(models, key=lambda m: m.name)
+        ],
+    }
+    spec["revision"] = spec_revision(spec)
+    return spec
+
+
+def render_application(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one Serve application: the gateway builder and its spec."""
+    return {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": spec if spec is not None else render_spec(),
+    }
+
+
+def render_serve_config(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole ``ServeDeploySchema`` dict for ``PUT /api/serve/applications/``."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {
+            "host": settings.VLINDERS_GATEWAY_HOST,
+            "port": settings.VLINDERS_GATEWAY_PORT,
+        },
+        "applications": [render_application(spec)],
+    }
+
+
+def config_revision(config: dict[str, Any]) -> str:
+    """The spec revision a Serve config carries (empty if it carries none)."""
+    for app in config.get("applications") or []:
+        if app.get("name") == APP_NAME:
+            return str((app.get("args") or {}).get("revision", ""))
+    return ""
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Serve config fit to show: upstream API keys replaced by ``"***"``."""
+    shown = copy.deepcopy(config)
+    for app in shown.get("applications") or []:
+        for model in (app.get("args") or {}).get("models") or []:
+            source = model.get("source") or {}
+            if source.get("api_key"):
+                source["api_key"] = "***"
+    return shown
+
+
+# --- KubeRay --------------------------------------------------------------------------------
+
+
+def _serve_env(secret_name: str) -> list[dict[str, Any]]:
+    def from_secret(name: str, key: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+
+    return [
+        # Serve's high-throughput mode (HAProxy ingress, throughput-optimised replica traffic).
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+        {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+        # Ray's token authentication: the same token on every node and in the control plane.
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        from_secret("RAY_AUTH_TOKEN", "auth_token"),
+        # The API-key pepper reaches the gateway through the environment, never the config.
+        from_secret("VLINDERS_KEY_PEPPER", "key_pepper"),
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # Gateway replicas share Prometheus multiprocess files, so /metrics sums them all.
+        {"name": "PROMETHEUS_MULTIPROC_DIR", "value": KUBERAY_METRICS_DIR},
+    ]
+
+
+def _container(
+    name: str, image: str, env: list[dict[str, Any]], cpu: str, memory: str, ports: list[Any]
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "env": env,
+        "resources": {
+            "requests": {"cpu": cpu, "memory": memory},
+            "limits": {"cpu": cpu, "memory": memory},
+        },
+    }
+    if ports:
+        container["ports"] = ports
+    container["volumeMounts"] = [{"name": "metrics", "mountPath": KUBERAY_METRICS_DIR}]
+    return container
+
+
+def _pod(container: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"containers": [container], "volumes": [{"name": "metrics", "emptyDir": {}}]}}
+
+
+def render_kuberay(
+    *,
+    name: str = "vlinders",
+    namespace: str | None = None,
+    image: str = KUBERAY_IMAGE,
+    secret_name: str = KUBERAY_SECRET,
+    worker_replicas: int = 1,
+    worker_max_replicas: int = 4,
+) -> dict[str, Any]:
+    """A ``ray.io/v1`` ``RayService`` manifest running the same application.
+
+    ``spec.serveConfigV2`` is the YAML of :func:`render_serve_config` with one change: inside a
+    pod the gateway listens on ``0.0.0.0:8000``, where KubeRay's serve Service points. The
+    application (import path, args, revision) is identical. ``secret_name`` is a Secret with
+    the keys ``auth_token`` (Ray's token) and ``key_pepper`` (``VLINDERS_KEY_PEPPER``);
+    ``image`` holds Ray (``ray[serve,haproxy]``, the same version) and Vlinders installed.
+    """
+    config = render_serve_config()
+    config["http_options"] = {"host": "0.0.0.0", "port": KUBERAY_SERVE_PORT}  # noqa: S104
+    revision = config_revision(config)
+    env = _serve_env(secret_name)
+    head_ports = [
+        {"containerPort": 6379, "name": "gcs-server"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"},
+        {"containerPort": KUBERAY_SERVE_PORT, "name": "serve"},
+    ]
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {
+            "app.kubernetes.io/name": "vlinders",
+            "app.kubernetes.io/component": "data-plane",
+        },
+        "annotations": {"vlinders.io/revision": revision},
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": metadata,
+        "spec": {
+            "serveConfigV2": to_yaml(config),
+            "rayClusterConfig": {
+                "rayVersion": _ray_version(),
+                # Serve autoscaling asks Ray's autoscaler for worker pods.
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {
+                    # The head runs the GCS, the dashboard and Serve's controller; replicas go
+                    # to workers.
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # noqa: S104
+                    "template": _pod(_container("ray-head", image, env, "2", "8Gi", head_ports)),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "cpu",
+                        "replicas": worker_replicas,
+                        "minReplicas": worker_replicas,
+                        "maxReplicas": max(worker_max_replicas, worker_replicas),
+                        "rayStartParams": {},
+                        "template": _pod(_container("ray-worker", image, env, "4", "16Gi", [])),
+                    }
+                ],
+            },
+        },
+    }
+
+
+def _ray_version() -> str:
+    """The Ray version the cluster must run: the one installed beside the control plane (the
+    image must match it), or the version this was tested with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return "2.60.0"
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (``serveConfigV2``) as literal blocks, and repeated values
+    (the containers' shared env) in full instead of YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_representer)
+
+
+def to_yaml(value: Any) -> str:
+    return yaml.dump(value, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,28 @@
+"""Celery tasks of the inference app: apply the catalog to Ray Serve and reconcile its status."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.contrib.auth import get_user_model
+
+from inference import deploy_services
+
+
+@shared_task(name="inference.reconcile_deployments", ignore_result=True)
+def reconcile_deployments() -> dict[str, int]:
+    """Periodic (every 15 s): store Ray Serve's view of every catalog model's deployment."""
+    rows = deploy_services.deployment_reconcile()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
+@shared_task(name="inference.apply_deployment")
+def apply_deployment(applied_by_id: int | None = None) -> dict[str, str | int]:
+    """Render the catalog and apply it; the outcome is recorded, never raised."""
+    user = None
+    if applied_by_id is not None:
+        user = get_user_model().objects.filter(pk=applied_by_id).first()
+    record = deploy_services.deployment_apply(applied_by=user)
+    return {"id": record.pk, "revision": record.revision, "outcome": record.outcome}
