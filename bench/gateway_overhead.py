@@ -29,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
+# Overrides LocalRay's high-throughput settings, for --serve-mode default.
+DEFAULT_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 
 
 def setup_control_plane(workdir: str, prefix: str) -> str:
@@ -185,6 +187,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="per target and level")
     parser.add_argument("--concurrency", default="1,32,128")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per level")
+    parser.add_argument(
+        "--serve-mode",
+        choices=["throughput", "default"],
+        default="throughput",
+        help="Ray Serve's high-throughput mode (HAProxy ingress; what Vlinders runs) or its "
+        "default proxy, to check the choice",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -209,6 +218,7 @@ def main() -> None:
         env={
             "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
             "PYTHONPATH": str(ROOT / "bench"),
+            **(DEFAULT_SERVE_ENV if args.serve_mode == "default" else {}),
         },
     )
     port = free_port()
@@ -265,10 +275,13 @@ def main() -> None:
         "requests_per_level": args.requests,
         "rounds": args.rounds,
         "engine": "synthetic (test engine, not a model): 16 tokens, no delay",
+        "serve_mode": args.serve_mode,
         "results": results,
     }
-    (RESULTS / "gateway_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {RESULTS / 'gateway_overhead.json'}")
+    name = "gateway_overhead" + ("" if args.serve_mode == "throughput" else "-default-serve")
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nSaved {path}")
 
 
 def _row(row: dict[str, Any]) -> str:

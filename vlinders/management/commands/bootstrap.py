@@ -1,7 +1,11 @@
 """Bring a fresh installation to a usable state; safe to run any number of times.
 
-Creates (only if missing) a platform admin, a demo organisation owned by that admin, and one
-demo API key whose secret is printed once. Then publishes the access snapshot in full.
+Creates (only if missing) a platform admin, a demo organisation owned by that admin, one demo
+API key whose secret is printed once, and a demo catalog entry. Then publishes the access
+snapshot in full.
+
+Until the vLLM engine lands, the demo catalog entry runs on the synthetic engine: a labelled test
+engine that answers with deterministic filler words, not a model. It is named so.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from inference.models import CatalogModel, EngineKind
+from inference.services import catalog_model_create
 from tenants import services, snapshot
 from tenants.models import ApiKey, Membership, Organization, Role, Scope
 
+DEMO_MODEL = "synthetic-demo"
 DEMO_ORG_SLUG = "demo"
 DEMO_KEY_NAME = "demo key"
 
@@ -43,6 +50,7 @@ class Command(BaseCommand):
             admin = self._admin(options["admin_username"], options["admin_email"])
             org = self._demo_org(admin)
             self._demo_key(org, admin, rotate=options["rotate_demo_key"])
+            self._demo_model()
         try:
             result = snapshot.publish_full()
         except redis.RedisError as error:
@@ -82,6 +90,22 @@ class Command(BaseCommand):
         elif not Membership.objects.filter(organization=org, user=admin).exists():
             Membership.objects.create(organization=org, user=admin, role=Role.OWNER)
         return org
+
+    def _demo_model(self) -> None:
+        if CatalogModel.objects.filter(name=DEMO_MODEL).exists():
+            return
+        catalog_model_create(
+            name=DEMO_MODEL,
+            engine_kind=EngineKind.SYNTHETIC,
+            context_length=4096,
+            description=(
+                "Synthetic TEST engine, not a model: deterministic filler words at a set pace, "
+                "for trying the platform before a real model is added."
+            ),
+            engine_args={"ttft_ms": 20, "tpot_ms": 10, "default_max_tokens": 24},
+            replica_cpus="0.5",
+        )
+        self.stdout.write(self.style.SUCCESS(f"Added the catalog entry '{DEMO_MODEL}'."))
 
     def _demo_key(self, org: Organization, admin: Any, *, rotate: bool) -> None:
         existing = [
