@@ -7,8 +7,10 @@ set, so every check runs), usage events to the broker, metrics. Each concurrency
 targets in one run, alternating, so the ratio is measured under the same machine load.
 
     .venv/bin/python bench/gateway_overhead.py [--requests 2000] [--concurrency 1,32,128]
+    .venv/bin/python bench/gateway_overhead.py --serve-modes   # HAProxy mode vs default proxy
 
-Prints a table and writes bench/results/gateway_overhead.json. Needs the local Redis.
+Prints a table and writes bench/results/gateway_overhead.json (serve_modes.json with
+--serve-modes, which checks the choice of Serve's high-throughput mode). Needs the local Redis.
 """
 
 from __future__ import annotations
@@ -182,17 +184,92 @@ async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[
     }
 
 
+class Stack:
+    """One local Ray cluster with both applications deployed (the gateway and the bare one)."""
+
+    def __init__(self, workdir: str, prefix: str, queue: str, *, mode: str) -> None:
+        from django.conf import settings
+
+        from inference.ray_local import LocalRay
+        from tests.ray_fixtures import free_port
+
+        self.dir = f"{workdir}/{mode}"
+        self.port = free_port()
+        self.cluster = LocalRay(
+            token=secrets.token_hex(32),
+            gcs_port=free_port(),
+            dashboard_port=free_port(),
+            temp_dir=f"{self.dir}/ray",
+            metrics_dir=f"{self.dir}/metrics",
+            haproxy_stats_port=free_port(),
+            haproxy_metrics_port=free_port(),
+            env={
+                "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+                "PYTHONPATH": str(ROOT / "bench"),
+                **(DEFAULT_SERVE_ENV if mode == "default" else {}),
+            },
+        )
+        self.config = serve_config(self.port, prefix, queue, f"{self.dir}/spool")
+
+    def start(self) -> None:
+        self.cluster.start(log_path=f"{self.dir}/ray.log")
+        deploy(self.cluster.dashboard_url, self.cluster.token, self.config)
+
+    def url(self, app: str) -> str:
+        prefix = "/bare" if app == "bare" else ""
+        return f"http://127.0.0.1:{self.port}{prefix}/v1/chat/completions"
+
+
+def compare(
+    baseline: tuple[str, str | None],
+    candidate: tuple[str, str | None],
+    *,
+    levels: list[int],
+    requests: int,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Load ``baseline`` and ``candidate`` (url, key) alternately at each level; per level the
+    mean of the rounds and the candidate/baseline ratio."""
+    targets = {"baseline": baseline, "candidate": candidate}
+    for url, secret in targets.values():  # warm up both
+        asyncio.run(load(url, secret, 8, 200))
+    results = []
+    for level in levels:
+        runs: dict[str, list[dict[str, float]]] = {"baseline": [], "candidate": []}
+        for round_ in range(rounds):
+            order = ["baseline", "candidate"] if round_ % 2 == 0 else ["candidate", "baseline"]
+            for name in order:
+                url, secret = targets[name]
+                runs[name].append(asyncio.run(load(url, secret, level, requests)))
+        row: dict[str, Any] = {"concurrency": level}
+        for name, measured in runs.items():
+            row[name] = {
+                "rps": statistics.mean(m["rps"] for m in measured),
+                "p50_ms": statistics.mean(m["p50_ms"] for m in measured),
+                "p99_ms": statistics.mean(m["p99_ms"] for m in measured),
+                "failures": sum(m["failures"] for m in measured),
+            }
+        row["rps_ratio"] = row["candidate"]["rps"] / row["baseline"]["rps"]
+        row["p50_added_ms"] = row["candidate"]["p50_ms"] - row["baseline"]["p50_ms"]
+        results.append(row)
+        print(
+            f"c={level}: baseline {row['baseline']['rps']:.0f} req/s, candidate "
+            f"{row['candidate']['rps']:.0f} req/s, ratio {row['rps_ratio']:.2f}",
+            flush=True,
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per target and level")
     parser.add_argument("--concurrency", default="1,32,128")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per level")
     parser.add_argument(
-        "--serve-mode",
-        choices=["throughput", "default"],
-        default="throughput",
-        help="Ray Serve's high-throughput mode (HAProxy ingress; what Vlinders runs) or its "
-        "default proxy, to check the choice",
+        "--serve-modes",
+        action="store_true",
+        help="instead: the full gateway on Serve's default proxy (baseline) against the same "
+        "gateway in Serve's high-throughput mode with HAProxy (candidate), two clusters at once",
     )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -201,107 +278,68 @@ def main() -> None:
     prefix = f"vlbench:{secrets.token_hex(4)}:"
     queue = f"vlbench-usage-{secrets.token_hex(4)}"
     key = setup_control_plane(workdir, prefix)
-
-    from django.conf import settings
-
-    from inference.ray_local import LocalRay
-    from tests.ray_fixtures import free_port
-
-    cluster = LocalRay(
-        token=secrets.token_hex(32),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        temp_dir=f"{workdir}/ray",
-        metrics_dir=f"{workdir}/metrics",
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        env={
-            "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
-            "PYTHONPATH": str(ROOT / "bench"),
-            **(DEFAULT_SERVE_ENV if args.serve_mode == "default" else {}),
-        },
-    )
-    port = free_port()
-    results: list[dict[str, Any]] = []
-    cluster.start(log_path=f"{workdir}/ray.log")
+    modes = ["default", "throughput"] if args.serve_modes else ["throughput"]
+    stacks = {mode: Stack(workdir, prefix, queue, mode=mode) for mode in modes}
     try:
-        deploy(
-            cluster.dashboard_url,
-            cluster.token,
-            serve_config(port, prefix, queue, f"{workdir}/spool"),
+        for stack in stacks.values():
+            stack.start()
+        if args.serve_modes:
+            name, labels = "serve_modes", ("default proxy", "HAProxy + throughput mode")
+            baseline = (stacks["default"].url("gateway"), key)
+            candidate = (stacks["throughput"].url("gateway"), key)
+        else:
+            name, labels = "gateway_overhead", ("bare ingress", "gateway")
+            baseline = (stacks["throughput"].url("bare"), None)
+            candidate = (stacks["throughput"].url("gateway"), key)
+        results = compare(
+            baseline, candidate, levels=levels, requests=args.requests, rounds=args.rounds
         )
-        base = f"http://127.0.0.1:{port}"
-        targets = {
-            "bare": (f"{base}/bare/v1/chat/completions", None),
-            "gateway": (f"{base}/v1/chat/completions", key),
-        }
-        for url, secret in targets.values():  # warm up both
-            asyncio.run(load(url, secret, 8, 200))
-        for level in levels:
-            runs: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
-            for round_ in range(args.rounds):
-                order = ["bare", "gateway"] if round_ % 2 == 0 else ["gateway", "bare"]
-                for name in order:
-                    url, secret = targets[name]
-                    runs[name].append(asyncio.run(load(url, secret, level, args.requests)))
-            row: dict[str, Any] = {"concurrency": level}
-            for name, measured in runs.items():
-                row[name] = {
-                    "rps": statistics.mean(m["rps"] for m in measured),
-                    "p50_ms": statistics.mean(m["p50_ms"] for m in measured),
-                    "p99_ms": statistics.mean(m["p99_ms"] for m in measured),
-                    "failures": sum(m["failures"] for m in measured),
-                }
-            row["rps_ratio"] = row["gateway"]["rps"] / row["bare"]["rps"]
-            row["p50_added_ms"] = row["gateway"]["p50_ms"] - row["bare"]["p50_ms"]
-            results.append(row)
-            print(_row(row), flush=True)
     finally:
-        cluster.stop()
-        import redis
-
-        client = redis.Redis.from_url(settings.REDIS_URL)
-        for name in client.scan_iter(match=prefix + "*", count=1000):
-            client.delete(name)
-        client.delete(queue)
+        for stack in stacks.values():
+            stack.cluster.stop()
+        _clean_redis(prefix, queue)
 
     print()
-    print(_table(results))
+    print(_table(results, labels))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "gateway_overhead",
+        "benchmark": name,
+        "baseline": labels[0],
+        "candidate": labels[1],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "requests_per_level": args.requests,
         "rounds": args.rounds,
         "engine": "synthetic (test engine, not a model): 16 tokens, no delay",
-        "serve_mode": args.serve_mode,
         "results": results,
     }
-    name = "gateway_overhead" + ("" if args.serve_mode == "throughput" else "-default-serve")
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nSaved {path}")
 
 
-def _row(row: dict[str, Any]) -> str:
-    return (
-        f"c={row['concurrency']}: bare {row['bare']['rps']:.0f} req/s, "
-        f"gateway {row['gateway']['rps']:.0f} req/s, ratio {row['rps_ratio']:.2f}"
-    )
+def _clean_redis(prefix: str, queue: str) -> None:
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for name in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(name)
+    client.delete(queue)
 
 
-def _table(results: list[dict[str, Any]]) -> str:
+def _table(results: list[dict[str, Any]], labels: tuple[str, str]) -> str:
+    base, cand = labels
     lines = [
-        "| clients | bare req/s | gateway req/s | ratio | bare p50 ms | gateway p50 ms "
-        "| bare p99 ms | gateway p99 ms |",
+        f"| clients | {base} req/s | {cand} req/s | ratio | {base} p50 ms | {cand} p50 ms "
+        f"| {base} p99 ms | {cand} p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        b, g = r["bare"], r["gateway"]
+        b, c = r["baseline"], r["candidate"]
         lines.append(
-            f"| {r['concurrency']} | {b['rps']:.0f} | {g['rps']:.0f} | {r['rps_ratio']:.2f} "
-            f"| {b['p50_ms']:.1f} | {g['p50_ms']:.1f} | {b['p99_ms']:.1f} | {g['p99_ms']:.1f} |"
+            f"| {r['concurrency']} | {b['rps']:.0f} | {c['rps']:.0f} | {r['rps_ratio']:.2f} "
+            f"| {b['p50_ms']:.1f} | {c['p50_ms']:.1f} | {b['p99_ms']:.1f} | {c['p99_ms']:.1f} |"
         )
     return "\n".join(lines)
 
