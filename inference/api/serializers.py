@@ -17,6 +17,7 @@ from inference.models import (
     ModelDeploymentStatus,
     model_name_validator,
 )
+from inference.services import CATALOG_MODEL_FIELDS
 from tenants.models import Organization
 
 
@@ -40,27 +41,8 @@ class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
         model = CatalogModel
         fields = (
             "id",
-            "name",
-            "description",
-            "engine_kind",
-            "source_path",
-            "upstream_base_url",
-            "upstream_model",
-            "upstream_api_key",
+            *CATALOG_MODEL_FIELDS,
             "has_upstream_api_key",
-            "engine_args",
-            "context_length",
-            "price_input_per_mtok",
-            "price_output_per_mtok",
-            "min_replicas",
-            "max_replicas",
-            "target_ongoing_requests",
-            "scale_to_zero",
-            "replica_cpus",
-            "replica_gpus",
-            "accelerator_type",
-            "status",
-            "visibility",
             "organizations",
             "aliases",
             "created_at",

@@ -293,3 +293,22 @@ def usage_events(
             return events
         time.sleep(0.2)
     return events
+
+
+def month_usage(scope: str, ident: str) -> Any:
+    """The limiter's month counters (used and reserved) of a key or organisation, as the
+    deployed gateway left them in Redis."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from inference.serving.limits import Limiter
+
+    async def read() -> Any:
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            return await Limiter(client, SESSION_PREFIX).month_usage(scope, ident)  # type: ignore[arg-type]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())

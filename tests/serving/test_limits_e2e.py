@@ -7,11 +7,8 @@ from decimal import Decimal
 
 import openai
 import pytest
-import redis.asyncio as aioredis
-from django.conf import settings
 
-from inference.serving.limits import Limiter
-from tests.serving.conftest import SESSION_PREFIX
+from tests.serving.conftest import month_usage
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
@@ -103,17 +100,6 @@ async def _fire(gateway, secret, count, max_tokens):
         await client.close()
 
 
-def _month_usage(scope, ident):
-    async def read():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
-            return await Limiter(client, SESSION_PREFIX).month_usage(scope, ident)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
-
-
 def test_spend_budget_is_never_overspent_under_concurrency(gateway, make_tenant):
     # Prices of the test models: 1 per million input tokens, 2 per million output tokens.
     # Each request reserves (1 byte + 24 template) prompt + 10 completion tokens = 0.000045.
@@ -123,7 +109,7 @@ def test_spend_budget_is_never_overspent_under_concurrency(gateway, make_tenant)
     admitted = [u for u in usages if not isinstance(u, str)]
     assert {u for u in usages if isinstance(u, str)} == {"insufficient_quota"}
     assert 0 < len(admitted) < 40  # some were refused for the budget
-    used = _month_usage("org", str(org.id))
+    used = month_usage("org", str(org.id))
     settled = sum(Decimal(u.prompt_tokens) + 2 * Decimal(u.completion_tokens) for u in admitted)
     settled /= Decimal(1_000_000)
     assert used.reserved_spend == 0  # every reservation was settled
@@ -138,7 +124,7 @@ def test_token_budget_is_never_overspent_under_concurrency(gateway, make_tenant)
     admitted = [u for u in usages if not isinstance(u, str)]
     assert {u for u in usages if isinstance(u, str)} == {"insufficient_quota"}
     assert 0 < len(admitted) < 30
-    used = _month_usage("key", str(key.id))
+    used = month_usage("key", str(key.id))
     assert used.used_tokens == sum(u.total_tokens for u in admitted)
     assert used.used_tokens <= 400
     assert used.reserved_tokens == 0

@@ -5,16 +5,12 @@ metered for what it received."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import openai
 import pytest
-import redis.asyncio as aioredis
-from django.conf import settings
 
-from inference.serving.limits import Limiter
-from tests.serving.conftest import SESSION_PREFIX, usage_events
+from tests.serving.conftest import month_usage, usage_events
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
@@ -85,17 +81,6 @@ def test_unauthenticated_requests_emit_no_event(gateway, usage_broker, catalog):
     )
 
 
-def _month_usage(scope, ident):
-    async def read():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
-            return await Limiter(client, SESSION_PREFIX).month_usage(scope, ident)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
-
-
 def test_disconnect_cancels_the_engine_and_meters_what_was_sent(
     gateway, usage_broker, client, tenant
 ):
@@ -128,7 +113,7 @@ def test_disconnect_cancels_the_engine_and_meters_what_was_sent(
         time.sleep(0.1)
     else:
         pytest.fail("the engine was not cancelled")
-    used = _month_usage("key", str(key.id))
+    used = month_usage("key", str(key.id))
     assert used.reserved_tokens == 0
     assert used.used_tokens == event["prompt_tokens"] + event["completion_tokens"]
 
