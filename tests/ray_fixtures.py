@@ -12,6 +12,8 @@ import pytest
 
 from inference.ray_local import LocalRay
 
+METRICS_TOKEN = secrets.token_hex(16)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -42,7 +44,10 @@ def ray_cluster() -> Iterator[LocalRay]:
         dashboard_port=free_port(),
         num_cpus=8,  # logical CPUs: replicas are light; the machine has 2 real cores
         temp_dir=temp_dir,
-        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
+        env={
+            "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+            "VLINDERS_METRICS_TOKEN": METRICS_TOKEN,
+        },
         metrics_dir=f"{temp_dir}/metrics",
         haproxy_stats_port=free_port(),
         haproxy_metrics_port=free_port(),

@@ -64,6 +64,8 @@ SECRET_KEY = _secret("SECRET_KEY")
 # The pepper of API-key hashes. Kept apart from SECRET_KEY so that rotating the session secret
 # does not invalidate every API key. The gateway needs the same value to hash presented keys.
 VLINDERS_KEY_PEPPER = _secret("VLINDERS_KEY_PEPPER")
+# What Prometheus sends (Bearer) to read the gateway's /metrics, which names every tenant.
+VLINDERS_METRICS_TOKEN = _secret("VLINDERS_METRICS_TOKEN")
 
 DEBUG = _env_bool("DEBUG", False)
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])

@@ -38,6 +38,7 @@ from inference.serving.limits import LimitSet
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+PING_INTERVAL = 5.0
 KEY_SHAPE = re.compile(r"^vlk_[A-Za-z0-9]{52}$")
 _MISSING: dict[str, Any] = {}
 
@@ -110,6 +111,8 @@ class AccessCache:
         self.orgs = _Lru(capacity)
         self.subscribed = False
         self.invalidations = 0
+        # Bumped by every invalidation: a read that raced one is not cached (see ``_record``).
+        self.generation = 0
         self._listener: asyncio.Task[None] | None = None
 
     # --- Redis names (docs/access-snapshot.md) ---
@@ -138,24 +141,34 @@ class AccessCache:
             self._listener = None
 
     async def _listen(self) -> None:
+        """Keep one subscription alive for the replica's life. A silent half-open connection is
+        found by a ping every ``PING_INTERVAL`` seconds without traffic; any failure drops the
+        cache's use (``subscribed`` false) until the next successful subscribe."""
         backoff = 0.1
         while True:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
+                quiet_since = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        if time.monotonic() - quiet_since > PING_INTERVAL:
+                            await asyncio.wait_for(pubsub.ping(), timeout=PING_INTERVAL)
+                            quiet_since = time.monotonic()
+                        continue
+                    quiet_since = time.monotonic()
                     if message["type"] == "subscribe":
                         # Anything sent while we were not listening is lost: start clean.
-                        self.keys.clear()
-                        self.orgs.clear()
+                        self._drop_all()
                         self.subscribed = True
                         backoff = 0.1
                     elif message["type"] == "message":
                         self._apply(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as error:
-                logger.warning("access snapshot: subscription lost (%s); retrying", error)
+            except Exception as error:
+                logger.warning("access snapshot: subscription lost (%r); retrying", error)
             finally:
                 self.subscribed = False
                 with contextlib.suppress(Exception):
@@ -163,8 +176,14 @@ class AccessCache:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
+    def _drop_all(self) -> None:
+        self.generation += 1
+        self.keys.clear()
+        self.orgs.clear()
+
     def _apply(self, raw: bytes | str) -> None:
         self.invalidations += 1
+        self.generation += 1
         try:
             message = json.loads(raw)
             kind, ident = message.get("kind"), message.get("id")
@@ -175,8 +194,7 @@ class AccessCache:
         elif kind == "org" and isinstance(ident, str):
             self.orgs.drop(ident)
         else:  # "all", or a message this version does not understand: drop everything
-            self.keys.clear()
-            self.orgs.clear()
+            self._drop_all()
 
     # --- reads ---
 
@@ -186,6 +204,7 @@ class AccessCache:
             cached = cache.get(ident, now=now, ttl=self.ttl)
             if cached is not None:
                 return cached
+        generation = self.generation
         try:
             raw = await self.client.get(self._name(name, ident))
         except (RedisError, OSError) as error:
@@ -194,7 +213,9 @@ class AccessCache:
                 "Authorisation is temporarily unavailable; retry shortly.", "auth_unavailable"
             ) from error
         record = _MISSING if raw is None else json.loads(raw)
-        if self.subscribed:
+        # An invalidation that arrived while the GET was in flight may be newer than what the
+        # GET returned: then do not cache it (the next request reads Redis again).
+        if self.subscribed and generation == self.generation:
             cache.put(ident, record, now=now)
         return record
 

@@ -8,6 +8,8 @@ No ``from __future__ import annotations`` here: FastAPI reads the route methods'
 run time, through Ray Serve's ingress wrapper, and needs them as real classes.
 """
 
+import hmac
+import os
 from typing import Any
 
 from fastapi import Request
@@ -67,7 +69,16 @@ class GatewayDeployment(Gateway):
         return await self.health()
 
     @api.get("/metrics")
-    async def prometheus(self) -> Response:
+    async def prometheus(self, request: Request) -> Response:
+        """Prometheus text, for the platform's scraper only: it names every tenant and its
+        volumes, and the gateway's port is the tenants' port. The scraper sends
+        ``Authorization: Bearer $VLINDERS_METRICS_TOKEN`` (from the Ray cluster's environment);
+        without that variable the endpoint does not exist."""
+        token = os.environ.get("VLINDERS_METRICS_TOKEN", "")
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not token or not hmac.compare_digest(presented.encode(), token.encode()):
+            error = errors.ApiError(404, "Not Found", "invalid_request_error", None, "not_found")
+            return JSONResponse(error.body(), status_code=404)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -68,6 +68,11 @@ class Call:
     error_type: str | None = None
     error_code: str | None = None
     in_flight: bool = False
+    reserved_prompt: int = 0
+    reserved_completion: int = 0
+    chunks_relayed: int = 0
+    relayed_any: bool = False  # the engine produced an answer or a stream chunk
+    relaying: bool = False  # the stream's body generator has started
     settled: bool = False
 
 
@@ -196,12 +201,14 @@ class Gateway:
                 # request then gets a real HTTP 400, not an error event inside a 200 stream.
                 first = await _first(generator)
                 streaming = True
-                return StreamingResponse(
+                return _StreamResponse(
                     self._stream(call, generator, first, parsed),
+                    on_abandoned=lambda: self._abandoned(call, generator),
                     media_type="text/event-stream",
                     headers={**self._response_headers(call), "cache-control": "no-cache"},
                 )
             result = await handle.complete.remote(endpoint, parsed.body)
+            call.relayed_any = True
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)
             result["model"] = parsed.model
@@ -256,6 +263,7 @@ class Gateway:
         if isinstance(decision, Refusal):
             raise _rate_limited(decision)
         call.reservation = decision
+        call.reserved_prompt, call.reserved_completion = prompt, completion
 
     async def _stream(
         self,
@@ -264,6 +272,7 @@ class Gateway:
         first: list[dict[str, Any]],
         parsed: requests.ParsedRequest,
     ) -> AsyncIterator[bytes]:
+        call.relaying = True
         finished = False
         try:
             batch: list[dict[str, Any]] | None = first
@@ -297,6 +306,24 @@ class Gateway:
             # Settle outside this (possibly cancelled) task so it always completes.
             self._background_task(self._finish(call))
 
+    def _abandoned(self, call: Call, generator: Any) -> None:
+        """The response ended without its body ever starting (the client left right after the
+        headers): ``_stream``'s own clean-up never ran, so cancel and settle here."""
+        if call.relaying:
+            return
+        generator.cancel()
+        call.status, call.error_type = 499, "client_disconnected"
+        self._background_task(self._finish(call))
+
+    async def __del__(self) -> None:
+        """Ray Serve calls this on a graceful stop (an apply, a downscale): settle what is in
+        flight and send or spool every usage event still in memory before the process exits."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.usage.aclose()
+        await self.access.aclose()
+        await self.redis.aclose()
+
     def _relay(
         self, call: Call, batch: list[dict[str, Any]], parsed: requests.ParsedRequest
     ) -> bytes:
@@ -306,6 +333,8 @@ class Gateway:
             self._take_usage(call, chunk.get("usage"))
             if not chunk.get("choices"):
                 continue  # the engine's usage chunk: re-emitted at the end if asked
+            call.chunks_relayed += 1
+            call.relayed_any = True
             if call.ttft is None:
                 call.ttft = time.perf_counter() - call.started
             call.finish_reason = _finish_reason(chunk) or call.finish_reason
@@ -324,17 +353,32 @@ class Gateway:
         call.usage_known = True
 
     async def _finish(self, call: Call) -> None:
-        """Settle the reservation, emit the usage event, record metrics. Once per request."""
+        """Emit the usage event, record metrics, settle the reservation. Once per request.
+
+        The event goes first (into the emitter's buffer, no I/O), so nothing later in here can
+        lose it. When the engine reported no usage for a request it served (an upstream without
+        usage in its stream, a stream cut before its usage chunk), the request is metered
+        conservatively: the reserved prompt estimate, and at least one token per chunk relayed
+        (or the whole reservation for a complete answer) — never zero.
+        """
         if call.settled:
             return
         call.settled = True
         latency = time.perf_counter() - call.started
         if call.in_flight:
             metrics.IN_FLIGHT.labels(call.model).dec()
+        if call.reservation is not None and not call.usage_known and call.relayed_any:
+            logger.warning(
+                "request %s: engine reported no usage; metered as reserved", call.request_id
+            )
+            call.prompt_tokens = call.reserved_prompt
+            call.completion_tokens = (
+                call.reserved_completion if call.status == 200 else call.chunks_relayed
+            )
+        self._emit(call, latency)
+        self._record_metrics(call, latency)
         target = call.target
         if call.reservation is not None and target is not None:
-            if not call.usage_known and call.status == 200:
-                logger.warning("request %s: engine reported no usage", call.request_id)
             spend = cost(
                 call.prompt_tokens,
                 call.completion_tokens,
@@ -351,7 +395,10 @@ class Gateway:
             except Exception:
                 # The lease expires by itself; Postgres stays the authority for spend.
                 logger.exception("request %s: settling failed", call.request_id)
-        model = call.model or "-"
+
+    def _record_metrics(self, call: Call, latency: float) -> None:
+        # Only names that routed become label values: a client cannot mint series.
+        model = call.model if call.target is not None else "-"
         org = call.principal.org_slug if call.principal else "-"
         metrics.REQUESTS.labels(model, call.endpoint, org, str(call.status)).inc()
         if call.status != 200:
@@ -378,8 +425,11 @@ class Gateway:
                 }
             )
         )
+
+    def _emit(self, call: Call, latency: float) -> None:
         if call.principal is None:
             return  # usage events are for requests that passed authentication
+        target = call.target
         self.usage.emit(
             UsageEvent(
                 request_id=call.request_id,
@@ -441,6 +491,20 @@ class Gateway:
             "usage": self.usage.stats(),
         }
         return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+class _StreamResponse(StreamingResponse):
+    """A streaming response that says when it ended without its body generator starting."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_abandoned: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_abandoned = on_abandoned
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_abandoned()
 
 
 async def _first(generator: Any) -> list[dict[str, Any]]:

@@ -52,8 +52,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, local
 from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 Scope = Literal["key", "org"]
 
@@ -604,8 +603,10 @@ class Limiter:
     async def _call_plain(awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise LimiterUnavailable(f"the limiter's Redis is unreachable: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            # Connection loss, timeouts, and server-side refusals (BUSY, OOM, READONLY after a
+            # failover) alike: no decision could be made, so the gateway answers 503.
+            raise LimiterUnavailable(f"the limiter's Redis failed: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ OpenAI-shaped 400. Each check names the offending ``param``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,12 +40,24 @@ class ParsedRequest:
     prompt_parts: int
 
 
+# A ``\\uD800``-``\\uDFFF`` escape: JSON allows it alone, but a lone surrogate is no text.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400: malformed, too deeply nested, or holding a lone
+    surrogate (which no engine, log or encoder can take)."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+        if _SURROGATE_ESCAPE.search(raw):
+            json.dumps(body, ensure_ascii=False).encode()  # raises on a lone surrogate
+    except (ValueError, UnicodeError) as error:
         raise errors.invalid(
             f"We could not parse the JSON body of your request: {error}.", code="invalid_json"
+        ) from error
+    except RecursionError as error:
+        raise errors.invalid(
+            "The JSON body of your request is nested too deeply.", code="invalid_json"
         ) from error
     if not isinstance(body, dict):
         raise errors.invalid("The request body must be a JSON object.", code="invalid_json")

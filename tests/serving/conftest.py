@@ -30,7 +30,7 @@ from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
 from tenants.models import ApiKey, Organization, Role
 from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
-from tests.ray_fixtures import free_port
+from tests.ray_fixtures import METRICS_TOKEN, free_port
 
 SESSION_PREFIX = f"vltest:serve:{uuid.uuid4().hex[:8]}:"
 USAGE_QUEUE = f"vltest-usage-{uuid.uuid4().hex[:8]}"
@@ -124,9 +124,11 @@ class Deployed:
     ray_dashboard: str
     token: str
 
-    def get(self, path: str) -> tuple[int, str]:
+    def get(self, path: str, *, token: str | None = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.base_url + path, headers=headers)
         try:
-            with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -135,7 +137,7 @@ class Deployed:
         """The summed value of one metric series on /metrics (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        _, text = self.get("/metrics")
+        _, text = self.get("/metrics", token=METRICS_TOKEN)
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -210,6 +212,15 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                     "api_key": upstream_key,
                 },
             },
+            {  # an upstream whose credential the upstream refuses: the platform's fault
+                **_model("upstream-badkey", {"timeout_s": 30}),
+                "engine": "openai",
+                "source": {
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "model": "syn-fast",
+                    "api_key": "vlk_" + "X" * 52,
+                },
+            },
         ],
     }
     config = {
@@ -236,6 +247,7 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="syn-slow")
     CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
     CatalogModelFactory(name="upstream-syn")
+    CatalogModelFactory(name="upstream-badkey")
     ModelAliasFactory(name="syn-alias", target=fast)
     return fast
 

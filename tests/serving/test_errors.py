@@ -152,3 +152,26 @@ def test_engine_validation_comes_back_as_an_openai_400(client, model, stream):
     assert caught.value.status_code == 400
     assert caught.value.param == "logprobs"
     assert "logprobs" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,  # nested too deeply for the parser
+        b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}',  # lone surrogate
+        b'{"model": "syn-fast", "messages": [{"role": "user", "content": "\\udfff"}]}',
+    ],
+)
+def test_hostile_json_is_400_not_500(gateway, tenant, body):
+    status, _, payload = _raw(gateway, "/v1/chat/completions", body, tenant[2])
+    assert status == 400
+    _assert_openai_error(payload, type_="invalid_request_error", code="invalid_json")
+
+
+def test_an_upstream_refusing_our_credential_is_502_not_the_tenants_401(client):
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="upstream-badkey", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"

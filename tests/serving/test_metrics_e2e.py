@@ -5,11 +5,21 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.ray_fixtures import METRICS_TOKEN
+
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
 
+@pytest.mark.parametrize("token", [None, "wrong", "Bearer"])
+def test_metrics_are_for_the_scraper_only(gateway, token):
+    """/metrics names every tenant: without the scraper's token it does not exist."""
+    status, body = gateway.get("/metrics", token=token)
+    assert status == 404
+    assert "vlinders_" not in body
+
+
 def _scrape(gateway):
-    status, text = gateway.get("/metrics")
+    status, text = gateway.get("/metrics", token=METRICS_TOKEN)
     assert status == 200
     return {family.name: family for family in text_string_to_metric_families(text)}
 
@@ -53,4 +63,5 @@ def test_histograms_and_error_counters_are_exposed(gateway, client):
         "vlinders_requests_in_flight",
     ):
         assert name in families, name
-    assert gateway.metric("vlinders_errors_total", model="nope", code="model_not_found") >= 1
+    # An unknown name is not a label value (clients cannot mint series): it counts under "-".
+    assert gateway.metric("vlinders_errors_total", model="-", code="model_not_found") >= 1

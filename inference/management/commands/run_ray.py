@@ -84,7 +84,10 @@ class Command(BaseCommand):
             dashboard_port=dashboard_port,
             num_cpus=num_cpus,
             temp_dir=temp_dir,
-            env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
+            env={
+                "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+                "VLINDERS_METRICS_TOKEN": settings.VLINDERS_METRICS_TOKEN,
+            },
             # Gateway replicas record Prometheus metrics here, so /metrics sums all of them.
             metrics_dir=str(Path(settings.VAR_DIR) / "ray-metrics"),
         )

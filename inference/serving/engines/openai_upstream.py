@@ -63,11 +63,12 @@ class OpenAIUpstreamEngine:
             await self._session.close()
 
     def _body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        """The body for the upstream: its model name, and for streams only the standard
+        ``include_usage`` option (strict OpenAI-compatible servers refuse vLLM's
+        ``continuous_usage_stats``, which the gateway adds for engines that count)."""
         out = dict(body, model=self.model)
         if stream:
-            options = dict(out.get("stream_options") or {})
-            options["include_usage"] = True
-            out["stream_options"] = options
+            out["stream_options"] = {"include_usage": True}
         return out
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> None:
@@ -79,13 +80,19 @@ class OpenAIUpstreamEngine:
             message = error.get("message") or text
         except (ValueError, AttributeError):
             error, message = {}, text
-        if response.status >= 500:
+        if response.status >= 500 or response.status in (401, 403, 404):
+            # A 5xx, or our own credentials or model name refused upstream: the platform's
+            # fault, never the tenant's (their key is not the one the upstream refused).
             raise errors.ApiError(
                 502,
-                f"The upstream model server failed: {message}",
+                f"The upstream model server refused or failed the request ({response.status}).",
                 "server_error",
                 None,
                 "upstream_error",
+            )
+        if response.status == 429:
+            raise errors.unavailable(
+                "The upstream model server is at capacity; retry.", "upstream_busy"
             )
         raise errors.ApiError(
             response.status,
