@@ -20,6 +20,11 @@ def role_at_least(role: str | None, minimum: str) -> bool:
     return _RANK[Role(role)] >= _RANK[Role(minimum)]
 
 
+def weaker_role(first: Role, second: Role) -> Role:
+    """The less powerful of two roles."""
+    return first if _RANK[Role(first)] <= _RANK[Role(second)] else second
+
+
 def scopes_allowed_for(role: str) -> set[str]:
     """The key scopes a person with ``role`` may put on a key they create.
 

@@ -236,30 +236,49 @@ def api_key_update(
     expires_at: datetime | None = _UNSET,
     **limits: Any,
 ) -> ApiKey:
-    """Change a key's name, allowed models, expiry or limits (its scopes are fixed at creation)."""
-    _check_may_manage_key(api_key, actor_role=actor_role, actor=actor)
-    if api_key.revoked_at is not None:
+    """Change a key's name, allowed models, expiry or limits (its scopes are fixed at creation).
+
+    ``api_key`` may have been loaded before a concurrent revocation or rotation: the row is
+    re-read under a lock and only the changed columns are written, so a revoked key is never
+    un-revoked. A key that was rotated out is refused too: changing its expiry would stretch
+    its grace period.
+    """
+    locked = (
+        ApiKey.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .get(pk=api_key.pk)
+    )
+    _check_may_manage_key(locked, actor_role=actor_role, actor=actor)
+    if locked.revoked_at is not None:
         raise ValidationError({"detail": "A revoked key cannot be changed."})
+    if locked.replaced_by_id is not None:
+        raise ValidationError({"detail": "A key that was rotated out cannot be changed."})
+    changed: list[str] = []
     if name is not _UNSET:
-        api_key.name = name
+        locked.name = name
+        changed.append("name")
     if allowed_models is not _UNSET:
-        api_key.allowed_models = sorted(set(allowed_models))
+        locked.allowed_models = sorted(set(allowed_models))
+        changed.append("allowed_models")
     if expires_at is not _UNSET:
-        api_key.expires_at = expires_at
-    merged = {field: getattr(api_key, field) for field in Limits.LIMIT_FIELDS} | limits
+        locked.expires_at = expires_at
+        changed.append("expires_at")
+    merged = {field: getattr(locked, field) for field in Limits.LIMIT_FIELDS} | limits
     _validate_key_settings(
-        organization=api_key.organization,
-        scopes=api_key.scopes,
-        allowed_models=api_key.allowed_models,
-        expires_at=api_key.expires_at,
+        organization=locked.organization,
+        scopes=locked.scopes,
+        allowed_models=locked.allowed_models,
+        expires_at=locked.expires_at,
         limits=merged,
         check_expiry=expires_at is not _UNSET,
     )
-    _apply_limits(api_key, limits)
-    api_key.full_clean()
-    api_key.save()
-    snapshot.publish_key_on_commit(api_key.id)
-    return api_key
+    _apply_limits(locked, limits)
+    changed.extend(limits)
+    locked.full_clean()
+    if changed:
+        locked.save(update_fields=changed)
+    snapshot.publish_key_on_commit(locked.id)
+    return locked
 
 
 @transaction.atomic

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -62,6 +63,12 @@ def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
+def _now_iso() -> str:
+    """Now, as ``published_at`` is written: UTC, always with microseconds, so two of these
+    strings compare (lexicographically, also inside Redis) as the moments do."""
+    return timezone.now().astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def key_record(key: ApiKey) -> dict[str, Any]:
     """The gateway's view of one API key (looked up by the HMAC of the presented key)."""
     return {
@@ -74,7 +81,7 @@ def key_record(key: ApiKey) -> dict[str, Any]:
         "scopes": list(key.scopes),
         "allowed_models": list(key.allowed_models),
         "limits": _limits(key),
-        "published_at": timezone.now().isoformat(),
+        "published_at": _now_iso(),
     }
 
 
@@ -87,7 +94,7 @@ def org_record(org: Organization, model_names: list[str]) -> dict[str, Any]:
         "status": org.status,
         "limits": _limits(org),
         "models": model_names,
-        "published_at": timezone.now().isoformat(),
+        "published_at": _now_iso(),
     }
 
 
@@ -137,26 +144,65 @@ class FullPublishResult:
     removed: int
 
 
+# Both scripts treat a record whose ``published_at`` is at or after the pass start (ARGV[1]) as
+# newer than the pass: a targeted publish landed while the pass ran, and it wins. A record that
+# cannot be read (no JSON, no ``published_at``) counts as older.
+_NEWER_THAN_PASS = """
+local function newer(name, since)
+  local current = redis.call('GET', name)
+  if not current then return false end
+  local ok, record = pcall(cjson.decode, current)
+  if not ok or type(record) ~= 'table' then return false end
+  local at = record['published_at']
+  return type(at) == 'string' and at >= since
+end
+"""
+_SET_IF_NOT_NEWER = (
+    _NEWER_THAN_PASS
+    + """
+if newer(KEYS[1], ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+)
+_DELETE_IF_OLDER = (
+    _NEWER_THAN_PASS
+    + """
+if newer(KEYS[1], ARGV[1]) then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+)
+
+
 def publish_full(batch_size: int = 500) -> FullPublishResult:
     """Rewrite the whole snapshot from the database and remove records with no row behind them.
 
     For a new or drifted Redis. Ends with one ``all`` message so every gateway drops its cache.
+
+    The pass reads rows and writes them later, so a targeted publish (a revocation, a suspension)
+    may land in between. The pass therefore notes its start ``since`` before reading anything and
+    never overwrites a record published at or after it, and it deletes only records published
+    before it: a key or organisation created during the pass keeps its record.
     """
     client = get_redis()
+    set_if_not_newer = client.register_script(_SET_IF_NOT_NEWER)
+    delete_if_older = client.register_script(_DELETE_IF_OLDER)
+    since = _now_iso()
     live: set[str] = set()
     org_count = key_count = 0
     pipe = client.pipeline(transaction=False)
-    for org in Organization.objects.order_by("pk").iterator(chunk_size=batch_size):
-        name = org_record_name(org.id)
+
+    def write(name: str, record: dict[str, Any]) -> None:
         live.add(name)
-        pipe.set(name, _dump(org_record(org, model_names_for_organization(org))))
+        set_if_not_newer(keys=[name], args=[since, _dump(record)], client=pipe)
+
+    for org in Organization.objects.order_by("pk").iterator(chunk_size=batch_size):
+        write(org_record_name(org.id), org_record(org, model_names_for_organization(org)))
         org_count += 1
         if org_count % batch_size == 0:
             pipe.execute()
     for key in ApiKey.objects.order_by("pk").iterator(chunk_size=batch_size):
-        name = key_record_name(key.secret_hash)
-        live.add(name)
-        pipe.set(name, _dump(key_record(key)))
+        write(key_record_name(key.secret_hash), key_record(key))
         key_count += 1
         if key_count % batch_size == 0:
             pipe.execute()
@@ -168,10 +214,11 @@ def publish_full(batch_size: int = 500) -> FullPublishResult:
             raw for raw in client.scan_iter(match=pattern, count=1000) if raw.decode() not in live
         ]
         for start in range(0, len(stale), batch_size):
-            removed += int(client.delete(*stale[start : start + batch_size]))
+            for name in stale[start : start + batch_size]:
+                delete_if_older(keys=[name], args=[since], client=pipe)
+            removed += sum(int(done) for done in pipe.execute())
 
-    now = timezone.now().isoformat()
-    client.hset(meta_name(), mapping={"schema": SCHEMA_VERSION, "full_published_at": now})
+    client.hset(meta_name(), mapping={"schema": SCHEMA_VERSION, "full_published_at": _now_iso()})
     client.publish(channel_name(), _message("all"))
     return FullPublishResult(organizations=org_count, keys=key_count, removed=removed)
 

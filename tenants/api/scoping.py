@@ -7,6 +7,9 @@ role in it, and refuses fail-closed:
 - no role in it (not a member, or an API key of another organisation): 404, as if it did not exist;
 - a role too weak for the action: 403.
 
+An API key acts with the role its scopes give, capped at its creator's current role in the
+organisation (see ``_key_role``).
+
 Views then build every query from ``self.organization`` through ``scoped_queryset``; there is no
 per-view filtering to forget.
 """
@@ -23,7 +26,7 @@ from rest_framework.request import Request
 from tenants import selectors
 from tenants.api.authentication import ApiKeyPrincipal
 from tenants.models import Organization, Role
-from tenants.roles import MANAGE, READ, role_at_least, role_of_key_scopes
+from tenants.roles import MANAGE, READ, role_at_least, role_of_key_scopes, weaker_role
 
 
 def actor_role(request: Request, organization: Organization) -> Role:
@@ -44,10 +47,27 @@ def actor_role(request: Request, organization: Organization) -> Role:
 
 
 def _key_role(principal: ApiKeyPrincipal) -> Role:
-    role = role_of_key_scopes(principal.api_key.scopes)
+    """The key's management role: from its scopes, capped at its creator's current role.
+
+    A key never outranks the person behind it: an admin demoted to viewer leaves their
+    ``management:write`` keys acting as viewers, and the keys of someone who left the
+    organisation have no management access at all. Platform staff are not capped; a key with no
+    recorded creator acts with its scopes alone.
+    """
+    api_key = principal.api_key
+    role = role_of_key_scopes(api_key.scopes)
     if role is None:
         raise exceptions.PermissionDenied("This API key has no management scope.")
-    return role
+    creator = api_key.created_by
+    if creator is None:
+        return role
+    creator_role = selectors.membership_role(user=creator, organization=api_key.organization)
+    if creator_role is None:
+        raise exceptions.PermissionDenied(
+            "The person who created this API key is no longer a member of its organisation, "
+            "so the key has no management access."
+        )
+    return weaker_role(role, creator_role)
 
 
 class OrganizationAccess(permissions.BasePermission):
