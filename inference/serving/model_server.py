@@ -38,7 +38,9 @@ def make_engine(spec: ModelSpec) -> Engine:
             **spec.engine_args,
         )
     if spec.engine == "vllm":
-        raise NotImplementedError("the vLLM engine arrives with the vLLM issue")
+        from inference.serving.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model=spec.name, path=spec.source["path"], **spec.engine_args)
     raise ValueError(f"unknown engine {spec.engine!r}")
 
 
