@@ -47,28 +47,20 @@ def make_engine(spec: ModelSpec) -> Engine:
 class ModelServer:
     """The body of every model deployment (``app.py`` wraps it with ``serve.deployment``)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    async def __init__(self, spec: dict[str, Any]) -> None:  # type: ignore[misc]
+        """Start the engine before the replica counts as ready: Ray Serve awaits an async
+        constructor, so no request reaches a replica whose model is still loading."""
         self.spec = ModelSpec.model_validate(spec)
         self.engine = make_engine(self.spec)
-        self._started = False
-        self._lock = asyncio.Lock()
-
-    async def _ensure_started(self) -> None:
-        if not self._started:
-            async with self._lock:
-                if not self._started:
-                    await self.engine.start()
-                    self._started = True
+        await self.engine.start()
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        await self._ensure_started()
         return await self.engine.complete(endpoint, body)
 
     async def stream(
         self, endpoint: Endpoint, body: dict[str, Any]
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield lists of chunks: everything ready at each step, never waiting to fill a list."""
-        await self._ensure_started()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def produce() -> None:
@@ -114,9 +106,9 @@ class ModelServer:
         }
 
     async def check_health(self) -> None:
-        """Called by Ray Serve periodically; raising marks the replica unhealthy."""
-        if self._started:
-            await self.engine.check_health()
+        """Called by Ray Serve periodically; raising marks the replica unhealthy (an engine
+        that died), and Ray Serve replaces it."""
+        await self.engine.check_health()
 
     async def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -10,6 +10,7 @@ makes its own organisation and keys, so tests never share limits or budgets.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -25,6 +27,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from inference import demo_models
 from inference.models import Visibility
 from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
@@ -94,6 +97,18 @@ def usage_broker() -> Iterator[RedisServer]:
     yield server
     server.stop()
 
+
+MODELS_DIR = Path(
+    os.environ.get("VLINDERS_MODELS_DIR", Path(__file__).resolve().parents[2] / "var" / "models")
+)
+# vLLM on CPU as DESIGN.md measured it fast here: float32, eager mode, a small context.
+VLLM_CPU = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "max_model_len": 2048,
+    "max_num_seqs": 8,
+    "cpu_kvcache_space_gib": 1,
+}
 
 # The synthetic engine is the labelled test engine (not a model): fast and slow variants.
 SYNTHETIC_FAST = {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16}
@@ -182,6 +197,7 @@ def upstream_key(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: 
 @pytest.fixture(scope="package")
 def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Deployed]:  # type: ignore[no-untyped-def]
     port = serve_port
+    smollm2 = demo_models.smollm2_path(MODELS_DIR / "cache", MODELS_DIR / "smollm2-135m-instruct")
     spool = tempfile.mkdtemp(prefix="vl-spool-")
     spec = {
         "spec_version": 1,
@@ -211,6 +227,13 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                     "model": "syn-fast",
                     "api_key": upstream_key,
                 },
+            },
+            {  # a real model on the real vLLM CPU engine: one replica for the whole package
+                **_model("smollm2", VLLM_CPU),
+                "engine": "vllm",
+                "source": {"path": str(smollm2)},
+                "context_length": 2048,
+                "resources": {"num_cpus": 1, "num_gpus": 0, "accelerator_type": None},
             },
             {  # an upstream whose credential the upstream refuses: the platform's fault
                 **_model("upstream-badkey", {"timeout_s": 30}),
@@ -248,6 +271,7 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
     CatalogModelFactory(name="upstream-syn")
     CatalogModelFactory(name="upstream-badkey")
+    CatalogModelFactory(name="smollm2")
     ModelAliasFactory(name="syn-alias", target=fast)
     return fast
 

@@ -14,7 +14,14 @@ pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 def test_models_lists_only_what_the_key_may_use(client):
     names = sorted(model.id for model in client.models.list())
     # Not syn-private: it is restricted to another organisation.
-    assert names == ["syn-alias", "syn-fast", "syn-slow", "upstream-badkey", "upstream-syn"]
+    assert names == [
+        "smollm2",
+        "syn-alias",
+        "syn-fast",
+        "syn-slow",
+        "upstream-badkey",
+        "upstream-syn",
+    ]
     assert client.models.retrieve("syn-alias").id == "syn-alias"
 
 

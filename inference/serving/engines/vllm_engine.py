@@ -70,6 +70,7 @@ _TASKS = ("generate", "embed")
 # In vLLM 0.32 any tool_choice but "none" (named and "required" included) needs a tool call
 # parser AND auto tool choice enabled; so ``tool_call_parser`` (e.g. "hermes") turns on
 # ``enable_auto_tool_choice`` unless that is given as False. Without one, tools are refused (400).
+DEFAULT_CPU_KVCACHE_GIB = 2.0
 _FRONTEND_ARGS = ("tool_call_parser", "enable_auto_tool_choice")
 
 
@@ -127,6 +128,11 @@ class VLLMEngine:
             if self.engine_args.get(name) is not None:
                 setattr(args, name, self.engine_args[name])
         space = self.engine_args.get("cpu_kvcache_space_gib")
+        if space is None and on_cpu and self.engine_args.get("gpu_memory_utilization") is None:
+            # On CPU, vLLM otherwise reserves 92% of the NUMA node's memory and refuses to start
+            # when that much is not free (always, beside Ray and other replicas): size the KV
+            # cache instead, which the catalog can raise.
+            space = DEFAULT_CPU_KVCACHE_GIB
         if space is not None:
             # What vLLM's CPU platform does with the legacy VLLM_CPU_KVCACHE_SPACE (whole GiB
             # only, and process-wide): set the KV cache size, here per engine and fractional.
