@@ -243,39 +243,32 @@ class VLLMEngine:
         except ValidationError as error:
             raise _validation_error(error) from None
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def _create(self, endpoint: Endpoint, request: Any) -> Any:
+        """Hand a validated request to vLLM's serving handler for ``endpoint``; vLLM's own
+        exceptions come back as OpenAI-shaped ``ApiError``s."""
         handler = self._handler(endpoint)
-        request = self._request(endpoint, body, stream=False)
         try:
             if endpoint == "embeddings":
-                response = await handler(request, None)
-                return _decode_response(response)
+                return _decode_response(await handler(request, None))
             if endpoint == "chat.completions":
-                result = await handler.create_chat_completion(request, None)
-            else:
-                result = await handler.create_completion(request, None)
+                return await handler.create_chat_completion(request, None)
+            return await handler.create_completion(request, None)
         except errors.ApiError:
             raise
         except Exception as error:
             raise _from_exception(error) from error
-        return _result_dict(result)
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._create(endpoint, self._request(endpoint, body, stream=False))
+        return result if endpoint == "embeddings" else _result_dict(result)
 
     async def stream(
         self, endpoint: Endpoint, body: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         if endpoint == "embeddings":
             raise errors.invalid("Embeddings cannot be streamed.", "stream")
-        handler = self._handler(endpoint)
         request = self._request(endpoint, body, stream=True)
-        try:
-            if endpoint == "chat.completions":
-                result = await handler.create_chat_completion(request, None)
-            else:
-                result = await handler.create_completion(request, None)
-        except errors.ApiError:
-            raise
-        except Exception as error:
-            raise _from_exception(error) from error
+        result = await self._create(endpoint, request)
         if not hasattr(result, "__aiter__"):
             _result_dict(result)  # an ErrorResponse raises here
             raise errors.ApiError(500, "vLLM did not stream.", "server_error")
