@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 import logging
 import math
 import os
@@ -375,16 +376,22 @@ class Gateway:
             call.completion_tokens = (
                 call.reserved_completion if call.status == 200 else call.chunks_relayed
             )
-        self._emit(call, latency)
-        self._record_metrics(call, latency)
         target = call.target
-        if call.reservation is not None and target is not None:
-            spend = cost(
+        # One number for the bill (the event) and the budget (the settle): the price this replica
+        # served the request at.
+        spend = (
+            cost(
                 call.prompt_tokens,
                 call.completion_tokens,
                 input_per_mtok=target.price_input_per_mtok,
                 output_per_mtok=target.price_output_per_mtok,
             )
+            if target is not None
+            else Decimal(0)
+        )
+        self._emit(call, latency, spend)
+        self._record_metrics(call, latency)
+        if call.reservation is not None:
             try:
                 await self.limiter.settle(
                     call.reservation,
@@ -426,7 +433,7 @@ class Gateway:
             )
         )
 
-    def _emit(self, call: Call, latency: float) -> None:
+    def _emit(self, call: Call, latency: float, spend: Decimal) -> None:
         if call.principal is None:
             return  # usage events are for requests that passed authentication
         target = call.target
@@ -445,6 +452,7 @@ class Gateway:
                 prompt_tokens=call.prompt_tokens,
                 completion_tokens=call.completion_tokens,
                 cached_tokens=call.cached_tokens,
+                cost=spend,
                 latency_ms=latency * 1000,
                 ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
                 started_at=call.started_at,

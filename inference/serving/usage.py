@@ -76,6 +76,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +115,7 @@ class UsageEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    cost: Decimal
     latency_ms: float
     ttft_ms: float | None
     started_at: str
@@ -137,6 +139,8 @@ class UsageEvent:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            # A decimal string, never a float, never exponent notation.
+            "cost": format(self.cost, "f"),
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "started_at": self.started_at,

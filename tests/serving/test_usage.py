@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def make_event(i: int, **overrides: Any) -> UsageEvent:
         "prompt_tokens": 10 + i,
         "completion_tokens": 20 + i,
         "cached_tokens": 0,
+        "cost": Decimal("0.000012345678"),
         "latency_ms": 12.5,
         "ttft_ms": 3.25,
         "started_at": utc_iso(),

@@ -1,0 +1,176 @@
+"""Metering: every usage event the gateway emitted (contract 4), hourly rollups of them, the
+batches that could not be ingested, and budget alerts.
+
+Money is ``Decimal`` everywhere (``COST_FIELD``), never a float: a request's cost is computed by
+the gateway at the price it served the request at and travels in the event as a decimal string.
+
+Organisation and key columns are foreign keys *without* a database constraint: a usage event is a
+fact about the past and must be stored even when the organisation or key it names was deleted (or
+is unknown) by the time the batch arrives; joins still work for the ones that exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import ApiKey, Organization
+
+
+def cost_field(**kwargs: object) -> models.DecimalField:  # type: ignore[type-arg]
+    """USD with 12 decimal places: a price per million tokens has 6, so a token count times a
+    price divided by a million is exact."""
+    return models.DecimalField(max_digits=24, decimal_places=12, **kwargs)  # type: ignore[arg-type]
+
+
+def _tenant_fk(model: type[models.Model], **kwargs: object) -> models.ForeignKey:  # type: ignore[type-arg]
+    return models.ForeignKey(
+        model,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+class UsageEvent(models.Model):
+    """One request that passed authentication at the gateway (docs/usage-events.md). The event's
+    ``null`` strings are stored as empty strings.
+
+    ``request_id`` is the primary key: ingesting is ``INSERT … ON CONFLICT DO NOTHING`` on it, which
+    is what makes a redelivered batch harmless.
+    """
+
+    request_id = models.CharField(max_length=64, primary_key=True)
+    organization = _tenant_fk(Organization)
+    api_key = _tenant_fk(ApiKey)
+    model = models.CharField(max_length=128, help_text="The name the client asked for.")
+    served_model = models.CharField(
+        max_length=128, blank=True, help_text="The catalog model that ran (prices come from it)."
+    )
+    endpoint = models.CharField(max_length=32)
+    stream = models.BooleanField()
+    status = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True, help_text="Empty on success.")
+    finish_reason = models.CharField(max_length=32, blank=True)
+    prompt_tokens = models.PositiveIntegerField()
+    completion_tokens = models.PositiveIntegerField()
+    cached_tokens = models.PositiveIntegerField()
+    cost = cost_field()
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    http_request_id = models.CharField(max_length=128, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # The per-tenant read path ("this organisation's requests between t0 and t1").
+            models.Index(fields=["organization", "started_at"], name="usage_event_org_time"),
+            # Retention pruning walks the oldest events first.
+            models.Index(fields=["started_at"], name="usage_event_time"),
+        ]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
+class UsageRollup(models.Model):
+    """Hourly totals per organisation, key and served model. Every dashboard, report, budget and
+    the usage API read these, never the raw events (which are pruned after a retention period).
+
+    Rows are only ever incremented, by the ingest task, with what it newly inserted.
+    """
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour the requests started in.")
+    organization = _tenant_fk(Organization)
+    api_key = _tenant_fk(ApiKey)
+    model = models.CharField(max_length=128, help_text="The served (priced) catalog model.")
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    cost = cost_field(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "hour", "api_key", "model"], name="usage_rollup_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="usage_rollup_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.hour:%Y-%m-%d %H}h {self.model}"
+
+
+class DeadLetterBatch(models.Model):
+    """A batch of usage events that could not be ingested after every retry. Nothing is dropped:
+    an operator sees it in the admin and replays it (``manage.py usage_dead_letters``)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for an operator"
+        REPLAYED = "replayed", "Replayed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_id = models.CharField(max_length=255, blank=True)
+    events = models.JSONField()
+    error = models.TextField()
+    attempts = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "dead-letter batch"
+        verbose_name_plural = "dead-letter batches"
+
+    def __str__(self) -> str:
+        return f"{len(self.events)} events ({self.get_status_display()})"
+
+
+class BudgetAlert(models.Model):
+    """An organisation (or one of its keys) crossed a percentage of a monthly budget. One row per
+    threshold per month: the unique constraint is what stops a second notification."""
+
+    class Kind(models.TextChoices):
+        SPEND = "spend", "Monthly spend"
+        TOKENS = "tokens", "Monthly tokens"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="budget_alerts"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="budget_alerts"
+    )
+    month = models.CharField(max_length=7, help_text="YYYY-MM (UTC).")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    threshold_percent = models.PositiveSmallIntegerField()
+    used = models.DecimalField(max_digits=24, decimal_places=12)
+    budget = models.DecimalField(max_digits=24, decimal_places=12)
+    created_at = models.DateTimeField(default=timezone.now)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        # Two partial constraints instead of one with NULLS NOT DISTINCT, which SQLite lacks.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "month", "kind", "threshold_percent"],
+                condition=models.Q(api_key__isnull=True),
+                name="budget_alert_once_per_org",
+            ),
+            models.UniqueConstraint(
+                fields=["api_key", "month", "kind", "threshold_percent"],
+                condition=models.Q(api_key__isnull=False),
+                name="budget_alert_once_per_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.kind} {self.threshold_percent}% {self.month}"
