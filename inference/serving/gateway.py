@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from decimal import Decimal
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
