@@ -220,6 +220,7 @@ def test_message_is_a_celery_task_by_name_with_every_field(spool: Path, queue: s
         "prompt_tokens": 11,
         "completion_tokens": 0,
         "cached_tokens": 4,
+        "cost": "0.000012345678",
         "latency_ms": 12.5,
         "ttft_ms": None,
         "started_at": event.started_at,
