@@ -9,3 +9,7 @@ class BillingConfig(AppConfig):
 
     name = "billing"
     verbose_name = "Billing"
+
+    def ready(self) -> None:
+        # Celery's autodiscovery imports only ``billing.tasks``; the beat tasks live apart.
+        from billing import periodic  # noqa: F401

@@ -278,3 +278,24 @@ CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "schedule": 15.0,
 }
 # --- end of Data plane ---------------------------------------------------------------------------
+
+# --- Spend reconciliation, budget alerts, retention (docs/billing.md) ----------------------------
+# Percentages of a monthly budget (spend or tokens, organisation or key) that send an alert.
+VLINDERS_BUDGET_ALERT_THRESHOLDS = [
+    int(t) for t in _env_list("VLINDERS_BUDGET_ALERT_THRESHOLDS", ["80", "100"])
+]
+# Raw usage events older than this are deleted (hourly rollups are kept for good).
+VLINDERS_USAGE_RETENTION_DAYS = int(_env("VLINDERS_USAGE_RETENTION_DAYS", "90"))
+# Pruning deletes at most BATCH_SIZE rows per statement and MAX_BATCHES statements per run.
+VLINDERS_USAGE_PRUNE_BATCH_SIZE = int(_env("VLINDERS_USAGE_PRUNE_BATCH_SIZE", "5000"))
+VLINDERS_USAGE_PRUNE_MAX_BATCHES = int(_env("VLINDERS_USAGE_PRUNE_MAX_BATCHES", "200"))
+# Rewrite the gateway's Redis budget counters from Postgres (and check alerts) this often.
+CELERY_BEAT_SCHEDULE["reconcile-spend"] = {
+    "task": "billing.reconcile_spend",
+    "schedule": float(_env("VLINDERS_SPEND_RECONCILE_SECONDS", "60")),
+}
+CELERY_BEAT_SCHEDULE["prune-usage-events"] = {
+    "task": "billing.prune_usage_events",
+    "schedule": float(_env("VLINDERS_USAGE_PRUNE_SECONDS", "3600")),
+}
+# --- end of Spend reconciliation -----------------------------------------------------------------

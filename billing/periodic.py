@@ -1,0 +1,34 @@
+"""The billing app's beat tasks (scheduled in ``settings.CELERY_BEAT_SCHEDULE``).
+
+Kept apart from ``billing.tasks`` (the ingest task) and registered by ``BillingConfig.ready``.
+Each task takes no arguments, is idempotent and safe to run concurrently with itself.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from billing import alerts, retention, spend
+
+
+@shared_task(name="billing.reconcile_spend", ignore_result=True)
+def reconcile_spend() -> dict[str, int]:
+    """Rewrite the limiter's month counters of every organisation and key with usage this month
+    from Postgres (repairs a Redis that restarted empty, corrects reclaimed leases), check their
+    budget alerts (a lowered budget alerts without new usage), and retry unsent alert e-mails."""
+    usage = spend.reconcile_active()
+    created = alerts.check(usage)
+    sent = alerts.notify_pending()
+    return {
+        "organizations": len(usage.orgs),
+        "keys": len(usage.keys),
+        "alerts": len(created),
+        "emails_retried": sent,
+    }
+
+
+@shared_task(name="billing.prune_usage_events", ignore_result=True)
+def prune_usage_events() -> dict[str, int | bool]:
+    """Delete raw usage events past their retention, in bounded batches (rollups are kept)."""
+    result = retention.prune_usage_events()
+    return {"deleted": result.deleted, "batches": result.batches, "finished": result.finished}
