@@ -65,17 +65,24 @@ def _candidates(
     return out
 
 
+def existing_alerts(usage: MonthUsage) -> set[tuple[UUID, UUID | None, str, int]]:
+    """``(org, key or None, kind, threshold)`` of the alerts already raised in ``usage``'s month
+    for its organisations: a cheap pre-check, so the common case inserts nothing. The unique
+    constraints, not this read, are what make creating an alert race-safe."""
+    return set(
+        BudgetAlert.objects.filter(
+            organization_id__in=set(usage.orgs) | set(usage.key_orgs.values()), month=usage.month
+        ).values_list("organization_id", "api_key_id", "kind", "threshold_percent")
+    )
+
+
 def check(usage: MonthUsage) -> list[BudgetAlert]:
     """Create the alerts ``usage`` (one month, from the rollups) has newly crossed; returns the
     ones this call created. Their e-mails are sent once the current transaction commits."""
     levels = thresholds()
     if not levels or not (usage.orgs or usage.keys):
         return []
-    existing: set[tuple[UUID, UUID | None, str, int]] = set(
-        BudgetAlert.objects.filter(
-            organization_id__in=set(usage.orgs) | set(usage.key_orgs.values()), month=usage.month
-        ).values_list("organization_id", "api_key_id", "kind", "threshold_percent")
-    )
+    existing = existing_alerts(usage)
     wanted: list[BudgetAlert] = []
     orgs = Organization.objects.filter(pk__in=list(usage.orgs)).only(*Limits.LIMIT_FIELDS)
     for org in orgs:
