@@ -161,6 +161,18 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = _env("CELERY_BROKER_URL", REDIS_URL)
+# Redis has no acknowledgements of its own: kombu keeps each delivered message in an "unacked"
+# hash and puts it back on its queue when it was not acknowledged within visibility_timeout. That
+# is what redelivers the batch of a SIGKILLed worker (acks_late). 900 s: longer than any task
+# runs plus the longest retry countdown (VLINDERS_USAGE_INGEST_RETRY_BACKOFF_MAX_S), else a task
+# still running or waiting for its countdown is delivered a second time. Unacknowledged messages
+# are looked for every unacked_restore_interval seconds, so a dead worker's batch comes back
+# within visibility_timeout + that interval (docs/metering.md).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(_env("CELERY_VISIBILITY_TIMEOUT", "900")),
+    "unacked_restore_interval": int(_env("CELERY_UNACKED_RESTORE_INTERVAL", "30")),
+    "unacked_restore_throttle": 1,
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -278,6 +290,17 @@ CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "schedule": 15.0,
 }
 # --- end of Data plane ---------------------------------------------------------------------------
+
+# --- Usage metering: the consumer of the usage queue (docs/metering.md) ---------------------------
+# Workers consume the usage queue with `celery -A vlinders worker -Q celery,usage` (Procfile).
+CELERY_TASK_ROUTES = {"billing.ingest_usage": {"queue": VLINDERS_USAGE_QUEUE}}
+# A batch that meets a database error (outage, failover, deadlock) is retried with exponential
+# backoff (2 s, 4 s, … capped at BACKOFF_MAX_S, with jitter) this many times, then dead-lettered.
+VLINDERS_USAGE_INGEST_MAX_RETRIES = int(_env("VLINDERS_USAGE_INGEST_MAX_RETRIES", "8"))
+VLINDERS_USAGE_INGEST_RETRY_BACKOFF_MAX_S = int(
+    _env("VLINDERS_USAGE_INGEST_RETRY_BACKOFF_MAX_S", "300")
+)
+# --- end of Usage metering -----------------------------------------------------------------------
 
 # --- Spend reconciliation, budget alerts, retention (docs/billing.md) ----------------------------
 # Percentages of a monthly budget (spend or tokens, organisation or key) that send an alert.
