@@ -32,7 +32,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from billing import fault_points
 from billing.dead_letters import dead_letter_park
@@ -53,7 +53,8 @@ def _give_up(task: Task[Any, Any], events: Any, exc: BaseException) -> dict[str,
     """Park the whole batch; if that fails on the database too, retry at the longest backoff."""
     request = task.request
     attempts = request.retries + 1
-    close_old_connections()  # a connection broken by ``exc`` reconnects instead of failing again
+    if connection.errors_occurred and not connection.is_usable():
+        connection.close()  # broken by ``exc``: the dead letter gets a fresh connection
     try:
         with transaction.atomic():
             dead_letter = dead_letter_park(
