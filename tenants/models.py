@@ -13,6 +13,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from tenants.plans import Plan
+
 
 class Limits(models.Model):
     """Limit fields shared by organisations and API keys. ``None`` means "no limit here".
@@ -57,6 +59,13 @@ class Organization(Limits):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=63, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    plan = models.CharField(
+        max_length=16,
+        choices=Plan.choices,
+        default=Plan.STANDARD,
+        help_text="Set by platform staff; gives the organisation's requests their scheduling "
+        "priority under load (tenants/plans.py).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

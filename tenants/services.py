@@ -19,6 +19,7 @@ from django.utils import timezone
 from inference.selectors import model_names_for_organization
 from tenants import keys, snapshot
 from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
+from tenants.plans import Plan
 from tenants.roles import MANAGE, OWN, role_at_least, scopes_allowed_for
 
 MAX_ROTATION_GRACE = timedelta(days=7)
@@ -58,6 +59,18 @@ def organization_set_status(*, organization: Organization, status: str) -> Organ
         raise ValidationError({"status": f"Must be one of {Organization.Status.values}."})
     organization.status = status
     organization.save(update_fields=["status", "updated_at"])
+    snapshot.publish_organization_on_commit(organization.id)
+    return organization
+
+
+@transaction.atomic
+def organization_set_plan(*, organization: Organization, plan: str) -> Organization:
+    """Change the plan (platform staff): its scheduling priority reaches the gateway with the
+    organisation's snapshot record."""
+    if plan not in Plan.values:
+        raise ValidationError({"plan": f"Must be one of {Plan.values}."})
+    organization.plan = plan
+    organization.save(update_fields=["plan", "updated_at"])
     snapshot.publish_organization_on_commit(organization.id)
     return organization
 

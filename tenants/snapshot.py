@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from inference.selectors import model_names_for_organization
 from tenants.models import ApiKey, Limits, Organization
+from tenants.plans import scheduling_priority
 from vlinders.redis import get_redis, redis_key
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def org_record(org: Organization, model_names: list[str]) -> dict[str, Any]:
         "org_id": str(org.id),
         "slug": org.slug,
         "status": org.status,
+        "priority": scheduling_priority(org.plan),
         "limits": _limits(org),
         "models": model_names,
         "published_at": _now_iso(),

@@ -55,6 +55,7 @@ class Principal:
     org_limits: LimitSet
     org_models: frozenset[str]
     key_models: frozenset[str]  # empty: every name the organisation may use
+    priority: int = 0  # the plan's engine scheduling priority (lower is served first)
 
     def may_use(self, name: str) -> bool:
         return name in self.org_models and (not self.key_models or name in self.key_models)
@@ -250,13 +251,22 @@ class AccessCache:
             raise errors.forbidden(
                 "This API key does not have the 'inference' scope.", code="missing_scope"
             )
-        return Principal(
-            key_id=key["key_id"],
-            org_id=org["org_id"],
-            org_slug=org.get("slug", ""),
-            key_name=key.get("name", ""),
-            key_limits=LimitSet.from_record(key.get("limits") or {}),
-            org_limits=LimitSet.from_record(org.get("limits") or {}),
-            org_models=frozenset(org.get("models", [])),
-            key_models=frozenset(key.get("allowed_models", [])),
-        )
+        try:
+            return Principal(
+                key_id=key["key_id"],
+                org_id=org["org_id"],
+                org_slug=org.get("slug", ""),
+                key_name=key.get("name", ""),
+                key_limits=LimitSet.from_record(key.get("limits") or {}),
+                org_limits=LimitSet.from_record(org.get("limits") or {}),
+                org_models=frozenset(org.get("models", [])),
+                key_models=frozenset(key.get("allowed_models", [])),
+                priority=int(org.get("priority") or 0),
+            )
+        except (KeyError, TypeError, ValueError):
+            # A record the control plane should never have written: refuse (fail closed), as
+            # a temporary condition of the platform, not the client's fault.
+            logger.exception("malformed access-snapshot record for key %s", key.get("key_id"))
+            raise errors.unavailable(
+                "Authorisation is temporarily unavailable; retry.", "access_unavailable"
+            ) from None

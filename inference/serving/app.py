@@ -56,6 +56,10 @@ class GatewayDeployment(Gateway):
     async def completions(self, request: Request) -> Response:
         return await self.handle(request, "completions")
 
+    @api.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> Response:
+        return await self.handle(request, "embeddings")
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> Response:
         return await self.list_models(request)

@@ -171,7 +171,7 @@ class Gateway:
     # --- the request path ---
 
     async def handle(self, request: Request, endpoint: requests.Endpoint) -> Response:
-        """Serve one chat or completions request (see the module docstring)."""
+        """Serve one chat, completions or embeddings request (see the module docstring)."""
         self._ensure_started()
         call = Call(
             request_id=_new_request_id(),
@@ -197,7 +197,9 @@ class Gateway:
                         "continuous_usage_stats": True,
                     },
                 }
-                generator = handle.options(stream=True).stream.remote(endpoint, body)
+                generator = handle.options(stream=True).stream.remote(
+                    endpoint, body, call.principal.priority
+                )
                 # Wait for the first message before answering: an engine that refuses the
                 # request then gets a real HTTP 400, not an error event inside a 200 stream.
                 first = await _first(generator)
@@ -208,7 +210,7 @@ class Gateway:
                     media_type="text/event-stream",
                     headers={**self._response_headers(call), "cache-control": "no-cache"},
                 )
-            result = await handle.complete.remote(endpoint, parsed.body)
+            result = await handle.complete.remote(endpoint, parsed.body, call.principal.priority)
             call.relayed_any = True
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)

@@ -54,18 +54,22 @@ class ModelServer:
         self.engine = make_engine(self.spec)
         await self.engine.start()
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.engine.complete(endpoint, body)
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], priority: int = 0
+    ) -> dict[str, Any]:
+        """``priority`` is the organisation's plan priority, from the gateway (never from the
+        client's body)."""
+        return await self.engine.complete(endpoint, body, priority=priority)
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any]
+        self, endpoint: Endpoint, body: dict[str, Any], priority: int = 0
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield lists of chunks: everything ready at each step, never waiting to fill a list."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def produce() -> None:
             try:
-                async for chunk in self.engine.stream(endpoint, body):
+                async for chunk in self.engine.stream(endpoint, body, priority=priority):
                     queue.put_nowait(chunk)
             except Exception as error:
                 queue.put_nowait(error)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from inference.serving import errors
+from inference.serving.engines.base import Endpoint
 
-Endpoint = Literal["chat.completions", "completions"]
+__all__ = ["Endpoint", "ParsedRequest", "parse", "parse_json", "reserved_tokens"]
 
 MAX_N = 16
 MAX_STOP = 4
+# OpenAI's limit on the inputs of one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # Tokens a chat template may add around each message and the reply (an upper bound for the
 # templates of common models; the reservation must not be lower than the true count).
@@ -174,11 +177,59 @@ def _completion_prompt(body: dict[str, Any]) -> tuple[int, int]:
     )
 
 
+def _embedding_input(body: dict[str, Any]) -> tuple[int, int]:
+    """(bytes or token ids, inputs) of an embeddings ``input``: a string, a list of strings, a
+    list of token ids or a list of such lists, none empty."""
+    value = body.get("input")
+    if isinstance(value, str) and value:
+        return len(value.encode()), 1
+    if isinstance(value, list) and value and len(value) <= MAX_EMBEDDING_INPUTS:
+        if all(isinstance(v, str) and v for v in value):
+            return sum(len(v.encode()) for v in value), len(value)
+        if all(_is_int(t) for t in value):
+            return len(value), 1
+        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+            return sum(len(v) for v in value), len(value)
+    raise errors.invalid(
+        "'input' must be a non-empty string, a list of at most "
+        f"{MAX_EMBEDDING_INPUTS} non-empty strings, or token ids.",
+        param="input",
+    )
+
+
+def _parse_embeddings(body: dict[str, Any], model: str) -> ParsedRequest:
+    if body.get("stream"):
+        raise errors.invalid("Embeddings cannot be streamed.", param="stream")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise errors.invalid(
+            "'encoding_format' must be 'float' or 'base64'.", param="encoding_format"
+        )
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise errors.invalid("'user' must be a string.", param="user")
+    prompt_bytes, parts = _embedding_input(body)
+    return ParsedRequest(
+        endpoint="embeddings",
+        body=body,
+        model=model,
+        stream=False,
+        include_usage=False,
+        n=1,
+        max_tokens=None,
+        prompt_bytes=prompt_bytes,
+        prompt_parts=parts,
+    )
+
+
 def parse(body: dict[str, Any], endpoint: Endpoint) -> ParsedRequest:
     """Validate ``body`` for ``endpoint``; raise an OpenAI-shaped 400 naming the param."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise errors.invalid("you must provide a model parameter", param="model")
+    # Scheduling priority is the platform's (the organisation's plan), never the client's.
+    body = {k: v for k, v in body.items() if k != "priority"}
+    if endpoint == "embeddings":
+        return _parse_embeddings(body, model)
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -228,8 +279,11 @@ def reserved_tokens(request: ParsedRequest, *, context_length: int) -> tuple[int
     Prompt: its UTF-8 bytes plus chat-template overhead (each byte-level BPE token covers at
     least one byte), capped at the context length (the engine refuses longer prompts).
     Completion: ``n`` times ``max_tokens``, or the whole context length when it is not given.
-    A list of completion prompts runs each prompt ``n`` times.
+    A list of completion prompts runs each prompt ``n`` times. Embeddings generate nothing:
+    each input is one run, capped at the context length.
     """
+    if request.endpoint == "embeddings":
+        return min(request.prompt_bytes, context_length * request.prompt_parts), 0
     overhead = (
         _TEMPLATE_TOKENS_PER_REQUEST + _TEMPLATE_TOKENS_PER_MESSAGE * request.prompt_parts
         if request.endpoint == "chat.completions"

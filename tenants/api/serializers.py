@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
+from tenants.plans import Plan
 
 LIMIT_FIELDS = list(Limits.LIMIT_FIELDS)
 
@@ -23,8 +24,8 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "status", "created_at", "role", *LIMIT_FIELDS]
-        read_only_fields = ["id", "slug", "status", "created_at", *LIMIT_FIELDS]
+        fields = ["id", "name", "slug", "status", "plan", "created_at", "role", *LIMIT_FIELDS]
+        read_only_fields = ["id", "slug", "status", "plan", "created_at", *LIMIT_FIELDS]
 
     def get_role(self, org: Organization) -> str | None:
         roles: dict[Any, str] = self.context.get("roles", {})
@@ -39,6 +40,10 @@ class OrganizationCreateSerializer(serializers.ModelSerializer[Organization]):
 
 class OrganizationStatusSerializer(serializers.Serializer[Organization]):
     status = serializers.ChoiceField(choices=Organization.Status.choices)
+
+
+class OrganizationPlanSerializer(serializers.Serializer[Organization]):
+    plan = serializers.ChoiceField(choices=Plan.choices)
 
 
 class MemberUserSerializer(serializers.Serializer[Any]):

@@ -103,6 +103,17 @@ class OrganizationViewSet(
         )
         return Response(self.get_serializer(org).data)
 
+    @extend_schema(request=s.OrganizationPlanSerializer, responses=s.OrganizationSerializer)
+    @action(detail=True, methods=["post"], permission_classes=STAFF_ONLY)
+    def plan(self, request: Request, org_slug: str) -> Response:
+        """Change the plan (platform staff); it sets the organisation's scheduling priority."""
+        data = s.OrganizationPlanSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = services.organization_set_plan(
+            organization=self.organization, plan=data.validated_data["plan"]
+        )
+        return Response(self.get_serializer(org).data)
+
     @extend_schema(methods=["GET"], responses=s.LimitsSerializer)
     @extend_schema(
         methods=["PUT", "PATCH"], request=s.LimitsSerializer, responses=s.LimitsSerializer

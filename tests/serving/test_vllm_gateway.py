@@ -1,11 +1,20 @@
-"""A real model through the whole platform: the official ``openai`` SDK, the gateway, Ray Serve,
-and SmolLM2-135M-Instruct on the vLLM CPU engine in a model-server replica (one replica for the
-test package; the engine itself is tested in depth in ``test_vllm_engine.py``)."""
+"""Real models through the whole platform: the official ``openai`` SDK, the gateway, Ray Serve,
+and SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings) on the vLLM CPU engine, one
+model-server replica each for the test package (the engine itself is tested in
+``test_vllm_engine.py``)."""
 
 from __future__ import annotations
 
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import openai
 import pytest
+
+from tests.serving.conftest import usage_events
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
@@ -43,3 +52,223 @@ def test_vllm_validation_is_an_openai_400(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=100_000)
     assert caught.value.param == "max_tokens"
+
+
+# --- the rest of vLLM's OpenAI surface, through the gateway with the openai SDK ---
+
+
+def test_json_schema_response_parses(client):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name the capital of France as JSON."}],
+        max_tokens=60,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "capital", "schema": schema, "strict": True},
+        },
+    )
+    answer = json.loads(reply.choices[0].message.content)
+    assert set(answer) == {"city", "country"}
+    assert all(isinstance(v, str) for v in answer.values())
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "strict": True,  # vLLM constrains the arguments to the schema
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_a_tool_call(client):
+    reply = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=200,
+        temperature=0,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls
+    assert calls[0].function.name == "get_weather"
+    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)
+
+
+def test_logprobs(client):
+    reply = client.chat.completions.create(
+        model="smollm2", messages=FRANCE, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for token in content:
+        assert token.logprob <= 0
+        assert len(token.top_logprobs) == 2
+
+
+def test_cached_prompt_tokens_are_reported_and_metered(gateway, usage_broker, client):
+    # A long shared prefix (several KV-cache blocks): the second request finds it cached.
+    prefix = "The quick brown fox jumps over the lazy dog. " * 40
+    messages = [{"role": "user", "content": prefix + "How many dogs?"}]
+    client.chat.completions.create(model="smollm2", messages=messages, max_tokens=1)
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=messages, max_tokens=1
+    )
+    reply = raw.parse()
+    cached = reply.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached <= reply.usage.prompt_tokens
+    request_id = raw.headers["x-request-id"]
+    events = usage_events(
+        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
+    )
+    event = next(e for e in events if e["http_request_id"] == request_id)
+    assert event["cached_tokens"] == cached
+
+
+def test_a_client_disconnect_aborts_the_engine_request(gateway, usage_broker, client):
+    before = gateway.metric("vlinders_engine_requests_cancelled_total", model="smollm2")
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2",
+        messages=FRANCE,
+        max_tokens=400,
+        stream=True,
+        extra_body={"ignore_eos": True},  # vLLM's own parameter: it would run all 400 tokens
+    )
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 3:
+            break
+    stream.close()
+
+    events = usage_events(
+        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
+    )
+    event = next(e for e in events if e["http_request_id"] == request_id)
+    assert event["status"] == 499
+    assert 3 <= event["completion_tokens"] < 400  # the engine's own count, cut short
+    deadline = time.monotonic() + 10
+    while gateway.metric("vlinders_engine_requests_cancelled_total", model="smollm2") <= before:
+        assert time.monotonic() < deadline, "the model server did not cancel the engine request"
+        time.sleep(0.1)
+
+
+# --- embeddings: all-MiniLM-L6-v2 on vLLM's pooling runner ---
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(gateway, usage_broker, client):
+    raw = client.embeddings.with_raw_response.create(
+        model="minilm",
+        input=[
+            "A man is playing a guitar.",
+            "Someone plays the guitar.",
+            "The stock market fell sharply today.",
+        ],
+    )
+    result = raw.parse()
+    vectors = [item.embedding for item in result.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+    assert result.model == "minilm"
+    assert result.usage.prompt_tokens > 0
+    request_id = raw.headers["x-request-id"]
+    events = usage_events(
+        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
+    )
+    event = next(e for e in events if e["http_request_id"] == request_id)
+    assert event["endpoint"] == "embeddings"
+    assert (event["prompt_tokens"], event["completion_tokens"]) == (result.usage.prompt_tokens, 0)
+
+
+def test_embeddings_of_a_generative_model_and_chat_of_an_embedder_are_400s(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="smollm2", input="hello")
+    assert caught.value.code == "unsupported_endpoint"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="minilm", messages=FRANCE)
+    assert caught.value.code == "unsupported_endpoint"
+
+
+def test_embeddings_input_is_validated_at_the_gateway(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="minilm", input=[])
+    assert caught.value.param == "input"
+
+
+# --- priority from the tenant's plan ---
+
+
+def _first_token_at(client: openai.OpenAI, max_tokens: int, started: threading.Event) -> float:
+    """Stream a request; the monotonic time its first token arrived."""
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=FRANCE,
+        max_tokens=max_tokens,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    first = None
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.monotonic()
+            started.set()
+    stream.close()
+    assert first is not None
+    return first
+
+
+def _race(gateway, first_client, second_client) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Fill both of the engine's sequence slots (one short, one long request), then queue
+    ``first_client``'s request and, a moment later, ``second_client``'s. When the short blocker
+    finishes, one slot frees: whichever queued request vLLM schedules first gets its first
+    token first. Returns the two first-token times."""
+    blocker = openai.OpenAI(
+        base_url=first_client.base_url, api_key=first_client.api_key, max_retries=0
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        short_started, long_started = threading.Event(), threading.Event()
+        long_blocker = pool.submit(_first_token_at, blocker, 160, long_started)
+        short_blocker = pool.submit(_first_token_at, blocker, 48, short_started)
+        assert short_started.wait(60)
+        assert long_started.wait(60)
+        first = pool.submit(_first_token_at, first_client, 4, threading.Event())
+        time.sleep(0.3)  # the first request reaches the engine's queue before the second
+        second = pool.submit(_first_token_at, second_client, 4, threading.Event())
+        times = first.result(timeout=120), second.result(timeout=120)
+        short_blocker.result(timeout=120)
+        long_blocker.result(timeout=120)
+    return times
+
+
+def test_a_premium_plan_is_scheduled_before_an_earlier_free_request(gateway, make_tenant):
+    def client_for(plan: str) -> openai.OpenAI:
+        _, _, secret = make_tenant({"plan": plan})
+        return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=secret, max_retries=0)
+
+    # Same plan: arrival order (the earlier request gets its first token first).
+    early, late = _race(gateway, client_for("standard"), client_for("standard"))
+    assert early < late
+    # The earlier request is a free tenant's, the later a premium tenant's: the order flips.
+    free, premium = _race(gateway, client_for("free"), client_for("premium"))
+    assert premium < free

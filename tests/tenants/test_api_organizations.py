@@ -158,3 +158,27 @@ def test_huge_body_is_refused_without_a_500(as_owner, org):
     assert "larger than" in response.json()["detail"]
     org.refresh_from_db()
     assert org.name == "Acme"
+
+
+@pytest.mark.parametrize(
+    ("client_name", "expected"),
+    [("as_owner", 403), ("as_viewer", 403), ("as_outsider", 404), ("as_staff", 200)],
+)
+def test_the_plan_is_set_by_staff(request, client_name, expected, org):
+    response = request.getfixturevalue(client_name).post(
+        "/api/v1/orgs/acme/plan/", {"plan": "premium"}, format="json"
+    )
+    assert response.status_code == expected
+    org.refresh_from_db()
+    assert (org.plan == "premium") == (expected == 200)
+    if expected == 200:
+        assert response.json()["plan"] == "premium"
+
+
+def test_plan_must_be_a_known_value_and_is_read_only_elsewhere(as_staff, as_owner, org):
+    response = as_staff.post("/api/v1/orgs/acme/plan/", {"plan": "gold"}, format="json")
+    assert response.status_code == 400
+    assert "plan" in response.json()
+    as_owner.patch("/api/v1/orgs/acme/", {"plan": "premium"}, format="json")
+    org.refresh_from_db()
+    assert org.plan == "standard"

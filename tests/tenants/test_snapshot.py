@@ -126,11 +126,15 @@ def test_suspension_and_limits_update_the_organisation_record(
     assert record["status"] == "active"
     assert record["limits"]["tokens_per_minute"] == 5000
     assert record["slug"] == "acme"
+    assert record["priority"] == 0
+    with django_capture_on_commit_callbacks(execute=True):
+        services.organization_set_plan(organization=org, plan="premium")
+    assert _org_record(redis_client, org)["priority"] == -10
     with django_capture_on_commit_callbacks(execute=True):
         services.organization_set_status(organization=org, status=Organization.Status.SUSPENDED)
     assert _org_record(redis_client, org)["status"] == "suspended"
     org_messages = [m for m in _messages(subscriber) if m["kind"] == "org"]
-    assert org_messages == [{"schema": 1, "kind": "org", "id": str(org.id)}] * 2
+    assert org_messages == [{"schema": 1, "kind": "org", "id": str(org.id)}] * 3
 
 
 def test_organisation_record_lists_usable_models_and_aliases(

@@ -19,10 +19,16 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Load or connect; the replica is ready when this returns."""
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """A whole (non-streaming) response, with ``usage``."""
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
+        """A whole (non-streaming) response, with ``usage``. ``priority`` is the platform's
+        scheduling priority for the request (lower first); engines that cannot schedule by
+        priority ignore it."""
 
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def stream(
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
         """Stream chunks; the last one carries the final ``usage`` and no choices."""
 
     async def check_health(self) -> None:

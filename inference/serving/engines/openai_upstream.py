@@ -102,7 +102,9 @@ class OpenAIUpstreamEngine:
             error.get("code"),
         )
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
         try:
             async with self.session.post(
                 self.base_url + _PATHS[endpoint], json=self._body(body, stream=False)
@@ -116,7 +118,7 @@ class OpenAIUpstreamEngine:
             ) from error
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any]
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
     ) -> AsyncIterator[dict[str, Any]]:
         try:
             async with self.session.post(

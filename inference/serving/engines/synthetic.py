@@ -141,7 +141,9 @@ class SyntheticEngine:
             "total_tokens": prompt + completion,
         }
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
         if endpoint == "embeddings":
             raise errors.invalid("The synthetic engine does not serve embeddings.", "model")
         plans = self._plan(endpoint, body)
@@ -178,7 +180,7 @@ class SyntheticEngine:
         }
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any]
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
     ) -> AsyncIterator[dict[str, Any]]:
         if endpoint == "embeddings":
             raise errors.invalid("The synthetic engine does not serve embeddings.", "model")

@@ -20,11 +20,11 @@ What this module adds is the seam to the ``Engine`` protocol (``base.py``):
   vLLM request is aborted by its id, so the engine stops generating for nobody;
 - the request id sent to vLLM is ours (``vl-<hex>``), never the client's ``request_id``.
 
-Priority (not used yet): vLLM schedules by priority when the engine is built with
-``scheduling_policy="priority"``; each request then carries ``priority`` (an int in the body of
-chat/completions/embeddings requests, lower is served first, default 0; or the
-``X-Vllm-Priority`` header in vLLM's HTTP server). With the default ``"fcfs"`` policy a
-non-zero priority is refused.
+Priority: the engine is built with ``scheduling_policy="priority"``, and every request carries
+the organisation's plan priority (``tenants/plans.py``; lower is served first, arrival order
+among equals). vLLM orders its waiting queue by it, so under load a premium tenant's request
+starts before a free tenant's that arrived earlier; running requests are not preempted for it
+(only when the KV cache runs out, and then the lowest priority goes first).
 
 vLLM spawns processes: scripts that start this engine need the ``if __name__ == "__main__"``
 guard.
@@ -137,6 +137,10 @@ class VLLMEngine:
             # What vLLM's CPU platform does with the legacy VLLM_CPU_KVCACHE_SPACE (whole GiB
             # only, and process-wide): set the KV cache size, here per engine and fractional.
             args.kv_cache_memory_bytes = math.ceil(float(space) * GiB)
+        # Tenants' plans order the waiting queue (see the module docstring).
+        args.scheduling_policy = "priority"
+        # Report cached prompt tokens (prefix-cache hits) in usage, so they are metered.
+        args.enable_prompt_tokens_details = True
         if args.tool_call_parser and self.engine_args.get("enable_auto_tool_choice") is None:
             args.enable_auto_tool_choice = True
         validate_parsed_serve_args(args)
@@ -215,13 +219,15 @@ class VLLMEngine:
             )
         return handler
 
-    def _request(self, endpoint: Endpoint, body: dict[str, Any], *, stream: bool) -> Any:
-        """vLLM's request model for ``body``; pydantic errors become a 400 like vLLM's."""
+    def _request(
+        self, endpoint: Endpoint, body: dict[str, Any], *, stream: bool, priority: int
+    ) -> Any:
+        """vLLM's request model for ``body``; pydantic errors become a 400 like vLLM's.
+        ``priority`` is the platform's (the organisation's plan): a client's own is replaced."""
         from pydantic import ValidationError
 
         data = dict(body, model=self.model, request_id=f"vl-{uuid.uuid4().hex}")
-        # Scheduling priority is the platform's to set (per tenant/plan), never the client's.
-        data.pop("priority", None)
+        data["priority"] = priority
         if endpoint == "embeddings":
             data.pop("stream", None)
             data.pop("stream_options", None)
@@ -258,16 +264,19 @@ class VLLMEngine:
         except Exception as error:
             raise _from_exception(error) from error
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        result = await self._create(endpoint, self._request(endpoint, body, stream=False))
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
+    ) -> dict[str, Any]:
+        request = self._request(endpoint, body, stream=False, priority=priority)
+        result = await self._create(endpoint, request)
         return result if endpoint == "embeddings" else _result_dict(result)
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any]
+        self, endpoint: Endpoint, body: dict[str, Any], *, priority: int = 0
     ) -> AsyncIterator[dict[str, Any]]:
         if endpoint == "embeddings":
             raise errors.invalid("Embeddings cannot be streamed.", "stream")
-        request = self._request(endpoint, body, stream=True)
+        request = self._request(endpoint, body, stream=True, priority=priority)
         result = await self._create(endpoint, request)
         if not hasattr(result, "__aiter__"):
             _result_dict(result)  # an ErrorResponse raises here
