@@ -282,6 +282,8 @@ VLINDERS_ACCESS_CACHE_TTL_S = float(_env("VLINDERS_ACCESS_CACHE_TTL_S", "30"))
 # The Celery queue usage events go to: a queue of their own, so metering workers can be scaled
 # (and paused) apart from other tasks (docs/usage-events.md).
 VLINDERS_USAGE_QUEUE = _env("VLINDERS_USAGE_QUEUE", "usage")
+# Where `manage.py demo_models` prepares the demo models (SmolLM2 de-quantised from its GGUF).
+VLINDERS_MODELS_DIR = Path(_env("VLINDERS_MODELS_DIR", str(VAR_DIR / "models")))
 # Where the gateway spools usage batches while the Celery broker is unreachable.
 VLINDERS_USAGE_SPOOL_DIR = Path(_env("VLINDERS_USAGE_SPOOL_DIR", str(VAR_DIR / "usage-spool")))
 # Poll Ray Serve's status into ModelDeploymentStatus rows.

@@ -11,6 +11,7 @@ Celery tasks send — or, when none is configured, one generated into
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -52,7 +53,13 @@ class Command(BaseCommand):
             default=dashboard.port or 8265,
             help="The dashboard's port (default: the port of VLINDERS_RAY_DASHBOARD_URL).",
         )
-        parser.add_argument("--num-cpus", type=int, default=None, help="Logical CPUs for Ray.")
+        parser.add_argument(
+            "--num-cpus",
+            type=int,
+            default=max(4, os.cpu_count() or 1),
+            help="Logical CPUs Ray schedules replicas against (default: the cores, at least 4: "
+            "on a small machine the gateway and the demo models' replicas share the cores).",
+        )
         parser.add_argument("--temp-dir", default=None, help="Ray's session and log folder.")
         parser.add_argument(
             "--no-apply", action="store_true", help="Start Ray without applying the catalog."
