@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 
@@ -107,3 +108,19 @@ def limiter_call(method: str, *args: Any, **kwargs: Any) -> Any:
 
 def redis_month(scope: str, ident: object, month: str) -> MonthUsage:
     return limiter_call("month_usage", scope, str(ident), month=month)
+
+
+@pytest.fixture
+def channel_layer(settings, redis_client):  # type: ignore[no-untyped-def]
+    """The real Redis channel layer under the test's own prefix (removed afterwards by
+    ``redis_client``), so tests never see each other's groups."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [settings.REDIS_URL],
+                "prefix": f"{settings.VLINDERS_REDIS_PREFIX}channels:",
+            },
+        }
+    }
+    return settings.CHANNEL_LAYERS
