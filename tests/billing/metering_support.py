@@ -25,6 +25,12 @@ BASE = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC)
 
 def make_event(rng: random.Random | None = None, **overrides: Any) -> dict[str, Any]:
     """One event dict exactly as the gateway sends it (``UsageEvent.to_dict``)."""
+    return make_gateway_event(rng, **overrides).to_dict()
+
+
+def make_gateway_event(rng: random.Random | None = None, **overrides: Any) -> GatewayEvent:
+    """One event as the gateway builds it, with realistic values (several orgs, keys, models,
+    some errors, costs at catalog-like prices)."""
     rng = rng or random.Random()
     org = rng.choice(ORGS)
     asked, served = rng.choice(MODELS)
@@ -56,7 +62,7 @@ def make_event(rng: random.Random | None = None, **overrides: Any) -> dict[str, 
         "http_request_id": uuid.uuid4().hex,
     }
     fields.update(overrides)
-    return GatewayEvent(**fields).to_dict()
+    return GatewayEvent(**fields)
 
 
 def make_events(count: int, seed: int = 0) -> list[dict[str, Any]]:
