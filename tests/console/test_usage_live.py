@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
@@ -15,7 +16,6 @@ from billing.ingest_result import IngestResult
 from billing.post_ingest import after_batch
 from tenants.models import Role
 from tests.billing.usage_data import add_rollup, channel_layer, make_key  # noqa: F401
-from tests.console.websocket import WebsocketCommunicator
 from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 
 # The consumers read the database from their own threads: the test data must be committed.
