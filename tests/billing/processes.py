@@ -46,13 +46,13 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 class RedisServer:
-    """A private Redis. ``durable`` turns on the append-only file with an fsync per write, as a
-    broker should have, so a restart after SIGKILL keeps every acknowledged message."""
+    """A private Redis. ``appendfsync`` (``always``, ``everysec``) turns on the append-only file:
+    with ``always`` a restart after SIGKILL keeps every message Redis acknowledged."""
 
-    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, appendfsync: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.durable = durable
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -61,7 +61,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else []
+        persistence = []
+        if self.appendfsync:
+            persistence = ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         self.process = subprocess.Popen(
             [
                 "redis-server",

@@ -78,19 +78,20 @@ def test_money_stays_exact_to_the_last_decimal_place() -> None:
 
 def test_rollups_key_on_the_served_model_and_the_hour_the_request_started() -> None:
     org, key = "6b3a0e51-6f42-4a47-9b0e-2b1f5a1d7a01", "4c1e6c1b-7a6d-4f0c-8d0a-77a1ad3f0b02"
-    base = {"org_id": org, "key_id": key, "model": "smol"}
+    base = {"org_id": org, "key_id": key, "model": "smol", "status": 200, "error_type": None}
     events = [
         make_event(**base, served_model="s1", started_at="2026-11-22T03:59:59.999999Z"),
         make_event(**base, served_model="s1", started_at="2026-11-22T03:00:00.000000Z"),
         # Another zone's notation of 04:30 UTC goes to the 04:00 UTC hour.
         make_event(**base, served_model="s1", started_at="2026-11-22T05:30:00+01:00"),
         # Refused before a model was resolved: kept under the name the client asked for.
-        make_event(**base, served_model="", status=404, error_type="invalid_request_error"),
+        make_event(
+            **{**base, "status": 404, "error_type": "invalid_request_error"}, served_model=""
+        ),
     ]
     ingest_events(events)
     hours = {
-        (r.model, r.hour): (r.requests, r.errors)
-        for r in UsageRollup.objects.filter(model="s1")
+        (r.model, r.hour): (r.requests, r.errors) for r in UsageRollup.objects.filter(model="s1")
     }
     assert hours == {
         (("s1"), dt.datetime(2026, 11, 22, 3, tzinfo=dt.UTC)): (2, 0),

@@ -51,7 +51,7 @@ def database_url() -> str:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", durable=True)
+    server = RedisServer(tmp_path / "redis", appendfsync="always")
     server.start()
     yield server
     server.kill()
