@@ -1,0 +1,277 @@
+"""Usage ingest: usage events through the real metering path, end to end.
+
+The gateway's own ``UsageEmitter`` (batches of ``--batch-size``, sent with Celery ``send_task``)
+→ a private ``redis-server`` (append-only file, fsync every second, as a broker should run) →
+``celery -A vlinders worker -Q usage`` subprocesses → Postgres (a throwaway database).
+
+Two runs per worker setting:
+
+* ``burst``: ``--events`` events emitted as fast as the emitter takes them; the sustained ingest
+  rate is events / (time the last one became visible in the rollups - time the first was
+  emitted), so it includes filling and draining the pipeline;
+* ``paced``: ``--paced-events`` at ``--paced-rate`` events/s, below capacity, for the delay an
+  event sees from ``emit()`` to its rollup being visible (p50/p99).
+
+"Visible" is measured by polling the rollups' total request count every 20 ms from a separate
+connection: event number k (in emission order) is visible once the total reaches k. Batches are
+consumed in queue order, so this is the event's own visibility to within the batches in flight
+(and the 20 ms poll). Totals are then checked against the events: every (organisation, hour, key,
+model) row to the token and the cent, and the number of stored events.
+
+    .venv/bin/python bench/usage_ingest.py [--events 100000] [--concurrency 1,2]
+
+Prints a table and writes bench/results/usage_ingest.json. Needs Postgres (DATABASE_URL's server,
+default postgres://postgres@127.0.0.1:5432) and the ``redis-server`` binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import threading
+import time
+from bisect import bisect_left
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+BENCH_DB = "vlinders_bench_usage"
+QUEUE = "usage"
+
+
+def setup_database() -> str:
+    """A fresh database for the run, migrated; returns its URL (also set as DATABASE_URL)."""
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+    parts = urlsplit(base)
+    if not parts.scheme.startswith("postgres"):
+        raise SystemExit("the benchmark needs Postgres (DATABASE_URL=postgres://…)")
+    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return url
+
+
+def drop_database() -> None:
+    from django.db import connections
+
+    connections.close_all()
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+class Poller(threading.Thread):
+    """Samples (time, total requests in the rollups) every 20 ms until ``target`` is reached."""
+
+    def __init__(self, url: str, target: int, deadline_s: float) -> None:
+        super().__init__(daemon=True)
+        self.url = urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+        self.target = target
+        self.deadline = time.perf_counter() + deadline_s
+        self.samples: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while time.perf_counter() < self.deadline:
+                row = conn.execute("SELECT coalesce(sum(requests), 0) FROM billing_usagerollup")
+                total = int(row.fetchone()[0])  # type: ignore[index]
+                self.samples.append((time.perf_counter(), total))
+                if total >= self.target:
+                    return
+                time.sleep(0.02)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_once(
+    *,
+    mode: str,
+    count: int,
+    rate: float,
+    batch_size: int,
+    broker_url: str,
+    db_url: str,
+    spool: Path,
+) -> dict[str, Any]:
+    from django.db import connection
+
+    from billing.models import UsageEvent
+    from inference.serving.usage import UsageEmitter
+    from tests.billing.metering_support import expected_totals, make_gateway_event, stored_totals
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE billing_usageevent, billing_usagerollup")
+    rng = random.Random(count)  # noqa: S311 (test data)
+    events = [make_gateway_event(rng) for _ in range(count)]
+    emitted_at: list[float] = []
+    poller = Poller(db_url, count, deadline_s=600)
+    poller.start()
+
+    async def emit() -> dict[str, int]:
+        emitter = UsageEmitter(
+            broker_url=broker_url, spool_dir=spool, queue=QUEUE, batch_size=batch_size
+        )
+        emitter.start()
+        start = time.perf_counter()
+        step = batch_size if mode == "burst" else max(1, int(rate / 100))
+        for i in range(0, count, step):
+            if mode == "paced":  # on schedule: event i is due at start + i / rate
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for event in events[i : i + step]:
+                emitter.emit(event)
+                emitted_at.append(time.perf_counter())
+            await asyncio.sleep(0)  # let the flusher send
+        await emitter.aclose()
+        return emitter.stats()
+
+    stats = asyncio.run(emit())
+    poller.join()
+    samples = poller.samples
+    if not samples or samples[-1][1] < count:
+        raise SystemExit(f"{mode}: only {samples[-1][1] if samples else 0}/{count} visible in time")
+    totals = [total for _, total in samples]
+    visible_at = [samples[bisect_left(totals, k)][0] for k in range(1, count + 1)]
+    delays_ms = [(v - e) * 1000 for v, e in zip(visible_at, emitted_at, strict=True)]
+    elapsed = visible_at[-1] - emitted_at[0]
+    correct = (
+        stored_totals() == expected_totals([event.to_dict() for event in events])
+        and UsageEvent.objects.count() == count
+    )
+    return {
+        "mode": mode,
+        "events": count,
+        "offered_rate": None if mode == "burst" else rate,
+        "batches": stats["batches_sent"] + stats["batches_replayed"],
+        "batches_spooled": stats["batches_spooled"],
+        "emit_s": round(emitted_at[-1] - emitted_at[0], 3),
+        "elapsed_s": round(elapsed, 3),
+        "events_per_s": round(count / elapsed),
+        "delay_p50_ms": round(percentile(delays_ms, 0.50), 1),
+        "delay_p99_ms": round(percentile(delays_ms, 0.99), 1),
+        "totals_correct": correct,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="events of the burst run")
+    parser.add_argument("--paced-events", type=int, default=20_000, help="0: no paced run")
+    parser.add_argument("--paced-rate", type=float, default=2_000, help="events/s when paced")
+    parser.add_argument("--batch-size", type=int, default=200, help="the emitter's batch size")
+    parser.add_argument("--concurrency", default="1,2", help="worker processes, one run each")
+    parser.add_argument("--redis-fsync", default="everysec", choices=["always", "everysec"])
+    args = parser.parse_args()
+
+    db_url = setup_database()
+    from tests.billing.processes import CeleryWorker, RedisServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="vl-bench-usage-"))
+    broker = RedisServer(workdir / "redis", appendfsync=args.redis_fsync)
+    results: list[dict[str, Any]] = []
+    try:
+        broker.start()
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            worker = CeleryWorker(
+                env={
+                    "DATABASE_URL": db_url,
+                    "CELERY_BROKER_URL": broker.url,
+                    "REDIS_URL": broker.url,
+                    "VLINDERS_VAR_DIR": str(workdir / "var"),
+                    "VLINDERS_USAGE_QUEUE": QUEUE,
+                },
+                log=workdir / f"worker-{concurrency}.log",
+                concurrency=concurrency,
+            )
+            worker.start()
+            try:
+                runs = [("burst", args.events, 0.0)]
+                if args.paced_events:
+                    runs.append(("paced", args.paced_events, args.paced_rate))
+                for mode, count, rate in runs:
+                    result = run_once(
+                        mode=mode,
+                        count=count,
+                        rate=rate,
+                        batch_size=args.batch_size,
+                        broker_url=broker.url,
+                        db_url=db_url,
+                        spool=workdir / "spool",
+                    )
+                    result["worker_processes"] = concurrency
+                    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+                    results.append(result)
+                    print(json.dumps(result))
+            finally:
+                worker.stop()
+    finally:
+        broker.kill()
+        drop_database()
+
+    print()
+    print(_table(results))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {
+        "benchmark": "usage_ingest",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            # Other work on the machine skews every figure: the 1-minute load average at the end.
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        },
+        "path": "UsageEmitter -> redis-server (AOF everysec) -> celery worker -Q usage "
+        "(prefork) -> Postgres, all on this machine",
+        "batch_size": args.batch_size,
+        "redis_appendfsync": args.redis_fsync,
+        "results": results,
+    }
+    path = RESULTS / "usage_ingest.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nSaved {path}")
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| worker processes | run | events | batches | events/s ingested | delay p50 ms "
+        "| delay p99 ms | totals correct |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        run = r["mode"] if r["offered_rate"] is None else f"paced {r['offered_rate']:.0f}/s"
+        lines.append(
+            f"| {r['worker_processes']} | {run} | {r['events']} | {r['batches']} "
+            f"| {r['events_per_s']} | {r['delay_p50_ms']:.0f} | {r['delay_p99_ms']:.0f} "
+            f"| {'yes' if r['totals_correct'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
