@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import DataError, OperationalError
 from django.test import Client
@@ -14,14 +15,13 @@ from django.test import Client
 from billing import tasks
 from billing.models import DeadLetterBatch, UsageEvent, UsageRollup
 from tests.billing.metering_support import expected_totals, make_event, make_events, stored_totals
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def test_the_task_ingests_a_batch() -> None:
     events = make_events(25, seed=20)
-    outcome = tasks.ingest_usage.apply(args=[events], task_id="batch-1").get()
+    outcome = tasks.ingest_usage.apply(args=(events,), task_id="batch-1").get()
     assert outcome == {"received": 25, "inserted": 25}
     assert stored_totals() == expected_totals(events)
 
@@ -39,7 +39,7 @@ def test_database_errors_are_retried_then_the_batch_is_dead_lettered(
     monkeypatch.setattr(tasks.ingest_usage, "max_retries", 3)
     events = make_events(7, seed=21)
     # Eager execution runs each retry at once, in this process (countdowns are not waited).
-    outcome = tasks.ingest_usage.apply(args=[events], task_id="batch-2").get()
+    outcome = tasks.ingest_usage.apply(args=(events,), task_id="batch-2").get()
     assert len(calls) == 4  # the first attempt and three retries
     dead = DeadLetterBatch.objects.get()
     assert outcome == {"dead_letter": str(dead.pk), "attempts": 4}
@@ -59,7 +59,7 @@ def test_an_error_no_retry_can_fix_is_dead_lettered_at_once(
 
     monkeypatch.setattr(tasks, "ingest_events", refused)
     events = make_events(3, seed=22)
-    tasks.ingest_usage.apply(args=[events], task_id="batch-3").get()
+    tasks.ingest_usage.apply(args=(events,), task_id="batch-3").get()
     assert len(calls) == 1
     dead = DeadLetterBatch.objects.get()
     assert (dead.attempts, dead.events) == (1, events)
@@ -67,7 +67,7 @@ def test_an_error_no_retry_can_fix_is_dead_lettered_at_once(
 
 
 def test_a_message_that_is_not_a_list_is_dead_lettered() -> None:
-    tasks.ingest_usage.apply(args=[{"schema": 1}], task_id="batch-4").get()
+    tasks.ingest_usage.apply(args=({"schema": 1},), task_id="batch-4").get()
     dead = DeadLetterBatch.objects.get()
     assert dead.events == {"schema": 1}
     assert "expected a list" in dead.error
@@ -75,7 +75,7 @@ def test_a_message_that_is_not_a_list_is_dead_lettered() -> None:
 
 def test_a_dead_letter_survives_data_jsonb_refuses() -> None:
     # NaN and NUL cannot be stored in jsonb; the dead letter must still be written.
-    tasks.ingest_usage.apply(args=[[{"schema": 1, "x": float("nan"), "y": "a\x00b"}]]).get()
+    tasks.ingest_usage.apply(args=([{"schema": 1, "x": float("nan"), "y": "a\x00b"}],)).get()
     assert DeadLetterBatch.objects.get().events == [{"schema": 1, "x": "nan", "y": "a\\u0000b"}]
 
 
@@ -114,7 +114,7 @@ def test_admin_replay_action_goes_through_ingest() -> None:
     events = [*make_events(5, seed=24), {**make_event(), "schema": 7}]
     dead = DeadLetterBatch.objects.create(events=events, error="db down")
     client = Client()
-    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    client.force_login(User.objects.create_superuser("root", "root@example.test", "pw"))
     response = client.post(
         "/admin/billing/deadletterbatch/",
         {"action": "replay", "_selected_action": [str(dead.pk)]},
@@ -130,9 +130,9 @@ def test_admin_replay_action_goes_through_ingest() -> None:
 
 
 def test_admin_shows_usage_read_only() -> None:
-    tasks.ingest_usage.apply(args=[make_events(3, seed=25)]).get()
+    tasks.ingest_usage.apply(args=(make_events(3, seed=25),)).get()
     client = Client()
-    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    client.force_login(User.objects.create_superuser("root", "root@example.test", "pw"))
     assert client.get("/admin/billing/usageevent/").status_code == 200
     assert client.get("/admin/billing/usagerollup/").status_code == 200
     event = UsageEvent.objects.first()

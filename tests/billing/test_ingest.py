@@ -78,7 +78,13 @@ def test_money_stays_exact_to_the_last_decimal_place() -> None:
 
 def test_rollups_key_on_the_served_model_and_the_hour_the_request_started() -> None:
     org, key = "6b3a0e51-6f42-4a47-9b0e-2b1f5a1d7a01", "4c1e6c1b-7a6d-4f0c-8d0a-77a1ad3f0b02"
-    base = {"org_id": org, "key_id": key, "model": "smol", "status": 200, "error_type": None}
+    base: dict[str, Any] = {
+        "org_id": org,
+        "key_id": key,
+        "model": "smol",
+        "status": 200,
+        "error_type": None,
+    }
     events = [
         make_event(**base, served_model="s1", started_at="2026-11-22T03:59:59.999999Z"),
         make_event(**base, served_model="s1", started_at="2026-11-22T03:00:00.000000Z"),
