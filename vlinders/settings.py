@@ -175,6 +175,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Celery's Django fix-up closes every database connection before and after every task unless
+# this is set: a new Postgres connection (a forked backend) per usage batch. Connections are kept
+# instead, and closed like Django's between requests (broken, or older than CONN_MAX_AGE) by the
+# handlers in vlinders/celery.py; this only bounds how many tasks one connection serves.
+CELERY_DB_REUSE_MAX = 10_000
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -63,7 +63,6 @@ def workers(broker: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Celer
     assert connection.vendor == "postgresql", "these tests need the Postgres test database"
     env = {
         "DATABASE_URL": database_url(),
-        "DATABASE_CONN_MAX_AGE": "0",
         "CELERY_BROKER_URL": broker.url,
         "REDIS_URL": broker.url,
         "VLINDERS_VAR_DIR": str(tmp_path / "var"),
@@ -135,6 +134,28 @@ def test_a_worker_ingests_what_the_gateway_emitter_sends(
     wait_for(lambda: broker_idle(broker), 30, "every batch to be acknowledged")
     assert stored_totals() == expected
     assert UsageEvent.objects.count() == 600
+
+
+def test_a_dropped_database_connection_is_replaced_before_the_next_batch(
+    broker: RedisServer, workers: Callable[..., CeleryWorker]
+) -> None:
+    worker = workers()
+    first, second = make_events(100, seed=33), make_events(100, seed=34)
+    first_id = send_batch(broker.url, first)
+    wait_for(lambda: worker.logged(f"[{first_id}] succeeded"), 90, "the first batch")
+    # As a database restart or an idle-connection killer would: end the worker's session.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchall(), "the worker kept its connection between batches"
+    second_id = send_batch(broker.url, second)
+    wait_for(lambda: worker.logged(f"[{second_id}] succeeded"), 90, "the second batch")
+    # Django's health check (CONN_HEALTH_CHECKS) replaced it when the transaction began: the
+    # batch went in at the first try.
+    assert not worker.logged("retry"), worker.tail()
+    assert stored_totals() == expected_totals([*first, *second])
 
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit"])
