@@ -103,6 +103,43 @@ class Poller(threading.Thread):
                 time.sleep(0.02)
 
 
+def cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU time of ``pids`` so far (from /proc), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def group_pids(pgid: int) -> set[int]:
+    """Every process of the process group ``pgid`` (a worker and its pool)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def postgres_backend_pids() -> set[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [BENCH_DB],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -117,6 +154,7 @@ def run_once(
     broker_url: str,
     db_url: str,
     spool: Path,
+    worker_pgid: int,
 ) -> dict[str, Any]:
     from django.db import connection
 
@@ -131,6 +169,9 @@ def run_once(
     emitted_at: list[float] = []
     poller = Poller(db_url, count, deadline_s=600)
     poller.start()
+    workers = group_pids(worker_pgid)
+    backends = postgres_backend_pids()  # the workers' connections (kept: CONN_MAX_AGE)
+    cpu_before = cpu_seconds(workers), cpu_seconds(backends)
 
     async def emit() -> dict[str, int]:
         emitter = UsageEmitter(
@@ -153,6 +194,9 @@ def run_once(
 
     stats = asyncio.run(emit())
     poller.join()
+    worker_cpu = cpu_seconds(workers) - cpu_before[0]
+    # Connections opened during the run count in full.
+    postgres_cpu = cpu_seconds(backends | postgres_backend_pids()) - cpu_before[1]
     samples = poller.samples
     if not samples or samples[-1][1] < count:
         raise SystemExit(f"{mode}: only {samples[-1][1] if samples else 0}/{count} visible in time")
@@ -176,6 +220,9 @@ def run_once(
         "delay_p50_ms": round(percentile(delays_ms, 0.50), 1),
         "delay_p99_ms": round(percentile(delays_ms, 0.99), 1),
         "totals_correct": correct,
+        # CPU per 1,000 events: independent of what else runs on the machine, unlike the rates.
+        "worker_cpu_ms_per_1k": round(worker_cpu * 1e6 / count, 1),
+        "postgres_cpu_ms_per_1k": round(postgres_cpu * 1e6 / count, 1),
     }
 
 
@@ -186,6 +233,7 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=2_000, help="events/s when paced")
     parser.add_argument("--batch-size", type=int, default=200, help="the emitter's batch size")
     parser.add_argument("--concurrency", default="1,2", help="worker processes, one run each")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("--redis-fsync", default="everysec", choices=["always", "everysec"])
     args = parser.parse_args()
 
@@ -199,6 +247,7 @@ def main() -> None:
         broker.start()
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             worker = CeleryWorker(
+                pool=args.pool,
                 env={
                     "DATABASE_URL": db_url,
                     "CELERY_BROKER_URL": broker.url,
@@ -223,6 +272,7 @@ def main() -> None:
                         broker_url=broker.url,
                         db_url=db_url,
                         spool=workdir / "spool",
+                        worker_pgid=worker.pid,
                     )
                     result["worker_processes"] = concurrency
                     result["load_average_1m"] = round(os.getloadavg()[0], 2)
@@ -249,6 +299,7 @@ def main() -> None:
         "path": "UsageEmitter -> redis-server (AOF everysec) -> celery worker -Q usage "
         "(prefork) -> Postgres, all on this machine",
         "batch_size": args.batch_size,
+        "worker_pool": args.pool,
         "redis_appendfsync": args.redis_fsync,
         "results": results,
     }
@@ -260,15 +311,16 @@ def main() -> None:
 def _table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| worker processes | run | events | batches | events/s ingested | delay p50 ms "
-        "| delay p99 ms | totals correct |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| delay p99 ms | totals correct | worker CPU ms/1k events | Postgres CPU ms/1k events |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         run = r["mode"] if r["offered_rate"] is None else f"paced {r['offered_rate']:.0f}/s"
         lines.append(
             f"| {r['worker_processes']} | {run} | {r['events']} | {r['batches']} "
             f"| {r['events_per_s']} | {r['delay_p50_ms']:.0f} | {r['delay_p99_ms']:.0f} "
-            f"| {'yes' if r['totals_correct'] else 'NO'} |"
+            f"| {'yes' if r['totals_correct'] else 'NO'} | {r['worker_cpu_ms_per_1k']:.0f} "
+            f"| {r['postgres_cpu_ms_per_1k']:.0f} |"
         )
     return "\n".join(lines)
 

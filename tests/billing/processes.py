@@ -111,12 +111,14 @@ class CeleryWorker:
         log: Path,
         queues: str = "usage",
         concurrency: int = 1,
+        pool: str = "prefork",
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.env = {**os.environ, **env}
         self.log = log
         self.queues = queues
         self.concurrency = concurrency
+        self.pool = pool
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -131,7 +133,7 @@ class CeleryWorker:
                 "-Q",
                 self.queues,
                 "--pool",
-                "prefork",
+                self.pool,
                 "--concurrency",
                 str(self.concurrency),
                 "--without-gossip",
@@ -158,6 +160,12 @@ class CeleryWorker:
             return " ready." in self.log.read_text(errors="replace")
 
         wait_for(ready, timeout, f"the celery worker to be ready; log:\n{self.tail()}", poll=0.2)
+
+    @property
+    def pid(self) -> int:
+        """The main process's id, also its process group's."""
+        assert self.process is not None
+        return self.process.pid
 
     def tail(self, lines: int = 40) -> str:
         if not self.log.exists():
