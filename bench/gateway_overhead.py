@@ -35,9 +35,12 @@ RESULTS = ROOT / "bench" / "results"
 DEFAULT_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 
 
-def setup_control_plane(workdir: str, prefix: str) -> str:
-    """A throwaway SQLite control plane: one organisation, one key, one synthetic model;
-    publishes the access snapshot under ``prefix`` and returns the key."""
+def setup_control_plane(
+    workdir: str, prefix: str, *, model: str = "bench-syn", catalog: dict[str, Any] | None = None
+) -> str:
+    """A throwaway SQLite control plane: one organisation, one key, one catalog model (the
+    synthetic test engine unless ``catalog`` says otherwise); publishes the access snapshot
+    under ``prefix`` and returns the key."""
     os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
     os.environ["VLINDERS_VAR_DIR"] = workdir
     os.environ["VLINDERS_REDIS_PREFIX"] = prefix
@@ -53,10 +56,15 @@ def setup_control_plane(workdir: str, prefix: str) -> str:
     from tenants.models import Role
 
     CatalogModel.objects.create(
-        name="bench-syn",
-        engine_kind="synthetic",
-        engine_args={"ttft_ms": 0, "tpot_ms": 0},
-        context_length=4096,
+        name=model,
+        **(
+            catalog
+            or {
+                "engine_kind": "synthetic",
+                "engine_args": {"ttft_ms": 0, "tpot_ms": 0},
+                "context_length": 4096,
+            }
+        ),
     )
     huge = 10**12
     org = services.organization_create(
@@ -133,12 +141,15 @@ def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, An
     }
 
 
-def deploy(dashboard: str, token: str, config: dict[str, Any]) -> None:
+def deploy_apps(
+    dashboard: str, token: str, config: dict[str, Any], names: list[str], timeout: float = 600
+) -> None:
+    """PUT the Serve config and wait until the named applications are RUNNING."""
     from inference.ray_client import RayDashboardClient
 
     client = RayDashboardClient(base_url=dashboard, token=token)
     client.put_applications(config)
-    client.wait_running(["vlinders", "bare"], timeout=300)
+    client.wait_running(names, timeout=timeout)
 
 
 async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[str, float]:
@@ -213,7 +224,9 @@ class Stack:
 
     def start(self) -> None:
         self.cluster.start(log_path=f"{self.dir}/ray.log")
-        deploy(self.cluster.dashboard_url, self.cluster.token, self.config)
+        deploy_apps(
+            self.cluster.dashboard_url, self.cluster.token, self.config, ["vlinders", "bare"]
+        )
 
     def url(self, app: str) -> str:
         prefix = "/bare" if app == "bare" else ""

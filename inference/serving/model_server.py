@@ -2,7 +2,11 @@
 
 Streams cross Ray as lists of chunks: every chunk that is ready when the gateway asks for the
 next message travels in that one message, so a busy replica is not limited by one Ray message
-per token, while the first chunk still goes out the moment it exists.
+per token, while the first chunk still goes out the moment it exists. Nothing waits to fill a
+list: the interval that bounds a batch is the time the previous message took to be taken, so an
+idle replica sends token by token and a busy one sends what piled up meanwhile.
+``bench/stream_batching.py`` measures it against one message per chunk
+(``VLINDERS_STREAM_BATCHING=0`` in the replica's environment, a switch for that measurement).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,6 +56,7 @@ class ModelServer:
         """Start the engine before the replica counts as ready: Ray Serve awaits an async
         constructor, so no request reaches a replica whose model is still loading."""
         self.spec = ModelSpec.model_validate(spec)
+        self.batching = os.environ.get("VLINDERS_STREAM_BATCHING", "1") != "0"
         self.engine = make_engine(self.spec)
         await self.engine.start()
 
@@ -81,7 +87,7 @@ class ModelServer:
         try:
             while True:
                 batch = [await queue.get()]
-                while not queue.empty():
+                while self.batching and not queue.empty():
                     batch.append(queue.get_nowait())
                 done = batch[-1] is _END
                 chunks = [item for item in batch if item is not _END]

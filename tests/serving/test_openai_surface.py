@@ -15,6 +15,7 @@ def test_models_lists_only_what_the_key_may_use(client):
     names = sorted(model.id for model in client.models.list())
     # Not syn-private: it is restricted to another organisation.
     assert names == [
+        "minilm",
         "smollm2",
         "syn-alias",
         "syn-fast",
