@@ -103,17 +103,23 @@ class Poller(threading.Thread):
                 time.sleep(0.02)
 
 
-def cpu_seconds(pids: set[int]) -> float:
-    """User + system CPU time of ``pids`` so far (from /proc), in seconds."""
+def cpu_seconds(pids: set[int]) -> dict[int, float]:
+    """User + system CPU time so far (from /proc), in seconds, of each of ``pids`` alive."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return found
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between the two readings by the processes alive at the second (those
+    started in between count in full)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def group_pids(pgid: int) -> set[int]:
@@ -194,9 +200,8 @@ def run_once(
 
     stats = asyncio.run(emit())
     poller.join()
-    worker_cpu = cpu_seconds(workers) - cpu_before[0]
-    # Connections opened during the run count in full.
-    postgres_cpu = cpu_seconds(backends | postgres_backend_pids()) - cpu_before[1]
+    worker_cpu = cpu_used(cpu_before[0], cpu_seconds(workers))
+    postgres_cpu = cpu_used(cpu_before[1], cpu_seconds(backends | postgres_backend_pids()))
     samples = poller.samples
     if not samples or samples[-1][1] < count:
         raise SystemExit(f"{mode}: only {samples[-1][1] if samples else 0}/{count} visible in time")
