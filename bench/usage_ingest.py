@@ -6,9 +6,10 @@ The gateway's own ``UsageEmitter`` (batches of ``--batch-size``, sent with Celer
 
 Two runs per worker setting:
 
-* ``burst``: ``--events`` events emitted as fast as the emitter takes them; the sustained ingest
-  rate is events / (time the last one became visible in the rollups - time the first was
-  emitted), so it includes filling and draining the pipeline;
+* ``burst``: ``--events`` events emitted as fast as the emitter sends them (at most ten batches
+  buffered, so nothing is spooled); the sustained ingest rate is events / (time the last one
+  became visible in the rollups - time the first was emitted), so it includes filling and
+  draining the pipeline;
 * ``paced``: ``--paced-events`` at ``--paced-rate`` events/s, below capacity, for the delay an
   event sees from ``emit()`` to its rollup being visible (p50/p99).
 
@@ -195,6 +196,9 @@ def run_once(
                 emitter.emit(event)
                 emitted_at.append(time.perf_counter())
             await asyncio.sleep(0)  # let the flusher send
+            # Stay well below the emitter's memory bound, which would spool to disk instead.
+            while emitter.stats()["events_buffered"] > 10 * batch_size:
+                await asyncio.sleep(0.001)
         await emitter.aclose()
         return emitter.stats()
 
