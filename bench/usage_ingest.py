@@ -237,11 +237,12 @@ def run_once(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="events of the burst run")
+    parser.add_argument("--events", type=int, default=100_000, help="burst run; 0: none")
     parser.add_argument("--paced-events", type=int, default=20_000, help="0: no paced run")
     parser.add_argument("--paced-rate", type=float, default=2_000, help="events/s when paced")
     parser.add_argument("--batch-size", type=int, default=200, help="the emitter's batch size")
     parser.add_argument("--concurrency", default="1,2", help="worker processes, one run each")
+    parser.add_argument("--output", default="usage_ingest", help="name of the results file")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     parser.add_argument("--redis-fsync", default="everysec", choices=["always", "everysec"])
     args = parser.parse_args()
@@ -269,7 +270,7 @@ def main() -> None:
             )
             worker.start()
             try:
-                runs = [("burst", args.events, 0.0)]
+                runs = [("burst", args.events, 0.0)] if args.events else []
                 if args.paced_events:
                     runs.append(("paced", args.paced_events, args.paced_rate))
                 for mode, count, rate in runs:
@@ -312,7 +313,7 @@ def main() -> None:
         "redis_appendfsync": args.redis_fsync,
         "results": results,
     }
-    path = RESULTS / "usage_ingest.json"
+    path = RESULTS / f"{args.output}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nSaved {path}")
 
