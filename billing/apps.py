@@ -2,10 +2,8 @@ from django.apps import AppConfig
 
 
 class BillingConfig(AppConfig):
-    """Usage events and rollups, prices and plans, invoices, Stripe and reports.
-
-    Empty until the usage-metering issue: the gateway's usage events (contract 4) land here.
-    """
+    """Usage events (contract 4) and their hourly rollups, spend reconciliation, budget alerts,
+    retention and the usage API; invoices, Stripe and reports come later."""
 
     name = "billing"
     verbose_name = "Billing"

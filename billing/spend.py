@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable
+import os
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -159,30 +161,56 @@ def _entries(usages: Iterable[MonthUsage]) -> list[tuple[Scope, str, str, MonthU
     return out
 
 
-async def _write(entries: list[tuple[Scope, str, str, MonthUsed]], url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        limiter = Limiter(client, prefix)
-        for i in range(0, len(entries), _WRITE_CHUNK):
-            await asyncio.gather(
-                *(
-                    limiter.set_month_used(scope, ident, month, used.tokens, used.spend)
-                    for scope, ident, month, used in entries[i : i + _WRITE_CHUNK]
-                )
+class _Redis:
+    """One event loop and one Redis client per process, kept between batches.
+
+    Reconciliation runs after every ingested batch; a fresh loop and client each time cost more
+    than the batch's own ingest (new connections for every concurrent script call). Celery's
+    prefork children are single-threaded, so one loop per process is safe; a forked child (other
+    pid) builds its own instead of inheriting its parent's sockets.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.runner: asyncio.Runner | None = None
+        self.clients: dict[str, aioredis.Redis] = {}
+
+    def run(self, url: str, work: Callable[[aioredis.Redis], Coroutine[Any, Any, None]]) -> None:
+        if self.pid != os.getpid() or self.runner is None:
+            self.pid, self.runner, self.clients = os.getpid(), asyncio.Runner(), {}
+        client = self.clients.get(url)
+        if client is None:
+            client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+            self.clients[url] = client
+        self.runner.run(work(client))
+
+
+_REDIS = _Redis()
+
+
+async def _write(
+    client: aioredis.Redis, entries: list[tuple[Scope, str, str, MonthUsed]], prefix: str
+) -> None:
+    limiter = Limiter(client, prefix)
+    for i in range(0, len(entries), _WRITE_CHUNK):
+        await asyncio.gather(
+            *(
+                limiter.set_month_used(scope, ident, month, used.tokens, used.spend)
+                for scope, ident, month, used in entries[i : i + _WRITE_CHUNK]
             )
-    finally:
-        await client.aclose()
+        )
 
 
 def write_month_used(usages: Iterable[MonthUsage]) -> int:
     """Overwrite the limiter's ``used`` counters with ``usages``; returns how many counters were
     written. Raises ``LimiterUnavailable`` when Redis fails (callers decide whether that matters).
 
-    Synchronous (Celery, after-batch hooks): runs its own event loop with a short-lived client.
+    Synchronous (Celery, after-batch hooks): runs on this process's own event loop and client.
     """
     entries = _entries(usages)
     if entries:
-        asyncio.run(_write(entries, settings.REDIS_URL, settings.VLINDERS_REDIS_PREFIX))
+        prefix = settings.VLINDERS_REDIS_PREFIX
+        _REDIS.run(settings.REDIS_URL, lambda client: _write(client, entries, prefix))
     return len(entries)
 
 
