@@ -46,7 +46,9 @@ def app_config(name: str, route: str, spec: dict[str, Any], env: dict[str, str])
     }
 
 
-def serve_config(port: int, prefix: str, queue: str, spool: str, tpot_ms: float) -> dict[str, Any]:
+def serve_config(
+    port: int, prefix: str, queue: str, spool: str, tpot_ms: float, tokens: int
+) -> dict[str, Any]:
     from django.conf import settings
 
     model = {
@@ -54,7 +56,7 @@ def serve_config(port: int, prefix: str, queue: str, spool: str, tpot_ms: float)
         "deployment": f"model-{MODEL}",
         "engine": "synthetic",
         "source": {},
-        "engine_args": {"ttft_ms": 0, "tpot_ms": tpot_ms, "default_max_tokens": 16},
+        "engine_args": {"ttft_ms": 0, "tpot_ms": tpot_ms, "default_max_tokens": tokens},
         "context_length": 8192,
         "price_input_per_mtok": "0.1",
         "price_output_per_mtok": "0.2",
@@ -99,18 +101,17 @@ async def load(url: str, key: str, concurrency: int, total: int, tokens: int) ->
     ttfts: list[float] = []
     durations: list[float] = []
     produced = 0
-    failures = 0
+    failures: list[str] = []
     remaining = total
 
     async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal produced, failures
+        nonlocal produced
         start = time.perf_counter()
         first = None
         tail = b""
         async with session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
-                failures += 1
-                await response.read()
+                failures.append(f"HTTP {response.status}: {(await response.read())[:200]!r}")
                 return
             async for piece in response.content.iter_any():
                 first = first or time.perf_counter()
@@ -118,7 +119,7 @@ async def load(url: str, key: str, concurrency: int, total: int, tokens: int) ->
         events = [line[6:] for line in tail.split(b"\n") if line.startswith(b"data: {")]
         usage = json.loads(events[-1]).get("usage") if events else None
         if first is None or not usage or usage["completion_tokens"] != tokens:
-            failures += 1
+            failures.append(f"no usage or a short answer: {tail[-300:]!r}")
             return
         produced += usage["completion_tokens"]
         ttfts.append(first - start)
@@ -138,7 +139,8 @@ async def load(url: str, key: str, concurrency: int, total: int, tokens: int) ->
     ttfts.sort()
     return {
         "requests": total,
-        "failures": failures,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
         "tok_s": produced / wall,
         "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
         "ttft_p99_ms": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000 if ttfts else None,
@@ -186,18 +188,21 @@ def main() -> None:
     results = []
     try:
         cluster.start(log_path=f"{workdir}/ray.log")
-        config = serve_config(port, prefix, queue, f"{workdir}/spool", args.tpot_ms)
+        config = serve_config(port, prefix, queue, f"{workdir}/spool", args.tpot_ms, args.tokens)
         deploy_apps(cluster.dashboard_url, cluster.token, config, ["batched", "unbatched"])
-        for url in targets.values():
-            asyncio.run(load(url, key, 4, 16, 16))
+        for name, url in targets.items():
+            warm = asyncio.run(load(url, key, 4, 16, args.tokens))
+            if warm["failures"]:
+                raise RuntimeError(f"{name} fails: {warm['first_failure']}")
         for level in levels:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             for round_ in range(args.rounds):
                 order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    runs[name].append(
-                        asyncio.run(load(targets[name], key, level, args.requests, args.tokens))
-                    )
+                    run = asyncio.run(load(targets[name], key, level, args.requests, args.tokens))
+                    if run["failures"]:
+                        raise RuntimeError(f"{name} at {level} clients: {run['first_failure']}")
+                    runs[name].append(run)
             row: dict[str, Any] = {"concurrency": level}
             for name, measured in runs.items():
                 row[name] = {
