@@ -197,6 +197,8 @@ def _serve_env(secret_name: str) -> list[dict[str, Any]]:
         # Serve's high-throughput mode (HAProxy ingress, throughput-optimised replica traffic).
         {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
         {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+        # Replicas (and their model engines) at normal priority, not Ray's default nice 15.
+        {"name": "RAY_worker_niceness", "value": "0"},
         # Ray's token authentication: the same token on every node and in the control plane.
         {"name": "RAY_AUTH_MODE", "value": "token"},
         from_secret("RAY_AUTH_TOKEN", "auth_token"),
