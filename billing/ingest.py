@@ -36,6 +36,7 @@ from billing.events import UsageRecord, describe_rejects, parse_batch
 from billing.ingest_result import IngestResult, Totals
 from billing.ingest_sql import RollupKey, insert_events, upsert_rollups
 from billing.models import DeadLetterBatch
+from inference.serving.limits import to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ def store_records(records: Sequence[UsageRecord]) -> IngestResult:
         _add(result.by_org.setdefault(org, Totals()), record)
         result.keys.add((org, str(record.key_id)))
         result.months.add(record.month)
+        tokens, micros = record.prompt_tokens + record.completion_tokens, to_micros(record.cost)
+        for scope in (("org", org, record.month), ("key", str(record.key_id), record.month)):
+            counts = result.ingested.setdefault(scope, [0, 0])
+            counts[0] += tokens
+            counts[1] += micros
     upsert_rollups(groups)
     result.inserted = len(inserted_ids)
     return result

@@ -27,6 +27,9 @@ class IngestResult:
     ``by_org`` maps an organisation id (str) to the totals of its newly inserted events;
     ``keys`` holds the ``(org_id, key_id)`` pairs and ``months`` the ``YYYY-MM`` (UTC, by
     ``started_at``) months those events fall in, so reconciliation touches only what changed.
+    ``ingested`` maps ``(scope, id, month)`` (scope ``"org"`` or ``"key"``) to ``[tokens,
+    micros]`` newly inserted, counted as the gateway's limiter settled them (prompt + completion
+    tokens; each event's cost in micro-units rounded up), for ``Limiter.set_month_used``.
     """
 
     received: int = 0
@@ -34,6 +37,7 @@ class IngestResult:
     by_org: dict[str, Totals] = field(default_factory=dict)
     keys: set[tuple[str, str]] = field(default_factory=set)
     months: set[str] = field(default_factory=set)
+    ingested: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:

@@ -39,7 +39,9 @@ def after_batch(result: IngestResult) -> None:
     try:
         # Only the months the batch touched: the current one is read above for alerts and the
         # dashboards even when the batch held nothing of it, but then nothing changed there.
-        spend.write_month_used(u for u in usages if u.month in result.months)
+        spend.write_month_used(
+            (u for u in usages if u.month in result.months), ingested=result.ingested
+        )
     except Exception:
         logger.exception("after_batch: reconciling the budget counters failed")
     if this_month is not None:

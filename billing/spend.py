@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -189,28 +189,47 @@ _REDIS = _Redis()
 
 
 async def _write(
-    client: aioredis.Redis, entries: list[tuple[Scope, str, str, MonthUsed]], prefix: str
+    client: aioredis.Redis,
+    entries: list[tuple[Scope, str, str, MonthUsed]],
+    prefix: str,
+    ingested: Mapping[tuple[str, str, str], Sequence[int]],
 ) -> None:
     limiter = Limiter(client, prefix)
     for i in range(0, len(entries), _WRITE_CHUNK):
-        await asyncio.gather(
-            *(
-                limiter.set_month_used(scope, ident, month, used.tokens, used.spend)
-                for scope, ident, month, used in entries[i : i + _WRITE_CHUNK]
+        calls = []
+        for scope, ident, month, used in entries[i : i + _WRITE_CHUNK]:
+            tokens, micros = ingested.get((scope, ident, month), (0, 0))
+            calls.append(
+                limiter.set_month_used(
+                    scope,
+                    ident,
+                    month,
+                    used.tokens,
+                    used.spend,
+                    ingested_tokens=tokens,
+                    ingested_micros=micros,
+                )
             )
-        )
+        await asyncio.gather(*calls)
 
 
-def write_month_used(usages: Iterable[MonthUsage]) -> int:
+def write_month_used(
+    usages: Iterable[MonthUsage],
+    ingested: Mapping[tuple[str, str, str], Sequence[int]] | None = None,
+) -> int:
     """Overwrite the limiter's ``used`` counters with ``usages``; returns how many counters were
     written. Raises ``LimiterUnavailable`` when Redis fails (callers decide whether that matters).
+
+    ``ingested`` is what the batch being reconciled newly inserted (``IngestResult.ingested``),
+    so the counters keep what the gateway settled but Postgres has not ingested yet
+    (``Limiter.set_month_used``). Scopes it names that are not in ``usages`` are not written.
 
     Synchronous (Celery, after-batch hooks): runs on this process's own event loop and client.
     """
     entries = _entries(usages)
     if entries:
-        prefix = settings.VLINDERS_REDIS_PREFIX
-        _REDIS.run(settings.REDIS_URL, lambda client: _write(client, entries, prefix))
+        prefix, counts = settings.VLINDERS_REDIS_PREFIX, dict(ingested or {})
+        _REDIS.run(settings.REDIS_URL, lambda client: _write(client, entries, prefix, counts))
     return len(entries)
 
 

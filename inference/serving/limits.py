@@ -369,6 +369,9 @@ for s = 0, 1 do
     add(KEYS[k + 3], 'reserved_micros', -u)
     redis.call('HINCRBY', KEYS[k + 3], 'used_tokens', ARGV[2])
     redis.call('HINCRBY', KEYS[k + 3], 'used_micros', ARGV[3])
+    -- What was settled, for reconciliation: settled minus ingested is what Postgres lacks yet.
+    redis.call('HINCRBY', KEYS[k + 3], 'settled_tokens', ARGV[2])
+    redis.call('HINCRBY', KEYS[k + 3], 'settled_micros', ARGV[3])
     redis.call('EXPIRE', KEYS[k + 3], ARGV[4])
     local cur = redis.call('GET', KEYS[k + 4])
     if cur and tokens ~= t then
@@ -383,9 +386,22 @@ return out
 """
 )
 
-# KEYS: month. ARGV: used tokens, used micros, ttl. Only the used_* fields are written.
+# KEYS: month. ARGV: 1 authority tokens, 2 authority micros, 3 ttl, 4 newly ingested tokens,
+# 5 newly ingested micros. used = authority + what was settled here but is not ingested yet.
+# The reserved_* fields are never written.
 _SET_USED = """
-redis.call('HSET', KEYS[1], 'used_tokens', ARGV[1], 'used_micros', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'ingested_tokens', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'ingested_micros', ARGV[5])
+local m = redis.call('HMGET', KEYS[1],
+  'settled_tokens', 'settled_micros', 'ingested_tokens', 'ingested_micros')
+local function pending(settled, ingested)
+  local p = (tonumber(settled) or 0) - (tonumber(ingested) or 0)
+  if p < 0 then return 0 end
+  return p
+end
+redis.call('HSET', KEYS[1],
+  'used_tokens', string.format('%d', tonumber(ARGV[1]) + pending(m[1], m[3])),
+  'used_micros', string.format('%d', tonumber(ARGV[2]) + pending(m[2], m[4])))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -583,16 +599,33 @@ class Limiter:
         tokens: int,
         spend: Decimal,
         *,
+        ingested_tokens: int = 0,
+        ingested_micros: int = 0,
         now: float | None = None,
     ) -> None:
-        """Overwrite the *used* counters of a month with the authority's numbers (the control
-        plane reconciling from Postgres). The *reserved* counters belong to requests in flight
-        and are never touched, so reconciling cannot free or double a reservation."""
-        if tokens < 0:
-            raise ValueError("tokens must not be negative")
+        """Reconcile a month's *used* counters with the authority (the control plane's
+        Postgres): ``tokens`` and ``spend`` are what it has ingested for this scope and month.
+
+        Requests settled here whose usage events are not ingested yet (the emitter's flush, the
+        queue, the worker: about a second) are in Redis but not in Postgres; overwriting with
+        Postgres's numbers would forget them and free their budget for a moment. So settles
+        also count ``settled_*``, the ingest reports what it newly inserted (``ingested_tokens``,
+        ``ingested_micros``: the sum of each event's micro-units, as settles rounded them), and
+        *used* becomes the authority plus ``settled - ingested`` (never below the authority).
+        With nothing in flight that is exactly the authority. The *reserved* counters belong to
+        requests in flight and are never touched, so reconciling cannot free or double a
+        reservation."""
+        if tokens < 0 or ingested_tokens < 0 or ingested_micros < 0:
+            raise ValueError("token and micro-unit counts must not be negative")
         _, month_end = _month_bounds(month)
         now = time.time() if now is None else now
-        args = [tokens, to_micros(spend), _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now)]
+        args = [
+            tokens,
+            to_micros(spend),
+            _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now),
+            ingested_tokens,
+            ingested_micros,
+        ]
         await self._call(self._set_used, [self._month_key(scope, ident, month)], args)
 
     # -- plumbing ------------------------------------------------------------------------------

@@ -78,3 +78,53 @@ def test_a_failing_step_does_not_stop_the_others_nor_raise(org, owner, monkeypat
 def test_a_batch_of_duplicates_only_does_nothing(org, monkeypatch):
     monkeypatch.setattr(spend, "month_usage", lambda **kw: pytest.fail("should not read"))
     after_batch(IngestResult(received=5, inserted=0))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_ingest_lag_never_frees_budget_and_nothing_is_counted_twice(org, owner, redis_client):
+    """The gateway settles a request in Redis; its usage event reaches Postgres later. A
+    reconciliation in between must keep it counted, and ingesting it must not count it again."""
+    from billing.ingest import ingest_events, notify_after_batch
+    from inference.serving.limits import LimitSet
+    from inference.serving.usage import utc_iso
+    from tests.billing.metering_support import make_event
+    from tests.billing.usage_data import limiter_call
+
+    key = make_key(org)
+    now = timezone.now()
+    month = spend.month_of(now)
+    reservation = limiter_call(
+        "reserve",
+        key_id=str(key.pk),
+        org_id=str(org.pk),
+        key_limits=LimitSet(),
+        org_limits=LimitSet(),
+        tokens=100,
+        spend=Decimal("0.01"),
+        request_id="req_lagging",
+    )
+    limiter_call(
+        "settle", reservation, prompt_tokens=60, completion_tokens=15, spend=Decimal("0.0000451")
+    )
+
+    spend.reconcile(org_ids=[str(org.pk)], keys=[(str(org.pk), str(key.pk))], months=[month])
+    for scope, ident in (("org", org.pk), ("key", key.pk)):
+        counters = redis_month(scope, ident, month)
+        assert (counters.used_tokens, counters.used_spend) == (75, Decimal("0.000046"))
+
+    event = make_event(
+        request_id="req_lagging",
+        org_id=str(org.pk),
+        key_id=str(key.pk),
+        status=200,
+        prompt_tokens=60,
+        completion_tokens=15,
+        cost=Decimal("0.0000451"),
+        started_at=utc_iso(now.timestamp()),
+    )
+    notify_after_batch(ingest_events([event]))
+    spend.reconcile(org_ids=[str(org.pk)], keys=[(str(org.pk), str(key.pk))], months=[month])
+    for scope, ident in (("org", org.pk), ("key", key.pk)):
+        counters = redis_month(scope, ident, month)
+        # Postgres holds 0.0000451; the limiter rounds money up to whole micro-units.
+        assert (counters.used_tokens, counters.used_spend) == (75, Decimal("0.000046"))

@@ -516,14 +516,62 @@ def test_set_month_used_overwrites_used_and_never_reserved() -> None:
         await settle(lim, res, 20, "0.2")
         usage = await lim.month_usage("key", "k1", now=MID_MONTH)
         assert usage == (30, Decimal("0.3"), 0, Decimal(0))
-        # The reconciled number is what the next reservation is checked against.
-        await lim.set_month_used("key", "k1", "2026-03", 95, Decimal(0))
+        # The reconciled number is what the next reservation is checked against (the authority
+        # has ingested the settled request: nothing is pending).
+        await lim.set_month_used(
+            "key", "k1", "2026-03", 95, Decimal(0), ingested_tokens=20, ingested_micros=200_000
+        )
         assert isinstance(await reserve(lim, key=key, tokens=6), Refusal)
         assert isinstance(await reserve(lim, key=key, tokens=5), Reservation)
         with pytest.raises(ValueError, match="YYYY-MM"):
             await lim.set_month_used("key", "k1", "2026-13", 0, Decimal(0))
 
     run(body)
+
+
+def test_reconciling_keeps_what_was_settled_but_not_ingested_yet() -> None:
+    """The ingest lag must never free budget: a request settled here whose usage event Postgres
+    has not ingested yet stays counted through a reconciliation, and is counted once after."""
+
+    async def body(lim: Limiter) -> None:
+        key = LimitSet(monthly_spend_budget=Decimal(1))
+        res = await reserve(lim, key=key, tokens=30, spend="0.6")
+        await settle(lim, res, 30, "0.6")
+        # Postgres has nothing of it yet (the event is in the emitter or the queue).
+        await lim.set_month_used("key", "k1", "2026-03", 0, Decimal(0))
+        assert await lim.month_usage("key", "k1", now=MID_MONTH) == (30, Decimal("0.6"), 0, 0)
+        assert isinstance(await reserve(lim, key=key, tokens=1, spend="0.5"), Refusal)
+        # The batch holding it is ingested: Postgres has it, and the ingest says so once.
+        await lim.set_month_used(
+            "key", "k1", "2026-03", 30, Decimal("0.6"), ingested_tokens=30, ingested_micros=600_000
+        )
+        assert await lim.month_usage("key", "k1", now=MID_MONTH) == (30, Decimal("0.6"), 0, 0)
+        # A later reconciliation (the beat) with the same authority changes nothing.
+        await lim.set_month_used("key", "k1", "2026-03", 30, Decimal("0.6"))
+        assert await lim.month_usage("key", "k1", now=MID_MONTH) == (30, Decimal("0.6"), 0, 0)
+        # Redis forgot everything (a restart without persistence): the authority restores it.
+        await lim.redis.delete(f"{lim.base}key:k1:month:2026-03")
+        await lim.set_month_used("key", "k1", "2026-03", 30, Decimal("0.6"))
+        assert await lim.month_usage("key", "k1", now=MID_MONTH) == (30, Decimal("0.6"), 0, 0)
+
+    run(body)
+
+
+def test_reconciling_corrects_a_reclaimed_lease_that_never_ran() -> None:
+    """A lease reclaimed from a dead gateway is counted as used in full; it was never settled,
+    so the authority (which never saw a usage event for it) takes it back out."""
+
+    async def body(lim: Limiter) -> None:
+        res = await reserve(lim, tokens=40, spend="0.4", now=MID_MONTH)
+        assert isinstance(res, Reservation)
+        later = MID_MONTH + 31
+        await reserve(lim, tokens=1, now=later)  # reclaims the expired lease
+        used = await lim.month_usage("key", "k1", now=later)
+        assert used.used_tokens == 40
+        await lim.set_month_used("key", "k1", "2026-03", 0, Decimal(0), now=later)
+        assert (await lim.month_usage("key", "k1", now=later)).used_tokens == 0
+
+    run(body, lease_seconds=30)
 
 
 # --- money --------------------------------------------------------------------------------------
