@@ -30,6 +30,9 @@ VLLM_SCHEMA: dict[str, Any] = {
         "cpu_kvcache_space_gib": {"type": "number", "exclusiveMinimum": 0},
         "seed": {"type": "integer", "minimum": 0},
         "task": {"enum": ["generate", "embed"]},
+        # "priority": tenants' plans order the waiting queue (measured to cost throughput on
+        # CPU: inference/serving/engines/vllm_engine.py); default "fcfs".
+        "scheduling_policy": {"enum": ["fcfs", "priority"]},
         # vLLM's tool-call parser for the model's format (e.g. "hermes"); it turns on automatic
         # tool choice, without which vLLM refuses every tool_choice but "none".
         "tool_call_parser": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},

@@ -22,6 +22,7 @@ GOOD = {
         "cpu_kvcache_space_gib": 2,
         "seed": 0,
         "task": "generate",
+        "scheduling_policy": "priority",
     },
     "openai": {"timeout_s": 30, "max_connections": 100},
     "synthetic": {"ttft_ms": 50, "tpot_ms": 10.5, "default_max_tokens": 16},
@@ -111,3 +112,9 @@ def test_a_synthetic_argument_is_not_a_vllm_argument() -> None:
     with pytest.raises(ValidationError) as caught:
         validate_engine_args("vllm", {"ttft_ms": 5})
     assert "ttft_ms" in _messages(caught.value)[0]
+
+
+def test_the_scheduling_policy_is_fcfs_or_priority() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_engine_args("vllm", {"scheduling_policy": "lottery"})
+    assert any("scheduling_policy" in m for m in _messages(caught.value))

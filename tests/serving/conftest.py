@@ -231,7 +231,15 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
             {  # a real model on the real vLLM CPU engine: one replica for the whole package.
                 # Two sequences at a time, so a third request waits: the priority test needs a
                 # queue, and nothing else here needs more.
-                **_model("smollm2", {**VLLM_CPU, "max_num_seqs": 2, "tool_call_parser": "hermes"}),
+                **_model(
+                    "smollm2",
+                    {
+                        **VLLM_CPU,
+                        "max_num_seqs": 2,
+                        "tool_call_parser": "hermes",
+                        "scheduling_policy": "priority",
+                    },
+                ),
                 "engine": "vllm",
                 "source": {"path": str(smollm2)},
                 "context_length": 2048,

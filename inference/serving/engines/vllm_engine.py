@@ -20,11 +20,15 @@ What this module adds is the seam to the ``Engine`` protocol (``base.py``):
   vLLM request is aborted by its id, so the engine stops generating for nobody;
 - the request id sent to vLLM is ours (``vl-<hex>``), never the client's ``request_id``.
 
-Priority: the engine is built with ``scheduling_policy="priority"``, and every request carries
-the organisation's plan priority (``tenants/plans.py``; lower is served first, arrival order
-among equals). vLLM orders its waiting queue by it, so under load a premium tenant's request
-starts before a free tenant's that arrived earlier; running requests are not preempted for it
-(only when the KV cache runs out, and then the lowest priority goes first).
+Priority: with the engine argument ``scheduling_policy: "priority"`` every request carries the
+organisation's plan priority (``tenants/plans.py``; lower is served first, arrival order among
+equals). vLLM orders its waiting queue by it, so under load a premium tenant's request starts
+before a free tenant's that arrived earlier; running requests are not preempted for it (only
+when the KV cache runs out, and then the lowest priority goes first). It is opt-in per model
+because it costs throughput: SmolLM2 on 2 CPU cores at 32 clients served 0.92 of ``vllm
+serve``'s tokens/s with it and 0.99 with the default ``"fcfs"`` (bench/results/
+vllm_vs_gateway*.json). With ``"fcfs"`` the plan's priority is not sent (vLLM refuses a non-zero
+one).
 
 vLLM spawns processes: scripts that start this engine need the ``if __name__ == "__main__"``
 guard.
@@ -85,7 +89,13 @@ class VLLMEngine:
     ``path`` the Hugging Face folder; the rest are the catalog's ``engine_args``."""
 
     def __init__(self, *, model: str, path: str, **engine_args: Any) -> None:
-        known = {*_SAME_NAME_ARGS, *_FRONTEND_ARGS, "cpu_kvcache_space_gib", "task"}
+        known = {
+            *_SAME_NAME_ARGS,
+            *_FRONTEND_ARGS,
+            "cpu_kvcache_space_gib",
+            "task",
+            "scheduling_policy",
+        }
         unknown = set(engine_args) - known
         if unknown:
             raise ValueError(f"unknown vLLM engine arguments: {sorted(unknown)}")
@@ -95,6 +105,9 @@ class VLLMEngine:
         self.model = model
         self.path = path
         self.task: str = task
+        self.scheduling_policy: str = engine_args.get("scheduling_policy") or "fcfs"
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError("scheduling_policy must be 'fcfs' or 'priority'")
         self.engine_args = dict(engine_args)
         self.engine: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
         self.state: Any = None  # starlette State holding vLLM's serving objects
@@ -137,8 +150,8 @@ class VLLMEngine:
             # What vLLM's CPU platform does with the legacy VLLM_CPU_KVCACHE_SPACE (whole GiB
             # only, and process-wide): set the KV cache size, here per engine and fractional.
             args.kv_cache_memory_bytes = math.ceil(float(space) * GiB)
-        # Tenants' plans order the waiting queue (see the module docstring).
-        args.scheduling_policy = "priority"
+        # Tenants' plans order the waiting queue only where the catalog asks (module docstring).
+        args.scheduling_policy = self.scheduling_policy
         # Report cached prompt tokens (prefix-cache hits) in usage, so they are metered.
         args.enable_prompt_tokens_details = True
         if args.tool_call_parser and self.engine_args.get("enable_auto_tool_choice") is None:
@@ -227,7 +240,9 @@ class VLLMEngine:
         from pydantic import ValidationError
 
         data = dict(body, model=self.model, request_id=f"vl-{uuid.uuid4().hex}")
-        data["priority"] = priority
+        data.pop("priority", None)
+        if self.scheduling_policy == "priority":
+            data["priority"] = priority
         if endpoint == "embeddings":
             data.pop("stream", None)
             data.pop("stream_options", None)
