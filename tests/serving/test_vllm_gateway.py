@@ -242,14 +242,16 @@ def _race(gateway, first_client, second_client) -> tuple[float, float]:  # type:
     """Fill both of the engine's sequence slots (one short, one long request), then queue
     ``first_client``'s request and, a moment later, ``second_client``'s. When the short blocker
     finishes, one slot frees: whichever queued request vLLM schedules first gets its first
-    token first. Returns the two first-token times."""
+    token first. The short blocker's 160 tokens outlast the 0.3 s gap on a CPU (an earlier 48
+    did not always), and the long one outlasts the short one and the first 4-token answer.
+    Returns the two first-token times."""
     blocker = openai.OpenAI(
         base_url=first_client.base_url, api_key=first_client.api_key, max_retries=0
     )
     with ThreadPoolExecutor(max_workers=4) as pool:
         short_started, long_started = threading.Event(), threading.Event()
-        long_blocker = pool.submit(_first_token_at, blocker, 160, long_started)
-        short_blocker = pool.submit(_first_token_at, blocker, 48, short_started)
+        long_blocker = pool.submit(_first_token_at, blocker, 400, long_started)
+        short_blocker = pool.submit(_first_token_at, blocker, 160, short_started)
         assert short_started.wait(60)
         assert long_started.wait(60)
         first = pool.submit(_first_token_at, first_client, 4, threading.Event())
