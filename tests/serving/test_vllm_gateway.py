@@ -238,16 +238,17 @@ def _first_token_at(client: openai.OpenAI, max_tokens: int, started: threading.E
     return first
 
 
-def _race(gateway, first_client, second_client) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def _race(blocker, first_client, second_client) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Fill both of the engine's sequence slots (one short, one long request), then queue
     ``first_client``'s request and, a moment later, ``second_client``'s. When the short blocker
     finishes, one slot frees: whichever queued request vLLM schedules first gets its first
     token first. The short blocker's 160 tokens outlast the 0.3 s gap on a CPU (an earlier 48
     did not always), and the long one outlasts the short one and the first 4-token answer.
-    Returns the two first-token times."""
-    blocker = openai.OpenAI(
-        base_url=first_client.base_url, api_key=first_client.api_key, max_retries=0
-    )
+    The blockers are a standard tenant's in every race, so only the queued requests' plans
+    differ. (With the first client's key as the blockers', the free race ran with priority-10
+    blockers and the two queued requests were sometimes admitted in the same engine step, a
+    millisecond apart; vLLM may preempt lower-priority running requests, so the blockers' plan
+    must not vary.) Returns the two first-token times."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         short_started, long_started = threading.Event(), threading.Event()
         long_blocker = pool.submit(_first_token_at, blocker, 400, long_started)
@@ -269,8 +270,9 @@ def test_a_premium_plan_is_scheduled_before_an_earlier_free_request(gateway, mak
         return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=secret, max_retries=0)
 
     # Same plan: arrival order (the earlier request gets its first token first).
-    early, late = _race(gateway, client_for("standard"), client_for("standard"))
+    blocker = client_for("standard")
+    early, late = _race(blocker, client_for("standard"), client_for("standard"))
     assert early < late
     # The earlier request is a free tenant's, the later a premium tenant's: the order flips.
-    free, premium = _race(gateway, client_for("free"), client_for("premium"))
+    free, premium = _race(blocker, client_for("free"), client_for("premium"))
     assert premium < free
