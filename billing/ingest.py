@@ -74,8 +74,8 @@ def store_records(records: Sequence[UsageRecord]) -> IngestResult:
         result.keys.add((org, str(record.key_id)))
         result.months.add(record.month)
         tokens, micros = record.prompt_tokens + record.completion_tokens, to_micros(record.cost)
-        for scope in (("org", org, record.month), ("key", str(record.key_id), record.month)):
-            counts = result.ingested.setdefault(scope, [0, 0])
+        for counter in (("org", org, record.month), ("key", str(record.key_id), record.month)):
+            counts = result.ingested.setdefault(counter, [0, 0])
             counts[0] += tokens
             counts[1] += micros
     upsert_rollups(groups)

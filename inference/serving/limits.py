@@ -389,22 +389,20 @@ return out
 # KEYS: month. ARGV: 1 authority tokens, 2 authority micros, 3 ttl, 4 newly ingested tokens,
 # 5 newly ingested micros. used = authority + what was settled here but is not ingested yet.
 # The reserved_* fields are never written.
-_SET_USED = """
+_SET_USED = (
+    _LUA_COMMON
+    + """
 redis.call('HINCRBY', KEYS[1], 'ingested_tokens', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'ingested_micros', ARGV[5])
 local m = redis.call('HMGET', KEYS[1],
   'settled_tokens', 'settled_micros', 'ingested_tokens', 'ingested_micros')
-local function pending(settled, ingested)
-  local p = (tonumber(settled) or 0) - (tonumber(ingested) or 0)
-  if p < 0 then return 0 end
-  return p
-end
+local pt, pm = math.max(0, num(m[1]) - num(m[3])), math.max(0, num(m[2]) - num(m[4]))
 redis.call('HSET', KEYS[1],
-  'used_tokens', string.format('%d', tonumber(ARGV[1]) + pending(m[1], m[3])),
-  'used_micros', string.format('%d', tonumber(ARGV[2]) + pending(m[2], m[4])))
+  'used_tokens', int(tonumber(ARGV[1]) + pt), 'used_micros', int(tonumber(ARGV[2]) + pm))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+)
 
 
 class Limiter:

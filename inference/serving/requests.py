@@ -161,40 +161,43 @@ def _chat_prompt(body: dict[str, Any]) -> tuple[int, int]:
     return total, len(messages)
 
 
-def _completion_prompt(body: dict[str, Any]) -> tuple[int, int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt.encode()), 1
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return sum(len(p.encode()) for p in prompt), len(prompt)
-        if all(_is_int(t) for t in prompt):
-            return len(prompt), 1
-        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
-            return sum(len(p) for p in prompt), len(prompt)
-    raise errors.invalid(
-        "'prompt' must be a string, a list of strings, or token ids.", param="prompt"
-    )
-
-
-def _embedding_input(body: dict[str, Any]) -> tuple[int, int]:
-    """(bytes or token ids, inputs) of an embeddings ``input``: a string, a list of strings, a
-    list of token ids or a list of such lists, none empty."""
-    value = body.get("input")
-    if isinstance(value, str) and value:
+def _measure_prompts(value: Any, *, allow_empty: bool) -> tuple[int, int] | None:
+    """(UTF-8 bytes or token ids, prompts) of an OpenAI prompt-shaped value: a string, a list of
+    strings, a list of token ids, or a list of such lists; ``None`` for any other shape. With
+    ``allow_empty`` false, an empty string is refused as an empty list always is."""
+    if isinstance(value, str) and (allow_empty or value):
         return len(value.encode()), 1
-    if isinstance(value, list) and value and len(value) <= MAX_EMBEDDING_INPUTS:
-        if all(isinstance(v, str) and v for v in value):
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) and (allow_empty or v) for v in value):
             return sum(len(v.encode()) for v in value), len(value)
         if all(_is_int(t) for t in value):
             return len(value), 1
         if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
             return sum(len(v) for v in value), len(value)
-    raise errors.invalid(
-        "'input' must be a non-empty string, a list of at most "
-        f"{MAX_EMBEDDING_INPUTS} non-empty strings, or token ids.",
-        param="input",
-    )
+    return None
+
+
+def _completion_prompt(body: dict[str, Any]) -> tuple[int, int]:
+    measured = _measure_prompts(body.get("prompt"), allow_empty=True)
+    if measured is None:
+        raise errors.invalid(
+            "'prompt' must be a string, a list of strings, or token ids.", param="prompt"
+        )
+    return measured
+
+
+def _embedding_input(body: dict[str, Any]) -> tuple[int, int]:
+    """(bytes or token ids, inputs) of an embeddings ``input``: a string, a list of strings, a
+    list of token ids or a list of such lists, none empty, at most ``MAX_EMBEDDING_INPUTS``."""
+    value = body.get("input")
+    measured = _measure_prompts(value, allow_empty=False)
+    if measured is None or (isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS):
+        raise errors.invalid(
+            "'input' must be a non-empty string, a list of at most "
+            f"{MAX_EMBEDDING_INPUTS} non-empty strings, or token ids.",
+            param="input",
+        )
+    return measured
 
 
 def _parse_embeddings(body: dict[str, Any], model: str) -> ParsedRequest:
