@@ -12,25 +12,17 @@ from django.http import HttpRequest
 
 from billing.ingest import dead_letter_replay
 from billing.models import DeadLetterBatch, UsageEvent, UsageRollup
+from vlinders.admin_base import ReadOnlyAdmin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+class _UsageAdmin(ReadOnlyAdmin):
     """View-only: ingest is the only writer of these tables."""
 
     show_full_result_count = False  # no COUNT(*) over millions of events on every page
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(UsageEvent)
-class UsageEventAdmin(ReadOnlyAdmin):
+class UsageEventAdmin(_UsageAdmin):
     list_display = [
         "request_id",
         "started_at",
@@ -50,7 +42,7 @@ class UsageEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
+class UsageRollupAdmin(_UsageAdmin):
     list_display = [
         "hour",
         "organization_id",

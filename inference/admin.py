@@ -26,6 +26,7 @@ from inference.models import (
     ModelAlias,
     ModelDeploymentStatus,
 )
+from vlinders.admin_base import ReadOnlyAdmin
 
 
 def _add_service_errors(form: forms.ModelForm[Any], error: ValidationError) -> None:
@@ -202,19 +203,8 @@ class ModelAliasAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 # --- Deployments (read-only: written by deployment_apply and the reconciler) ------------------
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(DeploymentRevision)
-class DeploymentRevisionAdmin(_ReadOnlyAdmin):
+class DeploymentRevisionAdmin(ReadOnlyAdmin):
     list_display = ("short_revision", "outcome", "applied_by", "created_at", "finished_at")
     list_filter = ("outcome",)
     search_fields = ("revision", "error")
@@ -242,7 +232,7 @@ class DeploymentRevisionAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(ModelDeploymentStatus)
-class ModelDeploymentStatusAdmin(_ReadOnlyAdmin):
+class ModelDeploymentStatusAdmin(ReadOnlyAdmin):
     list_display = (
         "catalog_model",
         "deployment",
