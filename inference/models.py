@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -61,6 +61,16 @@ class CatalogModel(models.Model):
         default=16, validators=[MinValueValidator(1)]
     )
     scale_to_zero = models.BooleanField(default=False)
+    # Load shedding: requests waiting for a replica beyond this many (per gateway replica) are
+    # refused at once with a 503 and Retry-After, instead of queueing for minutes.
+    max_queued_requests = models.PositiveIntegerField(
+        default=128, validators=[MinValueValidator(1)]
+    )
+    # A request still running after this many seconds is cancelled in the engine and metered
+    # for what it produced (504 if nothing was sent yet).
+    request_timeout_s = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(1), MaxValueValidator(3600)]
+    )
     replica_cpus = models.DecimalField(
         max_digits=6, decimal_places=2, default=Decimal(1), validators=[MinValueValidator(0)]
     )
