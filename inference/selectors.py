@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from django.db.models import Q, QuerySet
 
 from inference.models import CatalogModel, ModelAlias, Visibility
+from tenants.catalog import AvailableModel
 from tenants.models import Organization
 
 
@@ -29,6 +32,45 @@ def model_names_for_organization(organization: Organization) -> list[str]:
     names = set(models_for_organization(organization).values_list("name", flat=True))
     names.update(aliases_for_organization(organization).values_list("name", flat=True))
     return sorted(names)
+
+
+def available_models_for_organization(organization: Organization) -> list[AvailableModel]:
+    """The models and aliases the organisation may use, with the target's description, context
+    length and prices (an alias is sold at its target's price), sorted by name."""
+    rows = [
+        _available(model.name, "model", None, model)
+        for model in models_for_organization(organization)
+    ]
+    rows += [
+        _available(alias.name, "alias", alias.target.name, alias.target)
+        for alias in aliases_for_organization(organization)
+    ]
+    return sorted(rows, key=lambda row: row.name)
+
+
+def _available(
+    name: str, kind: Literal["model", "alias"], target: str | None, model: CatalogModel
+) -> AvailableModel:
+    return AvailableModel(
+        name=name,
+        kind=kind,
+        target=target,
+        description=model.description,
+        context_length=model.context_length,
+        price_input_per_mtok=model.price_input_per_mtok,
+        price_output_per_mtok=model.price_output_per_mtok,
+    )
+
+
+class TenantsCatalogProvider:
+    """The catalog's answers to ``tenants.catalog`` (registered by ``InferenceConfig.ready``),
+    so the tenants app can ask without importing this one."""
+
+    def model_names_for(self, organization: Organization) -> list[str]:
+        return model_names_for_organization(organization)
+
+    def available_models_for(self, organization: Organization) -> list[AvailableModel]:
+        return available_models_for_organization(organization)
 
 
 def public_name_taken(

@@ -16,8 +16,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from inference.selectors import model_names_for_organization
 from tenants import keys, snapshot
+from tenants.catalog import model_names_for_organization
 from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
 from tenants.plans import Plan
 from tenants.roles import MANAGE, OWN, role_at_least, scopes_allowed_for

@@ -24,7 +24,7 @@ import redis
 from django.db import transaction
 from django.utils import timezone
 
-from inference.selectors import model_names_for_organization
+from tenants.catalog import model_names_for_organization
 from tenants.models import ApiKey, Limits, Organization
 from tenants.plans import scheduling_priority
 from vlinders.redis import get_redis, redis_key

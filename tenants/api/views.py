@@ -5,6 +5,7 @@ Every view on an organisation's data is an ``OrganizationScopedViewSet`` (see ``
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -17,11 +18,11 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference.selectors import aliases_for_organization, models_for_organization
 from tenants import selectors, services
 from tenants.api import serializers as s
 from tenants.api.authentication import ApiKeyPrincipal
 from tenants.api.scoping import OrganizationAccess, OrganizationScopedViewSet
+from tenants.catalog import available_models_for_organization
 from tenants.models import ApiKey, Membership, Organization
 from tenants.roles import READ, USE
 
@@ -253,22 +254,5 @@ class AvailableModelViewSet(OrganizationScopedViewSet):
     action_roles = {"list": READ}
 
     def list(self, request: Request, org_slug: str) -> Response:
-        rows: list[dict[str, Any]] = []
-        for model in models_for_organization(self.organization):
-            rows.append(_available(model.name, "model", None, model))
-        for alias in aliases_for_organization(self.organization):
-            rows.append(_available(alias.name, "alias", alias.target.name, alias.target))
-        rows.sort(key=lambda row: row["name"])
+        rows = [asdict(row) for row in available_models_for_organization(self.organization)]
         return Response(s.AvailableModelSerializer(rows, many=True).data)
-
-
-def _available(name: str, kind: str, target: str | None, model: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": kind,
-        "target": target,
-        "description": model.description,
-        "context_length": model.context_length,
-        "price_input_per_mtok": model.price_input_per_mtok,
-        "price_output_per_mtok": model.price_output_per_mtok,
-    }
