@@ -36,7 +36,7 @@ from billing.events import UsageRecord, describe_rejects, parse_batch
 from billing.ingest_result import IngestResult, Totals
 from billing.ingest_sql import RollupKey, insert_events, upsert_rollups
 from billing.models import DeadLetterBatch
-from inference.serving.limits import to_micros
+from inference.serving.money import to_micros
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ takes nothing back. Redis restarted empty forgets ``used`` until reconciliation 
 
 Money is never a float: spend is kept as integer micro-units (1e-6 of the platform currency),
 exact in Lua's doubles up to 2**53 micro-units (~9e9 currency units). Amounts are rounded up
-(:func:`to_micros`), budgets down, so the limiter never under-counts.
+(:func:`inference.serving.money.to_micros`, the one conversion, shared with billing), budgets
+down, so the limiter never under-counts.
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from inference.serving.money import from_micros, to_micros
+
 Scope = Literal["key", "org"]
 
-MICROS_PER_UNIT = 1_000_000
 WINDOW_SECONDS = 60
 DEFAULT_LEASE_SECONDS = 600.0
 # Budget keys outlive their month by this much, so late settles and reconciliation still find them.
@@ -84,33 +86,6 @@ class LimiterUnavailable(Exception):
 
 class DuplicateReservation(ValueError):
     """A reservation with this request id is still pending; request ids must be unique."""
-
-
-def to_micros(amount: Decimal | int | str, *, rounding: str = ROUND_CEILING) -> int:
-    """An amount of the platform currency as integer micro-units; the one conversion.
-
-    Rounds up by default, so a reserved or settled spend is never under-counted; budgets use
-    ``ROUND_FLOOR`` so a budget is never exceeded by its own rounding. Exact for any Decimal
-    (computed at a precision that cannot round). Floats are refused: money is never a float.
-    """
-    if isinstance(amount, float | bool):
-        raise TypeError("money must be a Decimal, an int or a decimal string, never a float")
-    try:
-        value = Decimal(amount)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a decimal amount: {amount!r}") from exc
-    if not value.is_finite():
-        raise ValueError(f"not a finite amount: {amount!r}")
-    if value < 0:
-        raise ValueError(f"amounts are never negative: {amount!r}")
-    with localcontext() as ctx:
-        ctx.prec = max(28, len(value.as_tuple().digits) + 12)
-        return int(value.scaleb(6).to_integral_value(rounding=rounding))
-
-
-def from_micros(micros: int) -> Decimal:
-    """Integer micro-units back to an exact Decimal amount (six decimal places)."""
-    return Decimal(micros).scaleb(-6)
 
 
 @dataclass(frozen=True)

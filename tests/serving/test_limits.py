@@ -24,9 +24,8 @@ from inference.serving.limits import (
     RateLimitStatus,
     Refusal,
     Reservation,
-    from_micros,
-    to_micros,
 )
+from inference.serving.money import from_micros, to_micros
 
 pytestmark = pytest.mark.redis
 
