@@ -5,6 +5,10 @@ gateway never sees state that was rolled back, and announces every change on a p
 each gateway replica drops its cached copy at once. The layout is documented, as a contract, in
 ``docs/access-snapshot.md``; change both together and bump ``SCHEMA_VERSION`` on breaking change.
 
+Every publish takes a version from Redis before it reads a row, and every write is set-if-newer
+by that version (``publish_keys`` argues why), so a publish that lands late never brings back a
+revoked key or a suspended organisation.
+
 A failed publish (Redis down) is logged and repaired by the periodic full republish
 (``tenants.republish_access_snapshot``); the database stays the authority.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import time
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
@@ -22,6 +26,7 @@ from uuid import UUID
 
 import redis
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from tenants.catalog import model_names_for_organization
@@ -66,14 +71,36 @@ def _iso(moment: Any) -> str | None:
 
 def _now_iso() -> str:
     """Now, as ``published_at`` is written: UTC, always with microseconds, so two of these
-    strings compare (lexicographically, also inside Redis) as the moments do."""
+    strings compare as the moments do. Informational only: which of two writes wins is decided
+    by ``version``, never by a clock."""
     return timezone.now().astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def key_record(key: ApiKey) -> dict[str, Any]:
+def version_name() -> str:
+    return redis_key(*_NAMESPACE, "version")
+
+
+# Take the next publish version. A missing counter (Redis restarted empty, or the key was
+# evicted) starts again from the clock in microseconds, not from 1: a publish that took its
+# version before the restart and writes after it must not outrank every publish after it.
+_NEXT_VERSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+def _take_version(client: redis.Redis) -> int:
+    """The version of one publish (targeted or full): strictly greater than every version
+    taken before it. Must be called before the publish reads any row (see ``publish_keys``)."""
+    seed = time.time_ns() // 1000
+    return int(client.eval(_NEXT_VERSION, 1, version_name(), seed))
+
+
+def key_record(key: ApiKey, version: int) -> dict[str, Any]:
     """The gateway's view of one API key (looked up by the HMAC of the presented key)."""
     return {
         "schema": SCHEMA_VERSION,
+        "version": version,
         "key_id": str(key.id),
         "org_id": str(key.organization_id),
         "name": key.name,
@@ -86,10 +113,11 @@ def key_record(key: ApiKey) -> dict[str, Any]:
     }
 
 
-def org_record(org: Organization, model_names: list[str]) -> dict[str, Any]:
+def org_record(org: Organization, model_names: list[str], version: int) -> dict[str, Any]:
     """The gateway's view of one organisation: status, limits and the names it may use."""
     return {
         "schema": SCHEMA_VERSION,
+        "version": version,
         "org_id": str(org.id),
         "slug": org.slug,
         "status": org.status,
@@ -111,32 +139,98 @@ def _message(kind: str, ident: str | None = None) -> str:
     return _dump(body)
 
 
-def publish_keys(keys: Iterable[ApiKey]) -> int:
-    """Write the records of ``keys`` and announce each; returns how many were written."""
-    client = get_redis()
-    pipe = client.pipeline(transaction=True)
-    count = 0
-    for key in keys:
-        pipe.set(key_record_name(key.secret_hash), _dump(key_record(key)))
-        pipe.publish(channel_name(), _message("key", key.secret_hash))
-        count += 1
-    if count:
-        pipe.execute()
-    return count
+# One rule for every write, targeted or full: a record is written only if the stored record's
+# version is older than ours (ARGV[1]), and a record with no row behind it is deleted only if it
+# is older than the full pass. A record that is missing a version or cannot be read (no JSON, a
+# record of an older format) counts as older than any publish.
+_STORED_VERSION = """
+local function stored_version(name)
+  local current = redis.call('GET', name)
+  if not current then return -1 end
+  local ok, record = pcall(cjson.decode, current)
+  if not ok or type(record) ~= 'table' or type(record['version']) ~= 'number' then
+    return -1
+  end
+  return record['version']
+end
+"""
+_SET_IF_NEWER = (
+    _STORED_VERSION
+    + """
+if stored_version(KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+)
+_DELETE_IF_OLDER = (
+    _STORED_VERSION
+    + """
+if stored_version(KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+)
 
 
-def publish_organizations(orgs: Iterable[Organization]) -> int:
-    """Write the records of ``orgs`` (with the model names each may use) and announce each."""
-    client = get_redis()
+def _write(client: redis.Redis, version: int, records: list[tuple[str, str, str]]) -> int:
+    """Write ``(name, record JSON, message)`` triples, each only if newer than what is stored,
+    and announce each, in one Redis transaction; returns how many records were written."""
+    if not records:
+        return 0
+    set_if_newer = client.register_script(_SET_IF_NEWER)
     pipe = client.pipeline(transaction=True)
-    count = 0
-    for org in orgs:
-        pipe.set(org_record_name(org.id), _dump(org_record(org, model_names_for_organization(org))))
-        pipe.publish(channel_name(), _message("org", str(org.id)))
-        count += 1
-    if count:
-        pipe.execute()
-    return count
+    for name, record, message in records:
+        set_if_newer(keys=[name], args=[version, record], client=pipe)
+        pipe.publish(channel_name(), message)
+    results = pipe.execute()
+    return sum(int(done) for done in results[0::2])
+
+
+def publish_keys(keys: QuerySet[ApiKey]) -> int:
+    """Write the records of ``keys`` and announce each; returns how many were written (a key
+    whose stored record is newer than this publish is left as it is).
+
+    Ordering: this publish takes its version (``INCR``) *before* it reads a row, and every write
+    is set-if-newer. That is what makes a late write harmless. Every change is published after
+    its transaction commits, so the change's own publish takes its version after the commit. A
+    publish that read the row *before* that commit (it saw the key still active) had taken its
+    version before reading, so before the commit, so before the change's publish took its own:
+    its version is smaller and its write, however late it lands, cannot replace the
+    revocation. Conversely a publish with a larger version began reading after the change's
+    publish took its version, so after the commit: it read the change (or a later one), and
+    replacing the record with it loses nothing. Taking the version after reading would break
+    this: a publish could read before the commit and still draw the larger number.
+
+    ``keys`` is evaluated here, after the version is taken (a fresh ``.all()``, so rows that a
+    caller already loaded are read again); pass a queryset, never a list of loaded rows.
+    """
+    client = get_redis()
+    version = _take_version(client)
+    records = [
+        (
+            key_record_name(key.secret_hash),
+            _dump(key_record(key, version)),
+            _message("key", key.secret_hash),
+        )
+        for key in keys.all().iterator(chunk_size=500)
+    ]
+    return _write(client, version, records)
+
+
+def publish_organizations(orgs: QuerySet[Organization]) -> int:
+    """Write the records of ``orgs`` (with the model names each may use) and announce each;
+    returns how many were written. Versioned and evaluated as ``publish_keys`` is (the model
+    names are read after the version is taken too)."""
+    client = get_redis()
+    version = _take_version(client)
+    records = [
+        (
+            org_record_name(org.id),
+            _dump(org_record(org, model_names_for_organization(org), version)),
+            _message("org", str(org.id)),
+        )
+        for org in orgs.all().iterator(chunk_size=500)
+    ]
+    return _write(client, version, records)
 
 
 @dataclass(frozen=True)
@@ -146,65 +240,39 @@ class FullPublishResult:
     removed: int
 
 
-# Both scripts treat a record whose ``published_at`` is at or after the pass start (ARGV[1]) as
-# newer than the pass: a targeted publish landed while the pass ran, and it wins. A record that
-# cannot be read (no JSON, no ``published_at``) counts as older.
-_NEWER_THAN_PASS = """
-local function newer(name, since)
-  local current = redis.call('GET', name)
-  if not current then return false end
-  local ok, record = pcall(cjson.decode, current)
-  if not ok or type(record) ~= 'table' then return false end
-  local at = record['published_at']
-  return type(at) == 'string' and at >= since
-end
-"""
-_SET_IF_NOT_NEWER = (
-    _NEWER_THAN_PASS
-    + """
-if newer(KEYS[1], ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-)
-_DELETE_IF_OLDER = (
-    _NEWER_THAN_PASS
-    + """
-if newer(KEYS[1], ARGV[1]) then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
-)
-
-
 def publish_full(batch_size: int = 500) -> FullPublishResult:
     """Rewrite the whole snapshot from the database and remove records with no row behind them.
 
     For a new or drifted Redis. Ends with one ``all`` message so every gateway drops its cache.
 
-    The pass reads rows and writes them later, so a targeted publish (a revocation, a suspension)
-    may land in between. The pass therefore notes its start ``since`` before reading anything and
-    never overwrites a record published at or after it, and it deletes only records published
-    before it: a key or organisation created during the pass keeps its record.
+    The pass takes one version before reading anything and writes every record with it, under
+    the same set-if-newer rule as the targeted publishes (see ``publish_keys`` for why that
+    ordering is safe): a revocation or suspension published while the pass ran has a larger
+    version and stays. A record with no row behind it is deleted only if its version is older
+    than the pass: a key or organisation created while the pass ran (a larger version, a row
+    the pass did not read) keeps its record. A smaller version means the record's publish
+    began before the pass took its version, so its row was committed before the pass read;
+    if the pass did not find the row, it was deleted since.
     """
     client = get_redis()
-    set_if_not_newer = client.register_script(_SET_IF_NOT_NEWER)
+    version = _take_version(client)
+    set_if_newer = client.register_script(_SET_IF_NEWER)
     delete_if_older = client.register_script(_DELETE_IF_OLDER)
-    since = _now_iso()
     live: set[str] = set()
     org_count = key_count = 0
     pipe = client.pipeline(transaction=False)
 
     def write(name: str, record: dict[str, Any]) -> None:
         live.add(name)
-        set_if_not_newer(keys=[name], args=[since, _dump(record)], client=pipe)
+        set_if_newer(keys=[name], args=[version, _dump(record)], client=pipe)
 
     for org in Organization.objects.order_by("pk").iterator(chunk_size=batch_size):
-        write(org_record_name(org.id), org_record(org, model_names_for_organization(org)))
+        write(org_record_name(org.id), org_record(org, model_names_for_organization(org), version))
         org_count += 1
         if org_count % batch_size == 0:
             pipe.execute()
     for key in ApiKey.objects.order_by("pk").iterator(chunk_size=batch_size):
-        write(key_record_name(key.secret_hash), key_record(key))
+        write(key_record_name(key.secret_hash), key_record(key, version))
         key_count += 1
         if key_count % batch_size == 0:
             pipe.execute()
@@ -217,10 +285,13 @@ def publish_full(batch_size: int = 500) -> FullPublishResult:
         ]
         for start in range(0, len(stale), batch_size):
             for name in stale[start : start + batch_size]:
-                delete_if_older(keys=[name], args=[since], client=pipe)
+                delete_if_older(keys=[name], args=[version], client=pipe)
             removed += sum(int(done) for done in pipe.execute())
 
-    client.hset(meta_name(), mapping={"schema": SCHEMA_VERSION, "full_published_at": _now_iso()})
+    client.hset(
+        meta_name(),
+        mapping={"schema": SCHEMA_VERSION, "full_published_at": _now_iso(), "version": version},
+    )
     client.publish(channel_name(), _message("all"))
     return FullPublishResult(organizations=org_count, keys=key_count, removed=removed)
 
@@ -262,7 +333,7 @@ def publish_all_organizations_on_commit() -> None:
     def publish() -> None:
         _guarded(
             "all organizations",
-            lambda: publish_organizations(Organization.objects.iterator(chunk_size=500)),
+            lambda: publish_organizations(Organization.objects.all()),
         )
 
     transaction.on_commit(publish)

@@ -42,7 +42,7 @@ def test_full_republish_keeps_a_revocation_published_during_the_pass(
     original = snapshot.key_record
     raced = []
 
-    def key_record_racing_a_revocation(row):
+    def key_record_racing_a_revocation(row, version):
         # The pass has read ``row`` (still active). Before it writes, a revocation commits and
         # its targeted publish lands.
         if not raced and row.pk == key.pk:
@@ -50,7 +50,7 @@ def test_full_republish_keeps_a_revocation_published_during_the_pass(
             ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
             snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
             assert _read(redis_client, name)["status"] == "revoked"
-        return original(row)
+        return original(row, version)
 
     monkeypatch.setattr(snapshot, "key_record", key_record_racing_a_revocation)
     snapshot.publish_full()
@@ -67,12 +67,12 @@ def test_full_republish_keeps_a_suspension_published_during_the_pass(
     original = snapshot.org_record
     raced = []
 
-    def org_record_racing_a_suspension(row, model_names):
+    def org_record_racing_a_suspension(row, model_names, version):
         if not raced and row.pk == org.pk:
             raced.append(True)
             type(org).objects.filter(pk=org.pk).update(status="suspended")
             snapshot.publish_organizations(type(org).objects.filter(pk=org.pk))
-        return original(row, model_names)
+        return original(row, model_names, version)
 
     monkeypatch.setattr(snapshot, "org_record", org_record_racing_a_suspension)
     snapshot.publish_full()
@@ -88,15 +88,14 @@ def test_full_republish_sweeps_only_records_older_than_the_pass(
     born_during = snapshot.key_record_name("1" * 64)  # a key created while the pass ran
     old_stale = snapshot.key_record_name("2" * 64)  # a deleted key, published long ago
     unreadable = snapshot.key_record_name("3" * 64)
-    redis_client.set(old_stale, json.dumps({"published_at": "2000-01-01T00:00:00.000000+00:00"}))
+    redis_client.set(old_stale, json.dumps({"version": 1}))
     redis_client.set(unreadable, "not json")
     original = snapshot.org_record
 
-    def org_record_while_a_key_is_created(row, model_names):
-        # Published after the pass started, for a row the pass never read.
-        now = timezone.now().isoformat(timespec="microseconds")
-        redis_client.set(born_during, json.dumps({"published_at": now}))
-        return original(row, model_names)
+    def org_record_while_a_key_is_created(row, model_names, version):
+        # Published after the pass took its version, for a row the pass never read.
+        redis_client.set(born_during, json.dumps({"version": snapshot._take_version(redis_client)}))
+        return original(row, model_names, version)
 
     monkeypatch.setattr(snapshot, "org_record", org_record_while_a_key_is_created)
     result = snapshot.publish_full()
@@ -111,7 +110,7 @@ def test_full_republish_sweeps_only_records_older_than_the_pass(
 def test_full_republish_still_rewrites_records_older_than_the_pass(org, owner, redis_client):
     key, secret = _create_key(org, owner)
     name = snapshot.key_record_name(keys.hash_key(secret))
-    old = {"status": "active", "published_at": "2000-01-01T00:00:00.000000+00:00"}
+    old = {"status": "active", "version": 1}
     redis_client.set(name, json.dumps(old))
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
 
@@ -119,13 +118,13 @@ def test_full_republish_still_rewrites_records_older_than_the_pass(org, owner, r
 
     record = _read(redis_client, name)
     assert record["status"] == "revoked"
-    assert record["published_at"] > old["published_at"]
+    assert record["version"] > old["version"]
 
 
 def test_published_at_always_has_microseconds_so_strings_order_as_moments(org, monkeypatch):
     whole_second = timezone.now().replace(microsecond=0)
     monkeypatch.setattr(snapshot.timezone, "now", lambda: whole_second)
-    at = snapshot.org_record(org, [])["published_at"]
+    at = snapshot.org_record(org, [], 1)["published_at"]
     assert at == whole_second.isoformat(timespec="microseconds")
     assert at.endswith(".000000+00:00")
 

@@ -32,6 +32,6 @@ class Command(BaseCommand):
                 f"removed {result.removed} stale records."
             )
             return
-        orgs = snapshot.publish_organizations(Organization.objects.iterator(chunk_size=500))
-        count = snapshot.publish_keys(ApiKey.objects.iterator(chunk_size=500))
+        orgs = snapshot.publish_organizations(Organization.objects.all())
+        count = snapshot.publish_keys(ApiKey.objects.all())
         self.stdout.write(f"Published {orgs} organisations and {count} keys.")
