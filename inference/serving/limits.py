@@ -19,7 +19,10 @@ prevents is a fixed window's second burst right after the boundary.
 
 Concurrency is a sorted set of reservation ids scored by lease expiry (10 minutes by default):
 settle removes the lease, and a lease whose gateway died is reclaimed by the next script that
-touches the scope once it expires, so a crash cannot hold a slot forever.
+touches the scope once it expires, so a crash cannot hold a slot forever. A live gateway renews
+the leases of its requests in flight (:meth:`Limiter.renew`, driven by
+:class:`inference.serving.leases.LeaseKeeper`), so a lease lives exactly as long as its request:
+a generation longer than one lease keeps its slot and is settled with its real usage.
 
 The budget guarantee. A reservation of ``r`` is admitted only if ``used + reserved + r <= budget``
 for the month, checked and recorded in the same script for both scopes. Settle replaces ``r`` in
@@ -46,7 +49,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
@@ -55,6 +58,7 @@ from typing import Any, Literal, NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from inference.serving import metrics
 from inference.serving.money import from_micros, to_micros
 
 Scope = Literal["key", "org"]
@@ -65,6 +69,8 @@ DEFAULT_LEASE_SECONDS = 600.0
 MONTH_KEY_GRACE_SECONDS = 40 * 86400
 # Leases and pending reservations of a scope are dropped after this long without any write.
 IDLE_TTL_SECONDS = 40 * 86400
+# Reservations renewed per script call; more are renewed in several calls, one after another.
+RENEW_CHUNK = 1000
 # What a refusal for a transient reason (a concurrency slot, in-flight reservations) asks to wait.
 TRANSIENT_RETRY_SECONDS = 1.0
 
@@ -242,8 +248,10 @@ end
 -- (it may have run; reconciliation from Postgres corrects it); one of an earlier month is just
 -- dropped (that month no longer limits anything); one of a later month (a gateway whose clock
 -- is ahead) is left for a script that runs in that month.
+-- Returns how many leases it reclaimed.
 local function reclaim(leases, pending, month_key, month, now)
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
+  local count = 0
   for _, id in ipairs(expired) do
     local rec = redis.call('HGET', pending, id)
     local m, t, u = nil, 0, 0
@@ -257,8 +265,10 @@ local function reclaim(leases, pending, month_key, month, now)
       end
       redis.call('HDEL', pending, id)
       redis.call('ZREM', leases, id)
+      count = count + 1
     end
   end
+  return count
 end
 """
 
@@ -266,7 +276,8 @@ end
 # ARGV: 1 now, 2 elapsed fraction of the minute, 3 request id, 4 tokens, 5 micros, 6 month,
 #       7 lease expiry, 8 minute-bucket ttl, 9 month ttl, 10 idle ttl,
 #       11-15 key limits, 16-20 org limits (rpm tpm concurrent tokens micros; -1 unlimited)
-# Returns {1 | 0 | -1, 9 counters per scope..., refused codes...}; -1: duplicate request id.
+# Returns {1 | 0 | -1, reservations reclaimed, 9 counters per scope..., refused codes...};
+# -1: duplicate request id.
 _RESERVE = (
     _LUA_COMMON
     + """
@@ -277,10 +288,14 @@ for s = 0, 1 do
   if redis.call('HEXISTS', KEYS[s * 7 + 6], rid) == 1 then return {-1} end
 end
 
-local state, refused = {}, {}
+local state, refused, reclaimed = {}, {}, 0
 for s = 0, 1 do
   local k, a = s * 7, 10 + s * 5
-  reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now)
+  local n = reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now)
+  -- Counted in the org scope only: every reservation has exactly one organisation lease, and
+  -- every reserve that touches its key also touches its organisation, so this counts each
+  -- reclaimed reservation exactly once.
+  if s == 1 then reclaimed = n end
   local rp, rc = num(redis.call('GET', KEYS[k + 1])), num(redis.call('GET', KEYS[k + 2]))
   local tp, tc = num(redis.call('GET', KEYS[k + 3])), num(redis.call('GET', KEYS[k + 4]))
   local conc = redis.call('ZCOUNT', KEYS[k + 5], '(' .. now, '+inf')
@@ -316,7 +331,7 @@ if #refused == 0 then
   end
 end
 
-local out = {#refused == 0 and 1 or 0}
+local out = {#refused == 0 and 1 or 0, reclaimed}
 for s = 1, 2 do for _, v in ipairs(state[s]) do table.insert(out, v) end end
 for _, c in ipairs(refused) do table.insert(out, c) end
 return out
@@ -361,6 +376,34 @@ return out
 """
 )
 
+# KEYS: per scope touched: leases, pending (scope i at KEYS[2i - 1], KEYS[2i]).
+# ARGV: 1 new lease expiry, 2 idle ttl, then per reservation: request id, key scope index,
+#       org scope index.
+# A lease is renewed only where its request id is still pending (not settled, not reclaimed), and
+# only ever moved later (GT): a renewal never resurrects a settled lease nor shortens one.
+# Returns one 0|1 per reservation: renewed in at least one scope.
+_RENEW = """
+local expiry, ttl = ARGV[1], ARGV[2]
+local out, touched = {}, {}
+for i = 3, #ARGV, 3 do
+  local rid, ok = ARGV[i], 0
+  for j = 1, 2 do
+    local s = tonumber(ARGV[i + j])
+    if redis.call('HEXISTS', KEYS[2 * s], rid) == 1 then
+      redis.call('ZADD', KEYS[2 * s - 1], 'XX', 'GT', expiry, rid)
+      touched[s] = true
+      ok = 1
+    end
+  end
+  table.insert(out, ok)
+end
+for s in pairs(touched) do
+  redis.call('EXPIRE', KEYS[2 * s - 1], ttl)
+  redis.call('EXPIRE', KEYS[2 * s], ttl)
+end
+return out
+"""
+
 # KEYS: month. ARGV: 1 authority tokens, 2 authority micros, 3 ttl, 4 newly ingested tokens,
 # 5 newly ingested micros. used = authority + what was settled here but is not ingested yet.
 # The reserved_* fields are never written.
@@ -402,6 +445,7 @@ class Limiter:
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._set_used = redis.register_script(_SET_USED)
+        self._renew = redis.register_script(_RENEW)
 
     # -- key layout ----------------------------------------------------------------------------
     def _scope(self, scope: Scope, ident: str) -> str:
@@ -467,11 +511,13 @@ class Limiter:
             *key_limits._script_args(),
             *org_limits._script_args(),
         ]
-        reply = await self._call(self._reserve, keys, args)
+        reply = await self._call("reserve", self._reserve, keys, args)
         status = int(reply[0])
         if status == -1:
             raise DuplicateReservation(f"request id {request_id!r} already holds a reservation")
-        counters = [_Counters(*(int(v) for v in reply[1 + 9 * s : 10 + 9 * s])) for s in (0, 1)]
+        if reclaimed := int(reply[1]):
+            metrics.LEASES_RECLAIMED.inc(reclaimed)
+        counters = [_Counters(*(int(v) for v in reply[2 + 9 * s : 11 + 9 * s])) for s in (0, 1)]
         limits = (key_limits, org_limits)
         rate = _rate_status(counters, limits, frac)
         if status == 1:
@@ -487,7 +533,7 @@ class Limiter:
                 rate=rate,
             )
         waits: list[tuple[float, str, Scope]] = []
-        for code in reply[19:]:
+        for code in reply[20:]:
             s, index = divmod(int(code) - 1, 5)
             wait = _retry_after(
                 index, counters[s], limits[s], frac, tokens, micros, month_end - now
@@ -540,8 +586,50 @@ class Limiter:
             micros,
             _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now),
         ]
-        reply = await self._call(self._settle, keys, args)
+        reply = await self._call("settle", self._settle, keys, args)
         return any(int(v) for v in reply)
+
+    async def renew(self, reservations: Iterable[Reservation], *, now: float | None = None) -> int:
+        """Extend the leases of requests still in flight to ``now + lease_seconds``; return how
+        many were renewed. See :meth:`renew_each`."""
+        return sum(await self.renew_each(list(reservations), now=now))
+
+    async def renew_each(
+        self, reservations: Sequence[Reservation], *, now: float | None = None
+    ) -> list[bool]:
+        """Extend the leases of many reservations at once, in both scopes; one flag per
+        reservation, in order: whether its lease was renewed (in at least one scope).
+
+        One script call per :data:`RENEW_CHUNK` reservations, whatever their keys and
+        organisations, so a replica renews thousands of requests in flight with a handful of
+        round trips. A lease is renewed only where its request id is still *pending*: a
+        reservation already settled, or reclaimed after it expired, is not brought back (its
+        flag is False, and the caller should stop renewing it). An expired lease that no reserve
+        has reclaimed yet is still the request's and is renewed. A renewal only ever moves a
+        lease later, so a replica whose clock lags cannot shorten one. The leases and pending
+        records also get their idle expiry refreshed. Raises :class:`LimiterUnavailable`; a
+        failed chunk leaves the earlier chunks renewed.
+        """
+        now = time.time() if now is None else now
+        expiry = repr(now + self.lease_seconds)
+        idle = _ttl(max(IDLE_TTL_SECONDS, 2 * self.lease_seconds))
+        flags: list[bool] = []
+        for start in range(0, len(reservations), RENEW_CHUNK):
+            chunk = reservations[start : start + RENEW_CHUNK]
+            scopes: dict[str, int] = {}
+            keys: list[str] = []
+            args: list[str | int] = [expiry, idle]
+            for res in chunk:
+                args.append(res.request_id)
+                for scope, ident in zip(_SCOPES, (res.key_id, res.org_id), strict=True):
+                    base = self._scope(scope, ident)
+                    if base not in scopes:
+                        scopes[base] = len(scopes) + 1
+                        keys += [f"{base}leases", f"{base}pending"]
+                    args.append(scopes[base])
+            reply = await self._call("renew", self._renew, keys, args)
+            flags += [bool(int(v)) for v in reply]
+        return flags
 
     async def release(self, reservation: Reservation, *, now: float | None = None) -> bool:
         """Settle with zero usage: the request failed before the engine produced anything."""
@@ -559,7 +647,8 @@ class Limiter:
             month, _ = _month_of(time.time() if now is None else now)
         _month_bounds(month)
         values = await self._call_plain(
-            self.redis.hmget(self._month_key(scope, ident, month), list(_MONTH_FIELDS))
+            "month_usage",
+            self.redis.hmget(self._month_key(scope, ident, month), list(_MONTH_FIELDS)),
         )
         ut, um, rt, rm = (int(v or 0) for v in values)
         return MonthUsage(ut, from_micros(um), rt, from_micros(rm))
@@ -599,19 +688,23 @@ class Limiter:
             ingested_tokens,
             ingested_micros,
         ]
-        await self._call(self._set_used, [self._month_key(scope, ident, month)], args)
+        await self._call(
+            "set_month_used", self._set_used, [self._month_key(scope, ident, month)], args
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        return await self._call_plain(script(keys=keys, args=args))
+    async def _call(self, operation: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._call_plain(operation, script(keys=keys, args=args))
 
     @staticmethod
-    async def _call_plain(awaitable: Any) -> Any:
+    async def _call_plain(operation: str, awaitable: Any) -> Any:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            # Connection loss, timeouts, and server-side refusals (BUSY, OOM, READONLY after a
-            # failover) alike: no decision could be made, so the gateway answers 503.
+            # Connection loss, timeouts, a full connection pool ("Too many connections"), and
+            # server-side refusals (BUSY, OOM, READONLY after a failover) alike: no decision could
+            # be made, so the gateway answers 503 (or journals a settle, settle_journal.py).
+            metrics.LIMITER_ERRORS.labels(operation).inc()
             raise LimiterUnavailable(f"the limiter's Redis failed: {exc}") from exc
 
 

@@ -80,3 +80,31 @@ def render() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --- limiter leases and settles (contract 3, docs/limits.md) ---------------------------------
+# No tenant label: these count the limiter's own health, and their series stay fixed in number.
+
+LEASES_RECLAIMED = Counter(
+    "vlinders_gateway_leases_reclaimed_total",
+    "Reservations whose lease expired and was reclaimed by a reserve (counted as fully used): "
+    "their gateway died, or could not renew them.",
+)
+LIMITER_ERRORS = Counter(
+    "vlinders_gateway_limiter_errors_total",
+    "Limiter calls that failed because Redis did (connection, timeout, full pool, refusal).",
+    ["operation"],  # reserve, settle, renew, month_usage, set_month_used
+)
+SETTLES_JOURNALLED = Counter(
+    "vlinders_gateway_settles_journalled_total",
+    "Settles that failed and were written to the settle journal for a later retry.",
+)
+SETTLES_RETRIED = Counter(
+    "vlinders_gateway_settles_retried_total",
+    "Journalled settles that reached Redis on a retry (the journal's replay).",
+)
+SETTLE_JOURNAL_BACKLOG = Gauge(
+    "vlinders_gateway_settle_journal_backlog",
+    "Settles waiting in the settle journal of this replica (its own and those it took over).",
+    multiprocess_mode="livesum",
+)
