@@ -3,16 +3,26 @@
 Every setting has a default that is safe on one machine: a SQLite file under ``var/``, the local
 Redis, debug off. Secrets that are not given are generated once and kept under ``var/`` so that a
 restart does not invalidate sessions or API keys. ``.env.example`` lists every variable.
+
+``VLINDERS_ENV=production`` says the deployment is production (several hosts, HTTPS). Then
+nothing is generated per host: every secret, the database and Ray's token must come from the
+environment, or start-up fails with ``ImproperlyConfigured`` naming what is missing (a secret
+generated on one host would differ on the next: sessions, API-key hashes and encrypted upstream
+keys would break). HTTPS protections default on, so ``manage.py check --deploy`` passes with the
+settings docs/operations.md lists.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import dj_database_url
 import django_stubs_ext
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
 
 django_stubs_ext.monkeypatch()
 
@@ -41,23 +51,63 @@ def _env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _secret(name: str) -> str:
+# "production": several hosts behind HTTPS; nothing may be generated per host (see above).
+VLINDERS_ENV = _env("VLINDERS_ENV", "development").strip().lower()
+if VLINDERS_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(
+        f"VLINDERS_ENV must be 'development' or 'production', not {VLINDERS_ENV!r}."
+    )
+PRODUCTION = VLINDERS_ENV == "production"
+DEBUG = _env_bool("DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be off when VLINDERS_ENV=production.")
+
+# What production needs from the environment and did not get; checked once, at the end.
+_MISSING_IN_PRODUCTION: list[str] = []
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def _secret(name: str, generate: Callable[[], str] = _token) -> str:
     """Return the secret from the environment, or one generated once and kept in ``var/``.
 
-    Generated secrets are written with mode 0600 so only the platform's user can read them.
+    Generated secrets are written with mode 0600 so only the platform's user can read them. In
+    production nothing is generated: the name is noted as missing (start-up then fails).
     """
     value = os.environ.get(name)
     if value:
         return value
+    if PRODUCTION:
+        _MISSING_IN_PRODUCTION.append(name)
+        return ""
     path = VAR_DIR / f"{name.lower()}.secret"
     if path.exists():
         return path.read_text().strip()
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
+    value = generate()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
     return value
+
+
+def _fernet_keys(name: str, value: str) -> str:
+    """Check that ``value`` is a comma-separated list of Fernet keys (first encrypts, all
+    decrypt), so a malformed key fails at start-up rather than at the first encryption."""
+    keys = [item.strip() for item in value.split(",") if item.strip()]
+    if not keys and not PRODUCTION:
+        raise ImproperlyConfigured(f"{name} holds no key.")
+    for key in keys:
+        try:
+            Fernet(key)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated Fernet keys (32 url-safe base64-encoded bytes, "
+                f"e.g. from cryptography.fernet.Fernet.generate_key()): {exc}"
+            ) from None
+    return ",".join(keys)
 
 
 SECRET_KEY = _secret("SECRET_KEY")
@@ -66,8 +116,14 @@ SECRET_KEY = _secret("SECRET_KEY")
 VLINDERS_KEY_PEPPER = _secret("VLINDERS_KEY_PEPPER")
 # What Prometheus sends (Bearer) to read the gateway's /metrics, which names every tenant.
 VLINDERS_METRICS_TOKEN = _secret("VLINDERS_METRICS_TOKEN")
+# Fernet keys, comma-separated: the first encrypts, every one decrypts (rotation). They encrypt
+# the upstream API keys of the catalog at rest and on their way to the data plane, which is
+# given the same value (inference/upstream_secrets.py, inference/serving/credentials.py).
+VLINDERS_SECRETS_KEY = _fernet_keys(
+    "VLINDERS_SECRETS_KEY",
+    _secret("VLINDERS_SECRETS_KEY", generate=lambda: Fernet.generate_key().decode()),
+)
 
-DEBUG = _env_bool("DEBUG", False)
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -247,10 +303,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": _env("LOG_LEVEL", "INFO")},
 }
 
+# HTTPS protections: on by default in production (manage.py check --deploy passes), off on one
+# machine served over plain HTTP. Each can be set either way.
 if not DEBUG:
     SESSION_COOKIE_HTTPONLY = True
-    SESSION_COOKIE_SECURE = _env_bool("SECURE_COOKIES", False)
-    CSRF_COOKIE_SECURE = _env_bool("SECURE_COOKIES", False)
+    SESSION_COOKIE_SECURE = _env_bool("SECURE_COOKIES", PRODUCTION)
+    CSRF_COOKIE_SECURE = _env_bool("SECURE_COOKIES", PRODUCTION)
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes call the health check over plain HTTP inside the cluster: never redirect it.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = int(_env("SECURE_HSTS_SECONDS", "31536000" if PRODUCTION else "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+# Behind a proxy that terminates TLS, the header it sets to "https" (e.g.
+# HTTP_X_FORWARDED_PROTO); only set it when the proxy always sets or strips that header.
+if _env("SECURE_PROXY_SSL_HEADER", ""):
+    SECURE_PROXY_SSL_HEADER = (_env("SECURE_PROXY_SSL_HEADER", ""), "https")
 
 # --- Data plane (Ray Serve; contract 1, docs/deployment-spec.md, docs/operations.md) ----------
 # Where the control plane reaches the Ray dashboard's REST API (PUT/GET /api/serve/applications/).
@@ -329,3 +397,18 @@ CELERY_BEAT_SCHEDULE["prune-usage-events"] = {
     "schedule": float(_env("VLINDERS_USAGE_PRUNE_SECONDS", "3600")),
 }
 # --- end of Spend reconciliation -----------------------------------------------------------------
+
+# --- Production: refuse to start with what a single machine would generate -----------------------
+if PRODUCTION:
+    if not os.environ.get("DATABASE_URL"):
+        _MISSING_IN_PRODUCTION.append("DATABASE_URL")
+    if not VLINDERS_RAY_AUTH_TOKEN:
+        _MISSING_IN_PRODUCTION.append("VLINDERS_RAY_AUTH_TOKEN")
+    if _MISSING_IN_PRODUCTION:
+        raise ImproperlyConfigured(
+            "VLINDERS_ENV=production, but these are not set in the environment: "
+            f"{', '.join(_MISSING_IN_PRODUCTION)}. In production nothing is generated per host "
+            "(each host would get a different value); set them, the same on every host "
+            "(docs/operations.md, Production settings)."
+        )
+# --- end of Production ---------------------------------------------------------------------------
