@@ -14,17 +14,12 @@ Batching
 
 Spooling and replay
     When a send fails (broker unreachable, publish timeout) the batch is appended as one JSON line
-    to this process's spool file in ``spool_dir`` (``usage-<pid>-<random>.jsonl``, written with
-    flush + fsync, held under an exclusive ``flock`` while open). For ``replay_interval`` seconds
-    after a failure the emitter does not try the broker again and spools directly, so an outage
-    costs one timeout per interval, not one per batch. Every ``replay_interval`` (and once at
-    start) spool files are replayed oldest first: a file is claimed by taking its ``flock``
-    without waiting and renaming it atomically to ``replay-<pid>-<random>.jsonl``; a file whose
-    lock is held belongs to a live process (its writer, or another replayer) and is skipped, so two
-    processes never replay the same file and files of dead processes are taken over. A file is
-    removed only after all of its batches were sent; when a send fails part-way, the batches not
-    yet sent are written to a new file that atomically replaces the claimed one. This process's own
-    spool file is replayed only after every other file was, so an outage does not rotate it.
+    to this process's spool file in ``spool_dir`` (the disk spool is ``usage_spool.py``: file
+    names, format, claiming, replay). For ``replay_interval`` seconds after a failure the emitter
+    does not try the broker again and spools directly, so an outage costs one timeout per
+    interval, not one per batch. Every ``replay_interval`` (and once at start) spool files are
+    replayed oldest first, each claimed by one process only, files of dead processes taken over,
+    this process's own file last; a file is removed only after all of its batches were sent.
 
 Ordering
     Within the live path batches leave in emit order. Spooled batches are replayed later, in order
@@ -65,16 +60,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import errno
-import fcntl
-import json
 import logging
-import os
-import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -82,10 +71,11 @@ from typing import Any, Literal
 
 from celery import Celery
 
+from inference.serving.usage_spool import Batch, UsageSpool
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-SPOOL_FORMAT_VERSION = 1
 DEFAULT_MAX_BUFFER = 50_000
 
 Endpoint = Literal["chat.completions", "completions", "embeddings"]
@@ -148,9 +138,6 @@ class UsageEvent:
         }
 
 
-Batch = list[dict[str, Any]]
-
-
 class UsageEmitter:
     """Buffers usage events and sends them to Celery in batches; spools and replays on outage."""
 
@@ -180,7 +167,7 @@ class UsageEmitter:
         self.max_buffer = max(max_buffer, batch_size)
         self.send_timeout = send_timeout
         self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._disk = UsageSpool(self.spool_dir)  # the disk spool (usage_spool.py)
 
         # Counters (exported as Prometheus metrics by the gateway).
         self.events_emitted = 0
@@ -193,10 +180,7 @@ class UsageEmitter:
 
         self._buffer: Batch = []
         self._buffer_lock = threading.Lock()
-        self._spool_lock = threading.Lock()  # guards this process's own spool file
-        self._spool_file: int | None = None
-        self._spool_path: Path | None = None
-        self._backlog_cache: dict[tuple[int, int], tuple[int, int]] = {}
+        self._spool_lock = threading.Lock()  # serialises spooling and its counters
         self._app: Celery | None = None
         self._broker_down_until = 0.0  # time.monotonic(); spool directly until then
         self._closed = False
@@ -409,36 +393,11 @@ class UsageEmitter:
 
     def _spool(self, batches: list[tuple[str, Batch]]) -> bool:
         """Append batches to this process's spool file, one JSON line each, then fsync."""
-        now = utc_iso()
-        data = b"".join(
-            json.dumps(
-                {
-                    "v": SPOOL_FORMAT_VERSION,
-                    "batch_id": batch_id,
-                    "spooled_at": now,
-                    "events": events,
-                },
-                separators=(",", ":"),
-                default=str,  # never fail to spool over an odd value
-            ).encode()
-            + b"\n"
-            for batch_id, events in batches
-        )
         with self._spool_lock:
             try:
-                fd = self._own_spool_fd()
-                start = os.lseek(fd, 0, os.SEEK_END)
-                try:
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                except OSError:
-                    # Never leave half a line behind for the next append to merge with.
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, start)
-                    raise
+                self._disk.append(batches, spooled_at=utc_iso())
             except OSError:
                 self.spool_failures += 1
-                self._close_own_spool_locked()
                 logger.exception(
                     "usage spool write failed in %s; keeping events in memory", self.spool_dir
                 )
@@ -447,207 +406,18 @@ class UsageEmitter:
             self.spool_backlog += len(batches)
         return True
 
-    def _own_spool_fd(self) -> int:
-        """This process's spool file, created and locked on first use (call under _spool_lock)."""
-        while self._spool_file is None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            path = self.spool_dir / f"usage-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, path):  # a replayer may have claimed it before we locked it
-                self._spool_file, self._spool_path = fd, path
-            else:
-                os.close(fd)
-        return self._spool_file
-
-    def _close_own_spool_locked(self) -> None:
-        if self._spool_file is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._spool_file)  # also releases the flock
-        self._spool_file = self._spool_path = None
-
     def _release_own_spool(self) -> None:
-        with self._spool_lock:
-            self._close_own_spool_locked()
+        self._disk.release()
 
     # -- spool: replay (worker thread) ------------------------------------------------------
 
     def _replay_sync(self) -> None:
         """Replay every claimable spool file, oldest first; stop at the first failed send."""
-        with self._spool_lock:
-            own = self._spool_path
-        if all(self._replay_file(path) for path in self._spool_files() if path != own):
-            with self._spool_lock:
-                own = None
-                if self._spool_file is not None and os.fstat(self._spool_file).st_size:
-                    own = self._spool_path
-                    self._close_own_spool_locked()  # releases the flock: claimable now
-            if own is not None:
-                self._replay_file(own)
-        self._recount_backlog()
+        self._disk.replay(self._replay_one)
+        self.spool_backlog = self._disk.backlog()
 
-    def _spool_files(self) -> list[Path]:
-        found = []
-        for path in self.spool_dir.glob("*.jsonl"):
-            try:
-                found.append((path.stat().st_mtime, path.name, path))
-            except FileNotFoundError:
-                continue
-        return [path for _, _, path in sorted(found)]
-
-    def _replay_file(self, path: Path) -> bool:
-        """Claim ``path`` and send its batches in order. False when a send failed (stop)."""
-        claimed = _claim(path, self.spool_dir)
-        if claimed is None:
-            return True  # gone or held by a live process: not ours to replay
-        fd, claimed_path = claimed
-        try:
-            with os.fdopen(os.dup(fd), "rb") as reader:
-                lines = iter(reader)
-                changed = False  # a batch was sent or a line quarantined: rewrite on failure
-                for line in lines:
-                    batch = _parse_spool_line(line)
-                    if batch is None:
-                        self._quarantine(line)
-                        changed = True
-                        continue
-                    batch_id, events = batch
-                    if not self._try_send(batch_id, events):
-                        if changed:
-                            self._keep_unsent(fd, claimed_path, _chain(line, lines))
-                        return False
-                    self.batches_replayed += 1
-                    changed = True
-            os.unlink(claimed_path)
-            return True
-        finally:
-            os.close(fd)  # releases the flock
-
-    def _keep_unsent(self, fd: int, claimed_path: Path, lines: Iterator[bytes]) -> None:
-        """Atomically replace the claimed file by its batches not yet sent."""
-        tmp = claimed_path.with_suffix(".tmp")
-        try:
-            with open(tmp, "wb") as out:
-                wrote_any = False
-                for line in lines:
-                    out.write(line if line.endswith(b"\n") else line + b"\n")
-                    wrote_any = True
-                out.flush()
-                os.fsync(out.fileno())
-            if not wrote_any:
-                os.unlink(tmp)
-                os.unlink(claimed_path)
-                return
-            stat = os.fstat(fd)
-            os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # keep its place in line
-            os.replace(tmp, claimed_path)
-            _fsync_dir(self.spool_dir)
-        except OSError:
-            # The claimed file is still whole: its sent batches will be sent again (duplicates).
-            logger.exception("could not rewrite usage spool file %s", claimed_path)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    def _quarantine(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        path = self.spool_dir / f"corrupt-{os.getpid()}.bad"
-        logger.error("unreadable usage spool line moved to %s", path)
-        with open(path, "ab") as out:
-            out.write(line if line.endswith(b"\n") else line + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-
-    def _recount_backlog(self) -> None:
-        """Count the batches waiting in spool_dir (all processes), reading only appended bytes."""
-        total = 0
-        cache: dict[tuple[int, int], tuple[int, int]] = {}
-        for path in self._spool_files():
-            try:
-                stat = path.stat()
-                key = (stat.st_dev, stat.st_ino)
-                size, count = self._backlog_cache.get(key, (0, 0))
-                if stat.st_size < size:
-                    size, count = 0, 0
-                if stat.st_size > size:
-                    with open(path, "rb") as reader:
-                        reader.seek(size)
-                        chunk = reader.read(stat.st_size - size)
-                    size, count = size + len(chunk), count + chunk.count(b"\n")
-            except OSError:
-                continue
-            cache[key] = (size, count)
-            total += count
-        self._backlog_cache = cache
-        self.spool_backlog = total
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
-
-
-def _claim(path: Path, spool_dir: Path) -> tuple[int, Path] | None:
-    """Lock ``path`` without waiting and rename it to a name of this process.
-
-    The flock proves no live process writes or replays it; the rename is atomic, and checking
-    the inode after locking rules out a file another process claimed meanwhile."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    try:
-        if not _same_file(fd, path):
-            os.close(fd)
-            return None
-        claimed = spool_dir / f"replay-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        os.rename(path, claimed)
-    except FileNotFoundError:  # claimed and removed by another process meanwhile
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, claimed
-
-
-def _parse_spool_line(line: bytes) -> tuple[str, Batch] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("events"), list):
-        return None
-    batch_id = record.get("batch_id")
-    return (batch_id if isinstance(batch_id, str) else uuid.uuid4().hex), record["events"]
-
-
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def _replay_one(self, batch_id: str, events: Batch) -> bool:
+        if not self._try_send(batch_id, events):
+            return False
+        self.batches_replayed += 1
+        return True
