@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,12 @@ def setup_control_plane(
 
 
 def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, Any]:
+    """The Vlinders applications as the control plane renders them (gateway + one model), plus
+    the bare ingress application with a model server of its own, same engine and settings."""
     from django.conf import settings
+
+    from inference.deployment import render_serve_config
+    from inference.serving.spec import DeploymentSpec
 
     model = {
         "name": "bench-syn",
@@ -102,8 +108,10 @@ def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, An
         "price_input_per_mtok": "0.1",
         "price_output_per_mtok": "0.2",
         "aliases": [],
+        # 1,024 at once per replica and as many queued: the 1,000-client level fits.
         "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 256},
         "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
+        "max_queued_requests": 1024,
     }
     spec = {
         "spec_version": 1,
@@ -113,32 +121,21 @@ def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, An
         "broker_url": settings.REDIS_URL,
         "usage_queue": queue,
         "usage_spool_dir": spool,
-        "gateway": {
-            "min_replicas": 1,
-            "max_replicas": 1,
-            "num_cpus": 0.5,
-            "max_ongoing_requests": 1024,
-        },
+        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
         "models": [model],
     }
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "vlinders",
-                "route_prefix": "/",
-                "args": spec,
-                "import_path": "inference.serving.app:build_app",
-            },
-            {
-                "name": "bare",
-                "route_prefix": "/bare",
-                "args": {"model": model},
-                "import_path": "passthrough_app:build_bare",
-            },
-        ],
-    }
+    config = render_serve_config(spec, host="127.0.0.1", port=port)
+    parsed = DeploymentSpec.model_validate(spec)
+    bare_model = parsed.model_args(parsed.models[0]).model_dump(mode="json")
+    config["applications"].append(
+        {
+            "name": "bare",
+            "route_prefix": "/bare",
+            "args": {"model": {**bare_model, "deployment": "bare-model"}},
+            "import_path": "passthrough_app:build_bare",
+        }
+    )
+    return config
 
 
 def deploy_apps(
@@ -166,18 +163,21 @@ async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[
     if key:
         headers["Authorization"] = f"Bearer {key}"
     latencies: list[float] = []
-    failures = 0
+    errors: Counter[str] = Counter()  # by HTTP status, or "connection"
     remaining = total
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal remaining, failures
+        nonlocal remaining
         while remaining > 0:
             remaining -= 1
             start = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    failures += 1
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors[str(response.status)] += 1
+            except aiohttp.ClientError:
+                errors["connection"] += 1
             latencies.append(time.perf_counter() - start)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -188,7 +188,7 @@ async def load(url: str, key: str | None, concurrency: int, total: int) -> dict[
     latencies.sort()
     return {
         "requests": len(latencies),
-        "failures": failures,
+        "errors": dict(errors),
         "rps": len(latencies) / wall,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
@@ -225,7 +225,10 @@ class Stack:
     def start(self) -> None:
         self.cluster.start(log_path=f"{self.dir}/ray.log")
         deploy_apps(
-            self.cluster.dashboard_url, self.cluster.token, self.config, ["vlinders", "bare"]
+            self.cluster.dashboard_url,
+            self.cluster.token,
+            self.config,
+            [app["name"] for app in self.config["applications"]],
         )
 
     def url(self, app: str) -> str:
@@ -260,7 +263,7 @@ def compare(
                 "rps": statistics.mean(m["rps"] for m in measured),
                 "p50_ms": statistics.mean(m["p50_ms"] for m in measured),
                 "p99_ms": statistics.mean(m["p99_ms"] for m in measured),
-                "failures": sum(m["failures"] for m in measured),
+                "errors": dict(sum((Counter(m["errors"]) for m in measured), Counter())),
             }
         row["rps_ratio"] = row["candidate"]["rps"] / row["baseline"]["rps"]
         row["p50_added_ms"] = row["candidate"]["p50_ms"] - row["baseline"]["p50_ms"]
@@ -276,7 +279,7 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per target and level")
-    parser.add_argument("--concurrency", default="1,32,128")
+    parser.add_argument("--concurrency", default="1,32,128,512,1000")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per level")
     parser.add_argument(
         "--serve-modes",
@@ -345,16 +348,24 @@ def _table(results: list[dict[str, Any]], labels: tuple[str, str]) -> str:
     base, cand = labels
     lines = [
         f"| clients | {base} req/s | {cand} req/s | ratio | {base} p50 ms | {cand} p50 ms "
-        f"| {base} p99 ms | {cand} p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {base} p99 ms | {cand} p99 ms | {base} errors | {cand} errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         b, c = r["baseline"], r["candidate"]
         lines.append(
             f"| {r['concurrency']} | {b['rps']:.0f} | {c['rps']:.0f} | {r['rps_ratio']:.2f} "
-            f"| {b['p50_ms']:.1f} | {c['p50_ms']:.1f} | {b['p99_ms']:.1f} | {c['p99_ms']:.1f} |"
+            f"| {b['p50_ms']:.1f} | {c['p50_ms']:.1f} | {b['p99_ms']:.1f} | {c['p99_ms']:.1f} "
+            f"| {_errors(b['errors'])} | {_errors(c['errors'])} |"
         )
     return "\n".join(lines)
+
+
+def _errors(by_status: dict[str, int]) -> str:
+    """``0``, or each failing status with its count (``503: 12, connection: 1``)."""
+    if not by_status:
+        return "0"
+    return ", ".join(f"{status}: {count}" for status, count in sorted(by_status.items()))
 
 
 if __name__ == "__main__":

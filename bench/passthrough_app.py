@@ -28,7 +28,10 @@ class BareIngress:
 
 def build_bare(args: dict[str, Any]) -> Application:
     model = ModelServerDeployment.options(  # type: ignore[attr-defined]
-        name="bare-model", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=1024
+        name="bare-model",
+        ray_actor_options={"num_cpus": 0.5},
+        max_ongoing_requests=1024,
+        max_queued_requests=1024,
     ).bind(args["model"])
     return BareIngress.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=1024

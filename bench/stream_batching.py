@@ -36,14 +36,23 @@ RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-syn"
 
 
-def app_config(name: str, route: str, spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "route_prefix": route,
-        "import_path": "inference.serving.app:build_app",
-        "args": spec,
-        "runtime_env": {"env_vars": env},
+def applications(
+    spec: dict[str, Any], suffix: str, route: str, env: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The applications of ``spec`` as the control plane renders them, renamed with ``suffix``
+    (gateway and model alike) so that two copies run side by side, each with ``env``."""
+    from inference.deployment import render_applications
+
+    spec = {
+        **spec,
+        "models": [{**m, "deployment": m["deployment"] + suffix} for m in spec["models"]],
     }
+    apps = render_applications(spec)
+    apps[0]["name"] += suffix
+    apps[0]["route_prefix"] = route
+    for app in apps:
+        app["runtime_env"] = {"env_vars": env}
+    return apps
 
 
 def serve_config(
@@ -79,8 +88,8 @@ def serve_config(
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
-            app_config("batched", "/", spec, {"VLINDERS_STREAM_BATCHING": "1"}),
-            app_config("unbatched", "/unbatched", spec, {"VLINDERS_STREAM_BATCHING": "0"}),
+            *applications(spec, "-batched", "/", {"VLINDERS_STREAM_BATCHING": "1"}),
+            *applications(spec, "-unbatched", "/unbatched", {"VLINDERS_STREAM_BATCHING": "0"}),
         ],
     }
 
@@ -189,7 +198,12 @@ def main() -> None:
     try:
         cluster.start(log_path=f"{workdir}/ray.log")
         config = serve_config(port, prefix, queue, f"{workdir}/spool", args.tpot_ms, args.tokens)
-        deploy_apps(cluster.dashboard_url, cluster.token, config, ["batched", "unbatched"])
+        deploy_apps(
+            cluster.dashboard_url,
+            cluster.token,
+            config,
+            [app["name"] for app in config["applications"]],
+        )
         for name, url in targets.items():
             warm = asyncio.run(load(url, key, 4, 16, args.tokens))
             if warm["failures"]:

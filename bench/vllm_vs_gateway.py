@@ -122,18 +122,9 @@ def vlinders_config(port: int, prefix: str, queue: str, spool: str, path: Path) 
         "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
         "models": [model],
     }
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "vlinders",
-                "route_prefix": "/",
-                "args": spec,
-                "import_path": "inference.serving.app:build_app",
-            }
-        ],
-    }
+    from inference.deployment import render_serve_config
+
+    return render_serve_config(spec, host="127.0.0.1", port=port)
 
 
 async def load(
@@ -272,7 +263,12 @@ def main() -> None:
     try:
         cluster.start(log_path=f"{workdir}/ray.log")
         config = vlinders_config(gateway_port, prefix, queue, f"{workdir}/spool", path)
-        deploy_apps(cluster.dashboard_url, cluster.token, config, ["vlinders"])
+        deploy_apps(
+            cluster.dashboard_url,
+            cluster.token,
+            config,
+            [app["name"] for app in config["applications"]],
+        )
         wait_http(f"http://127.0.0.1:{vllm_port}/health", 600)
         for base, secret in targets.values():  # warm up both
             asyncio.run(load(base, secret, 4, 8, 8))

@@ -19,7 +19,6 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from inference import services
-from inference.deployment import redact_config
 from inference.models import (
     CatalogModel,
     DeploymentRevision,
@@ -226,9 +225,11 @@ class DeploymentRevisionAdmin(ReadOnlyAdmin):
     def short_revision(self, obj: DeploymentRevision) -> str:
         return obj.revision[:12]
 
-    @admin.display(description="config (upstream API keys hidden)")
+    @admin.display(description="config")
     def shown_config(self, obj: DeploymentRevision) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(redact_config(obj.config), indent=2))
+        """Configs hold no secret (upstream keys travel through Redis; migration 0005 removed
+        them from revisions recorded before)."""
+        return format_html("<pre>{}</pre>", json.dumps(obj.config, indent=2))
 
 
 @admin.register(ModelDeploymentStatus)

@@ -6,14 +6,16 @@
   dashboard leaves the previous revision serving; the revision is recorded ``failed`` with the
   reason, and nothing is raised to the caller (a Celery task or a command reports it).
 - ``deployment_reconcile`` reads ``GET /api/serve/applications/`` and writes one
-  ``ModelDeploymentStatus`` per catalog model, by its Serve deployment name. An unreachable
-  dashboard marks every model ``unknown`` (never ``running``) with the reason.
+  ``ModelDeploymentStatus`` per catalog model, from the model's own application (named by its
+  deployment name, like its one deployment). An unreachable dashboard marks every model
+  ``unknown`` (never ``running``) with the reason.
 - ``deployment_wait`` polls until Ray finished deploying a revision (``serve apply --wait``).
 
 Ray's statuses -> ours: a deployment ``UPDATING`` -> deploying; ``HEALTHY``, ``UPSCALING``,
 ``DOWNSCALING`` -> running; ``UNHEALTHY`` -> unhealthy; ``DEPLOY_FAILED`` -> failed. A model with
-no deployment in Ray is ``absent`` — unless the application itself is ``DEPLOYING`` (still being
-built: deploying) or ``DEPLOY_FAILED`` (the builder failed: failed, with Ray's message).
+no deployment in Ray is ``absent`` — unless its application is ``DEPLOYING`` (still being
+built: deploying) or ``DEPLOY_FAILED`` (the builder failed: failed, with Ray's message). The
+revision Ray reports is the gateway's: its routing config carries it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inference.deployment import (
     APP_NAME,
     config_revision,
     deployment_name,
+    model_applications,
     render_serve_config,
     sha256_hex,
 )
@@ -87,22 +90,23 @@ def deployment_apply(
     return record
 
 
-def _application(details: dict[str, Any]) -> dict[str, Any] | None:
-    app = (details.get("applications") or {}).get(APP_NAME)
+def _application(details: dict[str, Any] | None, name: str = APP_NAME) -> dict[str, Any] | None:
+    app = ((details or {}).get("applications") or {}).get(name)
     return app if isinstance(app, dict) else None
 
 
 def _deployed_revision(app: dict[str, Any] | None) -> str:
+    """The revision of the routing config Ray deployed to the gateway application."""
     if not app:
         return ""
-    args = (app.get("deployed_app_config") or {}).get("args") or {}
-    return str(args.get("revision") or "")
+    return config_revision({"applications": [app.get("deployed_app_config") or {}]})
 
 
 def _model_state(app: dict[str, Any] | None, name: str) -> tuple[str, int, int, str]:
-    """(state, replicas running, replicas target, message) of deployment ``name``."""
+    """(state, replicas running, replicas target, message) of the model application and
+    deployment ``name``."""
     if app is None:
-        return State.ABSENT, 0, 0, f"Ray Serve runs no {APP_NAME!r} application."
+        return State.ABSENT, 0, 0, "Not deployed (not an active model of the applied revision)."
     app_status = str(app.get("status") or "")
     if app_status == "DELETING":
         return State.ABSENT, 0, 0, "The application is being deleted."
@@ -121,16 +125,23 @@ def _model_state(app: dict[str, Any] | None, name: str) -> tuple[str, int, int, 
     return state, running, target, _short(str(deployment.get("message") or ""))
 
 
-def _record_deploy_failure(app: dict[str, Any] | None) -> None:
-    """Ray accepted a revision but could not deploy it (e.g. the builder raised): the newest
-    record of that revision, if ``applied``, becomes ``failed`` with Ray's message."""
-    if not app or app.get("status") != "DEPLOY_FAILED":
-        return
-    revision = _deployed_revision(app)
+def _record_deploy_failure(details: dict[str, Any]) -> None:
+    """Ray accepted a revision but could not deploy it (e.g. a builder raised): the newest
+    record of that revision, if ``applied``, becomes ``failed`` with Ray's messages."""
+    revision = _deployed_revision(_application(details))
     latest = DeploymentRevision.objects.filter(revision=revision).first() if revision else None
-    if latest is not None and latest.outcome == DeploymentRevision.Outcome.APPLIED:
+    if latest is None or latest.outcome != DeploymentRevision.Outcome.APPLIED:
+        return
+    failed = [
+        f"{name}: {app.get('message') or ''}"
+        for name, app in ((details.get("applications") or {}).items())
+        if isinstance(app, dict)
+        and app.get("status") == "DEPLOY_FAILED"
+        and (name == APP_NAME or name in model_applications(latest.config))
+    ]
+    if failed:
         latest.outcome = DeploymentRevision.Outcome.FAILED
-        latest.error = _short(f"Ray could not deploy it: {app.get('message') or ''}")
+        latest.error = _short("Ray could not deploy it: " + "; ".join(failed))
         latest.save(update_fields=["outcome", "error"])
 
 
@@ -143,8 +154,7 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
         details, error = None, _short(str(exc))
         logger.warning("Reconcile: %s", error)
 
-    app = _application(details) if details is not None else None
-    revision = _deployed_revision(app)
+    revision = _deployed_revision(_application(details))
     rows = []
     with transaction.atomic():
         for model in CatalogModel.objects.order_by("name"):
@@ -156,7 +166,7 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
                     "message": error,
                 }
             else:
-                state, running, target, message = _model_state(app, name)
+                state, running, target, message = _model_state(_application(details, name), name)
                 values = {
                     "state": state,
                     "replicas_running": running,
@@ -169,7 +179,7 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
             )
             rows.append(row)
         if details is not None:
-            _record_deploy_failure(app)
+            _record_deploy_failure(details)
     return rows
 
 
@@ -180,18 +190,21 @@ def deployment_wait(
     poll_interval: float = 1.0,
     on_poll: Callable[[str], None] | None = None,
 ) -> str:
-    """Poll Ray until its application deployed ``revision`` and finished (``RUNNING``,
-    ``DEPLOY_FAILED`` or ``UNHEALTHY``); return that status, or ``"TIMEOUT"``.
+    """Poll Ray until the gateway runs ``revision`` and every application of that revision
+    finished deploying; return ``RUNNING``, or ``DEPLOY_FAILED``/``UNHEALTHY`` if any did, or
+    ``"TIMEOUT"``.
 
     ``on_poll`` is called with each status seen (``"UNREACHABLE"`` while the dashboard does not
     answer)."""
     client = RayDashboardClient.from_settings()
     deadline = time.monotonic() + timeout
+    record = DeploymentRevision.objects.filter(revision=revision).first()
+    models = model_applications(record.config) if record is not None else []
     while True:
         try:
-            app = _application(client.get_applications())
-            status = str(app.get("status") or "") if app else "ABSENT"
-            if _deployed_revision(app) == revision and status in FINISHED_APP_STATUSES:
+            details = client.get_applications()
+            status = _revision_status(details, revision, models)
+            if status in FINISHED_APP_STATUSES:
                 return status
         except RayDashboardError:
             status = "UNREACHABLE"
@@ -200,3 +213,22 @@ def deployment_wait(
         if time.monotonic() >= deadline:
             return "TIMEOUT"
         time.sleep(poll_interval)
+
+
+def _revision_status(details: dict[str, Any], revision: str, models: list[str]) -> str:
+    """One status for a revision's applications: the worst finished one once all finished,
+    else the first unfinished one's (``ABSENT`` for one Ray does not list yet)."""
+    gateway = _application(details)
+    if _deployed_revision(gateway) != revision:
+        return str(gateway.get("status") or "ABSENT") if gateway else "ABSENT"
+    statuses = []
+    for name in [APP_NAME, *models]:
+        app = _application(details, name)
+        status = str(app.get("status") or "") if app else "ABSENT"
+        if status not in FINISHED_APP_STATUSES:
+            return status
+        statuses.append(status)
+    for worst in ("DEPLOY_FAILED", "UNHEALTHY"):
+        if worst in statuses:
+            return worst
+    return "RUNNING"

@@ -1,15 +1,21 @@
 """The renderer of contract 1: the catalog -> the whole desired state of the data plane.
 
-``render_spec()`` builds the deployment spec (the ``args`` of the one Serve application, see
-docs/deployment-spec.md), ``render_serve_config()`` the whole ``ServeDeploySchema`` config that
+``render_spec()`` builds the deployment spec (the whole desired state, see
+docs/deployment-spec.md), ``render_serve_config()`` the ``ServeDeploySchema`` config that
 ``PUT /api/serve/applications/`` takes, and ``render_kuberay()`` a KubeRay ``RayService`` whose
-``serveConfigV2`` holds the same application. Rendering is pure: it reads the catalog and the
+``serveConfigV2`` holds the same applications. Rendering is pure: it reads the catalog and the
 settings and writes nothing, so the same catalog always renders the same ``revision``.
+
+The config holds one application for the gateway and one per model, each split so that a change
+restarts only what it changes (``inference/serving/spec.py`` says how Serve decides): the
+gateway's routes and prices travel as its ``user_config`` and scaling as deployment options,
+both applied in place; a model's engine and resources are its application's ``args``. No secret
+is in any of it: upstream keys reach the model servers through Redis
+(``inference/upstream_secrets.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -20,16 +26,20 @@ import yaml
 from django.conf import settings
 
 from inference.models import CatalogModel, EngineKind
+from inference.serving.spec import DeploymentSpec
 
 SPEC_VERSION = 1
 APP_NAME = "vlinders"
-IMPORT_PATH = "inference.serving.app:build_app"
+GATEWAY_DEPLOYMENT = "Gateway"
+GATEWAY_IMPORT_PATH = "inference.serving.app:build_gateway"
+MODEL_IMPORT_PATH = "inference.serving.app:build_model"
 USAGE_TASK = "billing.ingest_usage"
 
 # The gateway (ingress) deployment: replicas come from settings, the rest is fixed here. Its
-# replicas are light (auth from a cache, routing, token counting): half a CPU each.
+# replicas are light (auth from a cache, routing, token counting): half a CPU each, and async,
+# so one replica holds up to 1,024 requests at once (1,000 concurrent are tested).
 GATEWAY_TARGET_ONGOING_REQUESTS = 64
-GATEWAY_MAX_ONGOING_REQUESTS = 256
+GATEWAY_MAX_ONGOING_REQUESTS = 1024
 GATEWAY_NUM_CPUS = 0.5
 
 # Inside a Kubernetes pod the gateway must listen on every interface, on the port KubeRay's
@@ -79,11 +89,8 @@ def _source(model: CatalogModel) -> dict[str, str]:
     if model.engine_kind == EngineKind.VLLM:
         return {"path": model.source_path}
     if model.engine_kind == EngineKind.OPENAI:
-        return {
-            "base_url": model.upstream_base_url,
-            "model": model.upstream_model,
-            "api_key": model.upstream_api_key,
-        }
+        # The key is not here: it reaches the model server through Redis, encrypted.
+        return {"base_url": model.upstream_base_url, "model": model.upstream_model}
     return {}
 
 
@@ -109,6 +116,8 @@ def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
             "num_gpus": _number(model.replica_gpus),
             "accelerator_type": model.accelerator_type or None,
         },
+        "max_queued_requests": model.max_queued_requests,
+        "request_timeout_s": model.request_timeout_s,
     }
 
 
@@ -135,6 +144,7 @@ def render_spec() -> dict[str, Any]:
             "num_cpus": GATEWAY_NUM_CPUS,
             "max_body_bytes": settings.VLINDERS_MAX_BODY_BYTES,
             "access_cache_ttl_s": float(settings.VLINDERS_ACCESS_CACHE_TTL_S),
+            "lease_s": float(settings.VLINDERS_LEASE_S),
         },
         "models": [
             render_model(model, [alias.name for alias in model.aliases.all()])
@@ -145,45 +155,101 @@ def render_spec() -> dict[str, Any]:
     return spec
 
 
-def render_application(spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The one Serve application: the gateway builder and its spec."""
-    return {
-        "name": APP_NAME,
-        "route_prefix": "/",
-        "import_path": IMPORT_PATH,
-        "args": spec if spec is not None else render_spec(),
-    }
+def render_applications(spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The Serve applications of a deployment spec: the gateway's, then one per model.
+
+    - ``vlinders``: ``args`` are the gateway's start-up settings only; its ``Gateway``
+      deployment gets the routes as ``user_config`` and its autoscaling as options.
+    - ``model-…`` (the model's deployment name, for the application and its one deployment):
+      ``args`` are the engine's (restart on change); autoscaling, ``max_ongoing_requests`` and
+      ``max_queued_requests`` are deployment options (in place). No HTTP route: only the
+      gateway calls it, through a handle.
+    """
+    parsed = DeploymentSpec.model_validate(spec if spec is not None else render_spec())
+    parsed.routes()  # refuses a public name routed twice before Ray sees anything
+    gateway = parsed.gateway
+    apps: list[dict[str, Any]] = [
+        {
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": GATEWAY_IMPORT_PATH,
+            "args": parsed.gateway_args().model_dump(mode="json"),
+            "deployments": [
+                {
+                    "name": GATEWAY_DEPLOYMENT,
+                    "user_config": parsed.gateway_config().model_dump(mode="json"),
+                    "autoscaling_config": {
+                        "min_replicas": gateway.min_replicas,
+                        "initial_replicas": gateway.min_replicas,
+                        "max_replicas": gateway.max_replicas,
+                        "target_ongoing_requests": gateway.target_ongoing_requests,
+                    },
+                }
+            ],
+        }
+    ]
+    for model in parsed.models:
+        scaling = model.scaling
+        apps.append(
+            {
+                "name": model.deployment,
+                "route_prefix": None,
+                "import_path": MODEL_IMPORT_PATH,
+                "args": parsed.model_args(model).model_dump(mode="json"),
+                "deployments": [
+                    {
+                        "name": model.deployment,
+                        "autoscaling_config": {
+                            "min_replicas": scaling.min_replicas,
+                            "initial_replicas": max(scaling.min_replicas, 1),
+                            "max_replicas": scaling.max_replicas,
+                            "target_ongoing_requests": scaling.target_ongoing_requests,
+                        },
+                        "max_ongoing_requests": model.max_ongoing_requests,
+                        "max_queued_requests": model.max_queued_requests,
+                    }
+                ],
+            }
+        )
+    return apps
 
 
-def render_serve_config(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def render_serve_config(
+    spec: dict[str, Any] | None = None, *, host: str | None = None, port: int | None = None
+) -> dict[str, Any]:
     """The whole ``ServeDeploySchema`` dict for ``PUT /api/serve/applications/``."""
     return {
         "proxy_location": "EveryNode",
         "http_options": {
-            "host": settings.VLINDERS_GATEWAY_HOST,
-            "port": settings.VLINDERS_GATEWAY_PORT,
+            "host": host or settings.VLINDERS_GATEWAY_HOST,
+            "port": port or settings.VLINDERS_GATEWAY_PORT,
         },
-        "applications": [render_application(spec)],
+        "applications": render_applications(spec),
     }
+
+
+def gateway_config_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's routing config (``user_config``) in a Serve config ({} if none)."""
+    for app in config.get("applications") or []:
+        if app.get("name") == APP_NAME:
+            for deployment in app.get("deployments") or []:
+                if deployment.get("name") == GATEWAY_DEPLOYMENT:
+                    return dict(deployment.get("user_config") or {})
+    return {}
 
 
 def config_revision(config: dict[str, Any]) -> str:
     """The spec revision a Serve config carries (empty if it carries none)."""
-    for app in config.get("applications") or []:
-        if app.get("name") == APP_NAME:
-            return str((app.get("args") or {}).get("revision", ""))
-    return ""
+    return str(gateway_config_of(config).get("revision", ""))
 
 
-def redact_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a Serve config fit to show: upstream API keys replaced by ``"***"``."""
-    shown = copy.deepcopy(config)
-    for app in shown.get("applications") or []:
-        for model in (app.get("args") or {}).get("models") or []:
-            source = model.get("source") or {}
-            if source.get("api_key"):
-                source["api_key"] = "***"
-    return shown
+def model_applications(config: dict[str, Any]) -> list[str]:
+    """The names of the model applications in a Serve config."""
+    return [
+        str(app["name"])
+        for app in config.get("applications") or []
+        if app.get("import_path") == MODEL_IMPORT_PATH
+    ]
 
 
 # --- KubeRay --------------------------------------------------------------------------------
@@ -202,8 +268,10 @@ def _serve_env(secret_name: str) -> list[dict[str, Any]]:
         # Ray's token authentication: the same token on every node and in the control plane.
         {"name": "RAY_AUTH_MODE", "value": "token"},
         from_secret("RAY_AUTH_TOKEN", "auth_token"),
-        # The API-key pepper reaches the gateway through the environment, never the config.
+        # The API-key pepper reaches the gateway through the environment, never the config;
+        # so does the key that decrypts upstream API keys (published to Redis encrypted).
         from_secret("VLINDERS_KEY_PEPPER", "key_pepper"),
+        from_secret("VLINDERS_SECRETS_KEY", "secrets_key"),
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # Gateway replicas share Prometheus multiprocess files, so /metrics sums them all.
         {"name": "PROMETHEUS_MULTIPROC_DIR", "value": KUBERAY_METRICS_DIR},
@@ -245,12 +313,14 @@ def render_kuberay(
 
     ``spec.serveConfigV2`` is the YAML of :func:`render_serve_config` with one change: inside a
     pod the gateway listens on ``0.0.0.0:8000``, where KubeRay's serve Service points. The
-    application (import path, args, revision) is identical. ``secret_name`` is a Secret with
-    the keys ``auth_token`` (Ray's token) and ``key_pepper`` (``VLINDERS_KEY_PEPPER``);
+    applications (import paths, args, user_config, options, revision) are identical, so a
+    catalog change restarts in the cluster exactly what it restarts locally (KubeRay passes
+    the config to Serve's declarative API). ``secret_name`` is a Secret with the keys
+    ``auth_token`` (Ray's token), ``key_pepper`` (``VLINDERS_KEY_PEPPER``) and
+    ``secrets_key`` (``VLINDERS_SECRETS_KEY``);
     ``image`` holds Ray (``ray[serve,haproxy]``, the same version) and Vlinders installed.
     """
-    config = render_serve_config()
-    config["http_options"] = {"host": "0.0.0.0", "port": KUBERAY_SERVE_PORT}  # noqa: S104
+    config = render_serve_config(host="0.0.0.0", port=KUBERAY_SERVE_PORT)  # noqa: S104
     revision = config_revision(config)
     env = _serve_env(secret_name)
     head_ports = [

@@ -46,6 +46,7 @@ def ray_cluster() -> Iterator[LocalRay]:
         temp_dir=temp_dir,
         env={
             "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
+            "VLINDERS_SECRETS_KEY": settings.VLINDERS_SECRETS_KEY,
             "VLINDERS_METRICS_TOKEN": METRICS_TOKEN,
         },
         metrics_dir=f"{temp_dir}/metrics",

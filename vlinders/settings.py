@@ -261,8 +261,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # A JSON API: the schema (and every client generated from it) speaks JSON only.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # drf-spectacular's, plus the error responses every operation shares (vlinders/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "vlinders.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "vlinders.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "vlinders.api.exception_handler",
 }
@@ -352,6 +355,9 @@ VLINDERS_GATEWAY_MAX_REPLICAS = int(_env("VLINDERS_GATEWAY_MAX_REPLICAS", "1"))
 VLINDERS_MAX_BODY_BYTES = int(_env("VLINDERS_MAX_BODY_BYTES", str(1024 * 1024)))
 # Seconds a gateway replica may cache an access-snapshot record (invalidation drops it sooner).
 VLINDERS_ACCESS_CACHE_TTL_S = float(_env("VLINDERS_ACCESS_CACHE_TTL_S", "30"))
+# Seconds a concurrency/budget lease lives without renewal: the gateway renews it while the
+# request runs, so this only bounds how long a crashed replica's slots stay taken.
+VLINDERS_LEASE_S = float(_env("VLINDERS_LEASE_S", "600"))
 # The Celery queue usage events go to: a queue of their own, so metering workers can be scaled
 # (and paused) apart from other tasks (docs/usage-events.md).
 VLINDERS_USAGE_QUEUE = _env("VLINDERS_USAGE_QUEUE", "usage")

@@ -1,8 +1,9 @@
-"""The Ray Serve application builder: ``import_path: inference.serving.app:build_app``.
+"""The Ray Serve application builders (contract 1, ``docs/deployment-spec.md``).
 
-``build_app(args)`` takes the deployment spec (contract 1, ``docs/deployment-spec.md``) and returns
-one application: the ``Gateway`` ingress and one ``ModelServer`` deployment per model, each with
-its own replicas, autoscaling and resources. A spec it cannot read fails the apply.
+The data plane is several Serve applications, so that a catalog change restarts only what it
+changes (``spec.py`` says why): ``build_gateway`` builds the ``Gateway`` ingress application,
+``build_model`` one application per model around a ``ModelServer``. The gateway reaches the
+models through handles by name. A piece a builder cannot read fails the apply.
 
 No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations at
 run time, through Ray Serve's ingress wrapper, and needs them as real classes.
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inference.serving import errors, metrics
 from inference.serving.gateway import Gateway, api
 from inference.serving.model_server import ModelServer
-from inference.serving.spec import DeploymentSpec, ModelSpec
+from inference.serving.spec import GatewayArgs, ModelArgs
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -90,46 +91,36 @@ class GatewayDeployment(Gateway):
 ModelServerDeployment = serve.deployment(ModelServer)
 
 
-def _model_options(model: ModelSpec) -> dict[str, Any]:
+def build_gateway(args: dict[str, Any]) -> Application:
+    """The gateway application (``import_path: inference.serving.app:build_gateway``).
+
+    ``args`` are ``GatewayArgs``: nothing of the catalog, so catalog changes never restart the
+    gateway. Routes and prices arrive as the deployment's ``user_config`` (``reconfigure``);
+    autoscaling as deployment options in the Serve config. Both are applied in place."""
+    gateway = GatewayArgs.model_validate(args)
+    return GatewayDeployment.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": gateway.num_cpus},
+        max_ongoing_requests=gateway.max_ongoing_requests,
+        graceful_shutdown_timeout_s=30,
+    ).bind(gateway.model_dump(mode="json"))
+
+
+def build_model(args: dict[str, Any]) -> Application:
+    """One model's application (``import_path: inference.serving.app:build_model``).
+
+    ``args`` are ``ModelArgs``: the engine and its resources, so only their change restarts
+    this model. Scaling, ``max_ongoing_requests`` and ``max_queued_requests`` arrive as
+    deployment options in the Serve config (applied in place)."""
+    model = ModelArgs.model_validate(args)
     actor: dict[str, Any] = {"num_cpus": model.resources.num_cpus}
     if model.resources.num_gpus:
         actor["num_gpus"] = model.resources.num_gpus
     if model.resources.accelerator_type:
         actor["accelerator_type"] = model.resources.accelerator_type
-    scaling = model.scaling
-    return {
-        "name": model.deployment,
-        "ray_actor_options": actor,
-        "autoscaling_config": {
-            "min_replicas": scaling.min_replicas,
-            "initial_replicas": max(scaling.min_replicas, 1),
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-        },
-        "max_ongoing_requests": max(scaling.target_ongoing_requests * 4, 8),
-        "health_check_period_s": 10,
-        "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": 60,
-    }
-
-
-def build_app(args: dict[str, Any]) -> Application:
-    """Build the Vlinders application from the deployment spec."""
-    spec = DeploymentSpec.model_validate(args)
-    spec.routes()  # refuses a public name routed twice
-    handles = {
-        model.deployment: ModelServerDeployment.options(**_model_options(model)).bind(  # type: ignore[attr-defined]
-            model.model_dump(mode="json")
-        )
-        for model in spec.models
-    }
-    gateway = spec.gateway
-    return GatewayDeployment.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": gateway.num_cpus},
-        autoscaling_config={
-            "min_replicas": gateway.min_replicas,
-            "max_replicas": gateway.max_replicas,
-            "target_ongoing_requests": gateway.target_ongoing_requests,
-        },
-        max_ongoing_requests=gateway.max_ongoing_requests,
-    ).bind(spec.model_dump(mode="json"), handles)
+    return ModelServerDeployment.options(  # type: ignore[attr-defined]
+        name=model.deployment,
+        ray_actor_options=actor,
+        health_check_period_s=10,
+        health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=60,
+    ).bind(model.model_dump(mode="json"))

@@ -18,29 +18,40 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from inference.serving import metrics
 from inference.serving.engines.base import Endpoint, Engine
-from inference.serving.spec import ModelSpec
+from inference.serving.logs import route_to_serve_logs
+from inference.serving.spec import ModelArgs
 
 logger = logging.getLogger(__name__)
 
 _END = object()
 
 
-def make_engine(spec: ModelSpec) -> Engine:
-    """The engine for a model spec (one place that knows every engine kind)."""
+def make_engine(spec: ModelArgs) -> Engine:
+    """The engine for a model's args (one place that knows every engine kind)."""
     if spec.engine == "synthetic":
         from inference.serving.engines.synthetic import SyntheticEngine
 
         return SyntheticEngine(model=spec.name, **spec.engine_args)
     if spec.engine == "openai":
+        from inference.serving.credentials import UpstreamCredentials
         from inference.serving.engines.openai_upstream import OpenAIUpstreamEngine
 
+        # The upstream's key never travels in the Serve config: the control plane publishes
+        # it, encrypted, to Redis, and the engine reads it there (rotation needs no restart).
+        credentials = UpstreamCredentials(
+            aioredis.Redis.from_url(spec.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            prefix=spec.redis_prefix,
+            deployment=spec.deployment,
+        )
         return OpenAIUpstreamEngine(
             base_url=spec.source["base_url"],
             model=spec.source["model"],
-            api_key=spec.source.get("api_key", ""),
-            **spec.engine_args,
+            credentials=credentials,
+            **{"timeout_s": spec.request_timeout_s, **spec.engine_args},
         )
     if spec.engine == "vllm":
         from inference.serving.engines.vllm_engine import VLLMEngine
@@ -55,7 +66,8 @@ class ModelServer:
     async def __init__(self, spec: dict[str, Any]) -> None:  # type: ignore[misc]
         """Start the engine before the replica counts as ready: Ray Serve awaits an async
         constructor, so no request reaches a replica whose model is still loading."""
-        self.spec = ModelSpec.model_validate(spec)
+        route_to_serve_logs()
+        self.spec = ModelArgs.model_validate(spec)
         self.batching = os.environ.get("VLINDERS_STREAM_BATCHING", "1") != "0"
         self.engine = make_engine(self.spec)
         await self.engine.start()
@@ -64,8 +76,13 @@ class ModelServer:
         self, endpoint: Endpoint, body: dict[str, Any], priority: int = 0
     ) -> dict[str, Any]:
         """``priority`` is the organisation's plan priority, from the gateway (never from the
-        client's body)."""
-        return await self.engine.complete(endpoint, body, priority=priority)
+        client's body). A request the gateway cancels (its timeout, or its client left) is
+        cancelled here, which aborts it in the engine."""
+        try:
+            return await self.engine.complete(endpoint, body, priority=priority)
+        except asyncio.CancelledError:
+            metrics.ENGINE_CANCELLED.labels(self.spec.name).inc()
+            raise
 
     async def stream(
         self, endpoint: Endpoint, body: dict[str, Any], priority: int = 0

@@ -1,6 +1,21 @@
 """The deployment spec (contract 1, ``docs/deployment-spec.md``) as typed, validated values.
 
-The builder refuses a spec it cannot read, so a bad config fails the apply instead of a replica.
+``DeploymentSpec`` is the whole desired state of the data plane, as the control plane renders it.
+It is not deployed as one piece: Ray Serve gives every deployment of an application the same code
+version, a hash of the application's ``args``, so one application holding the whole catalog
+restarts every model whenever anything in the catalog changes. The spec is therefore split into
+pieces with one concern each (``DeploymentSpec.gateway_args``, ``gateway_config``,
+``model_args``):
+
+- the gateway application's ``args`` (``GatewayArgs``): only what a gateway replica needs to
+  start (Redis, the broker, the spool folder, its concurrency), which catalog changes never touch;
+- the gateway's ``user_config`` (``GatewayConfig``): routes, aliases, prices, timeouts, applied
+  in place through Serve's ``reconfigure`` (no restart);
+- one application per model, whose ``args`` (``ModelArgs``) hold only what its engine needs to
+  start, so a change restarts only that model; its scaling and queue bound travel as deployment
+  options, which Serve also applies in place.
+
+The builders refuse a piece they cannot read, so a bad config fails the apply, not a replica.
 """
 
 from __future__ import annotations
@@ -21,10 +36,15 @@ class GatewaySpec(_Strict):
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: int = Field(64, ge=1)
-    max_ongoing_requests: int = Field(256, ge=1)
+    # An async replica that mostly waits on Redis and model servers: 1,000 concurrent requests
+    # per replica is the tested load (tests/serving/test_load.py).
+    max_ongoing_requests: int = Field(1024, ge=1)
     num_cpus: float = Field(0.5, ge=0)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     access_cache_ttl_s: float = Field(30.0, gt=0)
+    # How long a concurrency/budget lease lives without renewal (renewed while the request
+    # runs; a crashed replica's leases are reclaimed after it).
+    lease_s: float = Field(600.0, gt=0)
 
 
 class ScalingSpec(_Strict):
@@ -51,6 +71,97 @@ class ModelSpec(_Strict):
     aliases: list[str] = Field(default_factory=list)
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    # Requests waiting for a replica, per gateway replica, beyond which the gateway answers 503.
+    max_queued_requests: int = Field(128, ge=1)
+    # The longest a request may run; then it is cancelled in the engine.
+    request_timeout_s: float = Field(300.0, gt=0)
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Requests one replica takes at once (the engine batches them); more wait in the
+        gateway's handle queue, up to ``max_queued_requests``."""
+        return max(self.scaling.target_ongoing_requests * 4, 8)
+
+    def route(self) -> RouteSpec:
+        return RouteSpec(
+            name=self.name,
+            deployment=self.deployment,
+            engine=self.engine,
+            context_length=self.context_length,
+            price_input_per_mtok=self.price_input_per_mtok,
+            price_output_per_mtok=self.price_output_per_mtok,
+            aliases=self.aliases,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+
+class RouteSpec(_Strict):
+    """What the gateway needs to route, reserve for and bill one model (no engine details)."""
+
+    name: str
+    deployment: str  # the model's Serve application and deployment name
+    engine: Literal["vllm", "openai", "synthetic"]
+    context_length: int = Field(ge=1)
+    price_input_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    price_output_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    aliases: list[str] = Field(default_factory=list)
+    request_timeout_s: float = Field(300.0, gt=0)
+
+
+def route_table(models: list[RouteSpec]) -> dict[str, RouteSpec]:
+    """Every public name (model names and aliases) to the model that serves it."""
+    table: dict[str, RouteSpec] = {}
+    for model in models:
+        for name in (model.name, *model.aliases):
+            if name in table:
+                raise ValueError(f"public name {name!r} is routed twice")
+            table[name] = model
+    return table
+
+
+class GatewayArgs(_Strict):
+    """The gateway application's ``args``: what a replica needs to start. A change restarts
+    the gateway's replicas (and nothing else); catalog changes never touch it."""
+
+    spec_version: Literal[1]
+    redis_url: str
+    redis_prefix: str = "vl:"
+    broker_url: str
+    usage_task: str = "billing.ingest_usage"
+    usage_queue: str = "usage"
+    usage_spool_dir: str
+    num_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(1024, ge=1)
+    lease_s: float = Field(600.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    """The gateway's ``user_config``: applied in place by ``Gateway.reconfigure``."""
+
+    revision: str
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    access_cache_ttl_s: float = Field(30.0, gt=0)
+    models: list[RouteSpec] = Field(default_factory=list)
+
+    def routes(self) -> dict[str, RouteSpec]:
+        return route_table(self.models)
+
+
+class ModelArgs(_Strict):
+    """One model application's ``args``: what its engine needs to start, nothing else, so
+    only a change of these restarts the model. No secret is ever here (an upstream's API key
+    reaches the engine from Redis, ``credentials.py``)."""
+
+    spec_version: Literal[1]
+    name: str
+    deployment: str
+    engine: Literal["vllm", "openai", "synthetic"]
+    source: dict[str, Any] = Field(default_factory=dict)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourcesSpec = ResourcesSpec()
+    request_timeout_s: float = Field(300.0, gt=0)
+    redis_url: str
+    redis_prefix: str = "vl:"
 
 
 class DeploymentSpec(_Strict):
@@ -65,12 +176,42 @@ class DeploymentSpec(_Strict):
     gateway: GatewaySpec = GatewaySpec()
     models: list[ModelSpec] = Field(default_factory=list)
 
-    def routes(self) -> dict[str, ModelSpec]:
+    def routes(self) -> dict[str, RouteSpec]:
         """Every public name (model names and aliases) to the model that serves it."""
-        table: dict[str, ModelSpec] = {}
-        for model in self.models:
-            for name in (model.name, *model.aliases):
-                if name in table:
-                    raise ValueError(f"public name {name!r} is routed twice")
-                table[name] = model
-        return table
+        return route_table([model.route() for model in self.models])
+
+    def gateway_args(self) -> GatewayArgs:
+        return GatewayArgs(
+            spec_version=self.spec_version,
+            redis_url=self.redis_url,
+            redis_prefix=self.redis_prefix,
+            broker_url=self.broker_url,
+            usage_task=self.usage_task,
+            usage_queue=self.usage_queue,
+            usage_spool_dir=self.usage_spool_dir,
+            num_cpus=self.gateway.num_cpus,
+            max_ongoing_requests=self.gateway.max_ongoing_requests,
+            lease_s=self.gateway.lease_s,
+        )
+
+    def gateway_config(self) -> GatewayConfig:
+        return GatewayConfig(
+            revision=self.revision,
+            max_body_bytes=self.gateway.max_body_bytes,
+            access_cache_ttl_s=self.gateway.access_cache_ttl_s,
+            models=[model.route() for model in self.models],
+        )
+
+    def model_args(self, model: ModelSpec) -> ModelArgs:
+        return ModelArgs(
+            spec_version=self.spec_version,
+            name=model.name,
+            deployment=model.deployment,
+            engine=model.engine,
+            source={k: v for k, v in model.source.items() if k != "api_key"},
+            engine_args=model.engine_args,
+            resources=model.resources,
+            request_timeout_s=model.request_timeout_s,
+            redis_url=self.redis_url,
+            redis_prefix=self.redis_prefix,
+        )

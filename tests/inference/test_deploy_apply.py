@@ -1,6 +1,6 @@
 """Applying the catalog to a REAL local Ray (session fixture ``ray_cluster``: token auth, free
 ports) and reconciling what Ray reports. Nothing here is faked: the dashboard is Ray's own, the
-builder is the data plane's ``inference.serving.app:build_app``."""
+builders are the data plane's ``inference.serving.app:build_gateway`` and ``build_model``."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from inference import tasks
 from inference.deploy_services import deployment_apply, deployment_reconcile, deployment_wait
-from inference.deployment import deployment_name, render_serve_config
+from inference.deployment import config_revision, deployment_name, render_serve_config
 from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
 from inference.ray_client import RayAuthError, RayDashboardClient, RayUnreachable
-from inference.ray_local import LocalRay
 from tests.factories import CatalogModelFactory, ModelAliasFactory, UserFactory
 from tests.ray_fixtures import free_port
 
@@ -36,37 +35,6 @@ pytestmark = pytest.mark.django_db
 
 DEPLOY_TIMEOUT = 180.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def serve_instance(ray_cluster: LocalRay, serve_port: int) -> tuple[RayDashboardClient, int]:
-    """Serve on the session cluster, on the session's Serve port (Serve fixes its HTTP options
-    when it first starts, so every module deploys on the same port)."""
-    client = RayDashboardClient(base_url=ray_cluster.dashboard_url, token=ray_cluster.token)
-    return client, serve_port
-
-
-@pytest.fixture(scope="module")
-def module_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    return Path(tmp_path_factory.mktemp("deploy"))
-
-
-@pytest.fixture
-def ray_settings(settings, ray_cluster: LocalRay, serve_instance, module_dir):  # type: ignore[no-untyped-def]
-    """Point the control plane at the test cluster. The Redis prefix and spool folder are the
-    module's, so the same catalog renders the same revision in every test (Ray then keeps the
-    replicas instead of replacing them: faster)."""
-    settings.VLINDERS_RAY_DASHBOARD_URL = ray_cluster.dashboard_url
-    settings.VLINDERS_RAY_AUTH_TOKEN = ray_cluster.token
-    settings.VLINDERS_GATEWAY_PORT = serve_instance[1]
-    settings.VLINDERS_USAGE_SPOOL_DIR = module_dir / "usage-spool"
-    settings.VLINDERS_REDIS_PREFIX = f"vltest:deploy:{module_dir.name}:"
-    return settings
-
-
-@pytest.fixture
-def serve(ray_settings, serve_instance) -> RayDashboardClient:  # type: ignore[no-untyped-def]
-    return serve_instance[0]
 
 
 def clear_applications(client: RayDashboardClient, settings: Any) -> None:
@@ -217,9 +185,8 @@ def test_refused_config_leaves_the_previous_revision_running(ray_settings, serve
     first.price_output_per_mtok = Decimal("9")
     first.save()
     bad = copy.deepcopy(render_serve_config())
-    bad["applications"][0]["deployments"] = [
-        {"name": deployment_name(first.name), "max_ongoing_requests": 0}
-    ]
+    (model_app,) = [a for a in bad["applications"] if a["name"] == deployment_name(first.name)]
+    model_app["deployments"][0]["max_ongoing_requests"] = 0
     with pytest.raises(ValidationError):
         ServeDeploySchema.model_validate(bad)
     refused = deployment_apply(config=bad)
@@ -231,7 +198,7 @@ def test_refused_config_leaves_the_previous_revision_running(ray_settings, serve
     # Ray still serves the previous revision, and says so.
     app = serve.get_applications()["applications"]["vlinders"]
     assert app["status"] == "RUNNING"
-    assert app["deployed_app_config"]["args"]["revision"] == good.revision
+    assert config_revision({"applications": [app["deployed_app_config"]]}) == good.revision
     deployment_reconcile()
     assert states()["synthetic-a"] == ("running", 1, 1)
     assert set(
@@ -245,11 +212,13 @@ def test_a_spec_the_builder_refuses_is_recorded_failed_by_the_reconciler(
     ray_settings, serve
 ) -> None:
     """Ray accepts the config (its schema is fine) but the builder refuses an unknown
-    ``spec_version``: the application is DEPLOY_FAILED and the revision becomes failed."""
-    CatalogModelFactory(name="synthetic-a", replica_cpus=Decimal("0.5"))
+    ``spec_version``: the model's application is DEPLOY_FAILED and the revision becomes
+    failed."""
+    model = CatalogModelFactory(name="synthetic-a", replica_cpus=Decimal("0.5"))
     config = render_serve_config()
-    config["applications"][0]["args"]["spec_version"] = 999
-    config["applications"][0]["args"]["revision"] = "f" * 64
+    (model_app,) = [a for a in config["applications"] if a["name"] == deployment_name(model.name)]
+    model_app["args"]["spec_version"] = 999
+    config["applications"][0]["deployments"][0]["user_config"]["revision"] = "f" * 64
     record = deployment_apply(config=config)
     assert record.outcome == DeploymentRevision.Outcome.APPLIED, record.error
     assert deployment_wait(revision=record.revision, timeout=DEPLOY_TIMEOUT) == "DEPLOY_FAILED"

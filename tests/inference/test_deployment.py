@@ -20,9 +20,11 @@ from ray.serve.schema import ServeDeploySchema
 
 from inference.deployment import (
     APP_NAME,
-    IMPORT_PATH,
+    GATEWAY_DEPLOYMENT,
+    GATEWAY_IMPORT_PATH,
+    MODEL_IMPORT_PATH,
+    config_revision,
     deployment_name,
-    redact_config,
     render_kuberay,
     render_serve_config,
     render_spec,
@@ -30,7 +32,7 @@ from inference.deployment import (
 )
 from inference.models import CatalogModel, EngineKind
 from inference.ray_client import ensure_ray_auth_token, ray_auth_token
-from inference.serving.spec import DeploymentSpec
+from inference.serving.spec import DeploymentSpec, GatewayArgs, GatewayConfig, ModelArgs
 from tests.factories import CatalogModelFactory, ModelAliasFactory
 
 pytestmark = pytest.mark.django_db
@@ -108,11 +110,9 @@ def test_model_entries_follow_the_contract(catalog, settings) -> None:
     assert llama["scaling"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 8}
     assert llama["resources"] == {"num_cpus": 4, "num_gpus": 2, "accelerator_type": "H100"}
     assert llama["context_length"] == 8192
-    assert upstream["source"] == {
-        "base_url": "https://api.example.test/v1",
-        "model": "gpt-4o",
-        "api_key": UPSTREAM_KEY,
-    }
+    # No key in the spec: it reaches the model server through Redis, encrypted.
+    assert upstream["source"] == {"base_url": "https://api.example.test/v1", "model": "gpt-4o"}
+    assert (chat["max_queued_requests"], chat["request_timeout_s"]) == (128, 300)
     assert spec["spec_version"] == 1
     assert spec["redis_url"] == settings.REDIS_URL
     assert spec["redis_prefix"] == settings.VLINDERS_REDIS_PREFIX
@@ -184,18 +184,93 @@ def test_serve_config_validates_against_rays_schema(catalog, settings) -> None:
     parsed = ServeDeploySchema.model_validate(config)
     assert parsed.http_options.host == "127.0.0.2"
     assert parsed.http_options.port == 8123
-    (app,) = parsed.applications
-    assert (app.name, app.route_prefix, app.import_path) == (APP_NAME, "/", IMPORT_PATH)
-    assert app.args == render_spec()
+    gateway, *models = parsed.applications
+    assert (gateway.name, gateway.route_prefix, gateway.import_path) == (
+        APP_NAME,
+        "/",
+        GATEWAY_IMPORT_PATH,
+    )
+    spec = DeploymentSpec.model_validate(render_spec())
+    assert [(app.name, app.route_prefix, app.import_path) for app in models] == [
+        (model.deployment, None, MODEL_IMPORT_PATH) for model in spec.models
+    ]
     assert config["proxy_location"] == "EveryNode"
     # Round trip through JSON (what the dashboard receives) changes nothing.
     assert json.loads(json.dumps(config)) == config
 
 
+def test_the_config_splits_the_spec_by_what_a_change_restarts(catalog) -> None:
+    """Ray Serve restarts every deployment of an application whose ``args`` change: the
+    gateway's args hold nothing of the catalog, each model's args only its engine; routes and
+    prices are the gateway's ``user_config``, scaling and queue bounds deployment options."""
+    spec = DeploymentSpec.model_validate(render_spec())
+    config = render_serve_config()
+    gateway, *models = config["applications"]
+    assert GatewayArgs.model_validate(gateway["args"]) == spec.gateway_args()
+    assert "models" not in gateway["args"]
+    (options,) = gateway["deployments"]
+    assert options["name"] == GATEWAY_DEPLOYMENT
+    routing = GatewayConfig.model_validate(options["user_config"])
+    assert routing == spec.gateway_config()
+    assert routing.revision == spec.revision == config_revision(config)
+    assert set(routing.routes()) == set(spec.routes())
+    for app, model in zip(models, spec.models, strict=True):
+        args = ModelArgs.model_validate(app["args"])
+        assert (args.name, args.engine, args.engine_args) == (
+            model.name,
+            model.engine,
+            model.engine_args,
+        )
+        assert "price_input_per_mtok" not in app["args"]
+        assert "aliases" not in app["args"]
+        (deployment,) = app["deployments"]
+        assert deployment["name"] == model.deployment
+        assert deployment["max_queued_requests"] == model.max_queued_requests
+        assert deployment["autoscaling_config"]["max_replicas"] == model.scaling.max_replicas
+
+
+def _app_args(config: dict, name: str) -> dict:  # type: ignore[type-arg]
+    return next(app["args"] for app in config["applications"] if app["name"] == name)
+
+
+def test_a_price_or_alias_change_leaves_every_applications_args_alone(catalog) -> None:
+    before = render_serve_config()
+    chat = catalog["chat"]
+    chat.price_output_per_mtok = Decimal("9")
+    chat.max_replicas = 3
+    chat.save()
+    ModelAliasFactory(name="new-alias", target=chat)
+    after = render_serve_config()
+    assert config_revision(after) != config_revision(before)
+    for app in before["applications"]:
+        assert _app_args(after, app["name"]) == app["args"]
+
+
+def test_an_engine_change_changes_only_that_models_args(catalog) -> None:
+    before = render_serve_config()
+    llama = catalog["llama"]
+    llama.engine_args = {**llama.engine_args, "max_model_len": 4096}
+    llama.save()
+    after = render_serve_config()
+    changed = {
+        app["name"]
+        for app in after["applications"]
+        if app["args"] != _app_args(before, app["name"])
+    }
+    assert changed == {deployment_name(llama.name)}
+
+
+def test_no_upstream_key_in_the_config_or_the_manifest(catalog) -> None:
+    assert UPSTREAM_KEY not in json.dumps(render_serve_config())
+    assert UPSTREAM_KEY not in to_yaml(render_kuberay())
+    assert UPSTREAM_KEY not in json.dumps(render_spec())
+
+
 def test_an_empty_catalog_still_renders_a_valid_config(db) -> None:
     config = render_serve_config()
     ServeDeploySchema.model_validate(config)
-    assert config["applications"][0]["args"]["models"] == []
+    (gateway,) = config["applications"]
+    assert gateway["deployments"][0]["user_config"]["models"] == []
 
 
 def test_kuberay_manifest_runs_the_same_application(catalog, settings) -> None:
@@ -223,6 +298,7 @@ def test_kuberay_manifest_runs_the_same_application(catalog, settings) -> None:
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
         assert env["VLINDERS_KEY_PEPPER"]["valueFrom"]["secretKeyRef"]["key"] == "key_pepper"
+        assert env["VLINDERS_SECRETS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secrets_key"
         assert env["PROMETHEUS_MULTIPROC_DIR"]["value"] == container["volumeMounts"][0]["mountPath"]
     # The pepper is referenced, never written into the manifest.
     text = to_yaml(manifest)
@@ -231,14 +307,6 @@ def test_kuberay_manifest_runs_the_same_application(catalog, settings) -> None:
     assert yaml.safe_load(text) == manifest
     assert "serveConfigV2: |" in text
     assert "&id" not in text  # no YAML anchors: plain manifests
-
-
-def test_redacted_config_hides_upstream_keys(catalog) -> None:
-    config = render_serve_config()
-    shown = redact_config(config)
-    assert UPSTREAM_KEY in json.dumps(config)
-    assert UPSTREAM_KEY not in json.dumps(shown)
-    assert UPSTREAM_KEY in json.dumps(config)  # the original is untouched
 
 
 def test_serve_render_command(catalog, tmp_path) -> None:
@@ -251,8 +319,8 @@ def test_serve_render_command(catalog, tmp_path) -> None:
     manifest = yaml.safe_load(target.read_text())
     assert manifest["kind"] == "RayService"
     assert (
-        yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]["revision"]
-        == render_spec()["revision"]
+        config_revision(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+        == (render_spec()["revision"])
     )
 
 

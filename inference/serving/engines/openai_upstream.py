@@ -4,13 +4,19 @@ TGI or SGLang deployment, or another provider), streaming included.
 The upstream's own errors come back with their status and message in OpenAI's shape; an
 unreachable or failing upstream is a 503 (retryable) or 502. Streams ask the upstream for usage
 (``stream_options.include_usage``) so the gateway meters the upstream's own counts.
+
+The API key comes from ``credentials`` (``inference/serving/credentials.py``: read from Redis,
+where the control plane publishes it encrypted), per request, so a rotated key is used within
+seconds without a restart; an upstream 401 drops the cached key so the next request re-reads it.
+Every request is bounded by ``timeout_s`` (the model's request timeout, by default), connecting
+by 10 s.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -24,30 +30,57 @@ _PATHS = {
 }
 
 
+class Credentials(Protocol):
+    async def api_key(self) -> str: ...
+
+    def invalidate(self) -> None: ...
+
+
+class StaticCredentials:
+    """A fixed key (or none): for upstreams that need no key, and for tests."""
+
+    def __init__(self, key: str = "") -> None:
+        self.key = key
+
+    async def api_key(self) -> str:
+        return self.key
+
+    def invalidate(self) -> None:
+        return None
+
+
 class OpenAIUpstreamEngine:
     def __init__(
         self,
         *,
         base_url: str,
         model: str,
-        api_key: str = "",
-        timeout_s: float = 600.0,
+        credentials: Credentials | None = None,
+        timeout_s: float = 300.0,
         max_connections: int = 256,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = api_key
+        self.credentials: Credentials = credentials or StaticCredentials()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._session = aiohttp.ClientSession(
-            headers=headers,
             timeout=self.timeout,
             connector=aiohttp.TCPConnector(limit=self.max_connections),
         )
+
+    async def _headers(self) -> dict[str, str]:
+        try:
+            key = await self.credentials.api_key()
+        except Exception as error:
+            raise errors.unavailable(
+                "The upstream model server's credentials cannot be read; retry.",
+                "upstream_credentials_unavailable",
+            ) from error
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -75,6 +108,8 @@ class OpenAIUpstreamEngine:
         if response.status < 400:
             return
         text = await response.text()
+        if response.status == 401:
+            self.credentials.invalidate()  # perhaps rotated: the next request re-reads it
         try:
             error = json.loads(text).get("error") or {}
             message = error.get("message") or text
@@ -107,7 +142,9 @@ class OpenAIUpstreamEngine:
     ) -> dict[str, Any]:
         try:
             async with self.session.post(
-                self.base_url + _PATHS[endpoint], json=self._body(body, stream=False)
+                self.base_url + _PATHS[endpoint],
+                json=self._body(body, stream=False),
+                headers=await self._headers(),
             ) as response:
                 await self._raise_for(response)
                 result: dict[str, Any] = await response.json()
@@ -122,7 +159,9 @@ class OpenAIUpstreamEngine:
     ) -> AsyncIterator[dict[str, Any]]:
         try:
             async with self.session.post(
-                self.base_url + _PATHS[endpoint], json=self._body(body, stream=True)
+                self.base_url + _PATHS[endpoint],
+                json=self._body(body, stream=True),
+                headers=await self._headers(),
             ) as response:
                 await self._raise_for(response)
                 async for raw in response.content:
