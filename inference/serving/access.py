@@ -12,6 +12,9 @@ invalidation messages. Why this is safe:
   silently.
 - Unknown keys are cached too (so guessing costs no Redis round trip); the message that announces
   a new key drops that entry.
+- Concurrent misses for the same record share one Redis read (``_inflight``): a burst of a
+  thousand requests with a key used for the first time, or right after a full republish
+  dropped every cache, costs one GET per key and organisation, not one per request.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from inference.serving import errors
+from inference.serving import errors, metrics
 from inference.serving.limits import LimitSet
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,8 @@ class AccessCache:
         # Bumped by every invalidation: a read that raced one is not cached (see ``_record``).
         self.generation = 0
         self._listener: asyncio.Task[None] | None = None
+        # Redis reads in flight, by record name: later misses for the same record await these.
+        self._inflight: dict[tuple[str, int], asyncio.Task[dict[str, Any]]] = {}
 
     # --- Redis names (docs/access-snapshot.md) ---
 
@@ -205,14 +211,33 @@ class AccessCache:
             cached = cache.get(ident, now=now, ttl=self.ttl)
             if cached is not None:
                 return cached
+        record_name = self._name(name, ident)
+        # Only reads started since the last invalidation are shared: one started before it may
+        # return what the invalidation replaced (a key that was just revoked).
+        flight = (record_name, self.generation)
+        read = self._inflight.get(flight)
+        if read is None:
+            # A task of its own, so a request that goes away does not cancel the read the
+            # others wait for.
+            read = asyncio.get_running_loop().create_task(
+                self._read(cache, record_name, ident, now)
+            )
+            self._inflight[flight] = read
+            read.add_done_callback(partial(self._read_done, flight))
+        return await asyncio.shield(read)
+
+    def _read_done(self, flight: tuple[str, int], read: asyncio.Task[dict[str, Any]]) -> None:
+        self._inflight.pop(flight, None)
+        if not read.cancelled():
+            read.exception()  # retrieved here, whether or not anyone still waits for it
+
+    async def _read(self, cache: _Lru, record_name: str, ident: str, now: float) -> dict[str, Any]:
+        """One GET of a record, cached unless an invalidation raced it."""
         generation = self.generation
         try:
-            raw = await self.client.get(self._name(name, ident))
+            raw = await self.client.get(record_name)
         except (RedisError, OSError) as error:
-            logger.error("access snapshot: Redis unreachable: %s", error)
-            raise errors.unavailable(
-                "Authorisation is temporarily unavailable; retry shortly.", "auth_unavailable"
-            ) from error
+            raise _unreachable(error) from error
         record = _MISSING if raw is None else json.loads(raw)
         # An invalidation that arrived while the GET was in flight may be newer than what the
         # GET returned: then do not cache it (the next request reads Redis again).
@@ -267,6 +292,16 @@ class AccessCache:
             # A record the control plane should never have written: refuse (fail closed), as
             # a temporary condition of the platform, not the client's fault.
             logger.exception("malformed access-snapshot record for key %s", key.get("key_id"))
+            metrics.AUTH_ERRORS.labels("malformed_record").inc()
             raise errors.unavailable(
                 "Authorisation is temporarily unavailable; retry.", "access_unavailable"
             ) from None
+
+
+def _unreachable(error: BaseException) -> errors.ApiError:
+    """The 503 for a snapshot read that Redis failed (counted and logged once per read)."""
+    logger.error("access snapshot: Redis unreachable: %s", error)
+    metrics.AUTH_ERRORS.labels("redis_unreachable").inc()
+    return errors.unavailable(
+        "Authorisation is temporarily unavailable; retry shortly.", "auth_unavailable"
+    )

@@ -32,15 +32,38 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 
 from inference.serving import errors, metrics, requests
 from inference.serving.access import AccessCache, Principal
+from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
+from inference.serving.logs import route_to_serve_logs
 from inference.serving.pricing import cost
-from inference.serving.spec import DeploymentSpec, ModelSpec
+from inference.serving.spec import GatewayArgs, GatewayConfig, RouteSpec
 from inference.serving.usage import UsageEmitter, UsageEvent
 
-logger = logging.getLogger("vlinders.gateway")
+logger = logging.getLogger(__name__)
+
+# How long a request waits for a free Redis connection before the pool gives up (then: 503).
+REDIS_POOL_WAIT_S = 5.0
+# A model server that cannot take a request (its replicas gone, being replaced): the client is
+# asked to retry after this long.
+MODEL_UNAVAILABLE_RETRY_S = 2
+# How often gauges fed from components' counters are refreshed.
+GAUGE_INTERVAL_S = 5.0
+# What the engine side may raise when a model's replicas are gone or not there yet.
+_MODEL_UNAVAILABLE = (
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RayActorError,
+    ActorUnavailableError,
+)
 
 api = FastAPI(title="Vlinders gateway", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -56,7 +79,7 @@ class Call:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     principal: Principal | None = None
     model: str = ""
-    target: ModelSpec | None = None
+    target: RouteSpec | None = None
     stream: bool = False
     reservation: Reservation | None = None
     prompt_tokens: int = 0
@@ -77,47 +100,117 @@ class Call:
     settled: bool = False
 
 
-class Gateway:
-    """One gateway replica. ``handles`` maps Serve deployment names to model-server handles."""
+def redis_pool_size(max_ongoing_requests: int) -> int:
+    """Connections of a replica's Redis pool: a request holds one only during a Redis call
+    (two short scripts and, on a cache miss, a GET), so a quarter of the requests a replica may
+    hold at once keeps waits short; at least 16, for the pub/sub listener and bursts. Requests
+    beyond it wait for a connection (up to ``REDIS_POOL_WAIT_S``) instead of failing."""
+    return max(16, max_ongoing_requests // 4)
 
-    def __init__(self, spec: dict[str, Any], handles: dict[str, Any]) -> None:
-        self.spec = DeploymentSpec.model_validate(spec)
-        self.routes = self.spec.routes()
-        self.handles = handles
+
+def model_handle(deployment: str) -> tuple[Any, Any]:
+    """The Serve handles (plain, streaming) of a model's application, by name. Resolved once
+    per model and reused for every request."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=deployment)
+    return handle, handle.options(stream=True)
+
+
+class Gateway:
+    """One gateway replica.
+
+    ``args`` (``GatewayArgs``) are fixed for the replica's life; the routes arrive through
+    :meth:`reconfigure` (Serve's ``user_config``) and change in place. ``handle_factory`` maps a
+    model's deployment name to its (plain, streaming) handles; Serve's by default.
+    """
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        handle_factory: Any = model_handle,
+    ) -> None:
+        route_to_serve_logs()
+        self.args = GatewayArgs.model_validate(args)
+        self.config = GatewayConfig(revision="")
+        self.routes: dict[str, RouteSpec] = {}
+        self.handles: dict[str, tuple[Any, Any]] = {}
+        self._handle_factory = handle_factory
         pepper = os.environ.get("VLINDERS_KEY_PEPPER")
         if not pepper:
             raise RuntimeError(
                 "VLINDERS_KEY_PEPPER is not set in the Ray cluster's environment: the gateway "
                 "cannot hash API keys (docs/deployment-spec.md)."
             )
-        self.redis = aioredis.Redis.from_url(
-            self.spec.redis_url,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            health_check_interval=10,
+        # A bounded pool that waits: redis-py's default pool raises "Too many connections" as
+        # soon as 100 are in use, which turned bursts into 503s and lost settles.
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.args.redis_url,
+                max_connections=redis_pool_size(self.args.max_ongoing_requests),
+                timeout=REDIS_POOL_WAIT_S,
+                socket_timeout=2,
+                socket_connect_timeout=2,
+                health_check_interval=10,
+            )
         )
         self.access = AccessCache(
             self.redis,
-            prefix=self.spec.redis_prefix,
+            prefix=self.args.redis_prefix,
             pepper=pepper,
-            ttl=self.spec.gateway.access_cache_ttl_s,
+            ttl=self.config.access_cache_ttl_s,
         )
-        self.limiter = Limiter(self.redis, self.spec.redis_prefix)
+        self.limiter = Limiter(self.redis, self.args.redis_prefix, lease_seconds=self.args.lease_s)
+        # Renews the leases of requests in flight: a generation longer than a lease keeps its
+        # concurrency slot and reservation, and is settled correctly.
+        self.leases = LeaseKeeper(self.limiter)
         self.usage = UsageEmitter(
-            broker_url=self.spec.broker_url,
-            task_name=self.spec.usage_task,
-            spool_dir=self.spec.usage_spool_dir,
-            queue=self.spec.usage_queue,
+            broker_url=self.args.broker_url,
+            task_name=self.args.usage_task,
+            spool_dir=self.args.usage_spool_dir,
+            queue=self.args.usage_queue,
         )
         self._started = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._gauges: asyncio.Task[None] | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Take a new routing config (routes, aliases, prices, timeouts) without a restart.
+
+        Serve calls this before the replica serves its first request and again on every apply
+        that changes the config. Requests already running keep the route they started with.
+        Handles are kept for models that stay and made for new ones; a refused config raises,
+        and Serve keeps the previous one."""
+        config = GatewayConfig.model_validate(user_config)
+        routes = config.routes()
+        handles = {
+            model.deployment: self.handles.get(model.deployment)
+            or self._handle_factory(model.deployment)
+            for model in config.models
+        }
+        self.config, self.routes, self.handles = config, routes, handles
+        self.access.ttl = config.access_cache_ttl_s
+        logger.info(
+            "routing config %s: %d models, %d public names",
+            config.revision[:12],
+            len(config.models),
+            len(routes),
+        )
 
     def _ensure_started(self) -> None:
         """Start the invalidation listener and the usage flusher on the replica's event loop."""
         if not self._started:
             self.access.start()
             self.usage.start()
+            self.leases.start()
+            self._gauges = asyncio.get_running_loop().create_task(self._export_gauges())
             self._started = True
+
+    async def _export_gauges(self) -> None:
+        """Gauges read from components' own counters, every few seconds, off the hot path."""
+        while True:
+            metrics.USAGE_SPOOL_BACKLOG.set(self.usage.stats()["spool_backlog"])
+            await asyncio.sleep(GAUGE_INTERVAL_S)
 
     # --- small helpers ---
 
@@ -128,7 +221,7 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def _read_body(self, request: Request) -> bytes:
-        limit = self.spec.gateway.max_body_bytes
+        limit = self.config.max_body_bytes
         too_big = errors.ApiError(
             413,
             f"The request body is larger than {limit} bytes.",
@@ -146,7 +239,7 @@ class Gateway:
                 raise too_big
         return bytes(body)
 
-    def _route(self, call: Call, principal: Principal, name: str) -> ModelSpec:
+    def _route(self, call: Call, principal: Principal, name: str) -> RouteSpec:
         """404 for names the organisation may not use (no existence leak), 403 for names its
         key may not use, 404 for allowed names not deployed (yet)."""
         if name not in principal.org_models:
@@ -185,9 +278,11 @@ class Gateway:
             call.model, call.stream = parsed.model, parsed.stream
             call.target = self._route(call, call.principal, parsed.model)
             await self._reserve(call, parsed)
-            handle = self.handles[call.target.deployment]
+            plain, streamed = self.handles[call.target.deployment]
             metrics.IN_FLIGHT.labels(call.model).inc()
             call.in_flight = True
+            # Every wait on the model server is bounded by the model's request timeout.
+            deadline = asyncio.get_running_loop().time() + call.target.request_timeout_s
             if parsed.stream:
                 body = {
                     **parsed.body,
@@ -197,20 +292,33 @@ class Gateway:
                         "continuous_usage_stats": True,
                     },
                 }
-                generator = handle.options(stream=True).stream.remote(
-                    endpoint, body, call.principal.priority
-                )
+                generator = streamed.stream.remote(endpoint, body, call.principal.priority)
                 # Wait for the first message before answering: an engine that refuses the
                 # request then gets a real HTTP 400, not an error event inside a 200 stream.
-                first = await _first(generator)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        first = await _first(generator)
+                except TimeoutError:
+                    generator.cancel()
+                    raise self._timed_out(call) from None
                 streaming = True
                 return _StreamResponse(
-                    self._stream(call, generator, first, parsed),
+                    self._stream(call, generator, first, parsed, deadline),
                     on_abandoned=lambda: self._abandoned(call, generator),
                     media_type="text/event-stream",
                     headers={**self._response_headers(call), "cache-control": "no-cache"},
                 )
-            result = await handle.complete.remote(endpoint, parsed.body, call.principal.priority)
+            response = plain.complete.remote(endpoint, parsed.body, call.principal.priority)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await response
+            except TimeoutError:
+                # Cancels the request in the model server, which aborts it in the engine. The
+                # answer never reached the client: the prompt (as reserved) is metered, no
+                # completion tokens.
+                response.cancel()
+                call.prompt_tokens, call.usage_known = call.reserved_prompt, True
+                raise self._timed_out(call) from None
             call.relayed_any = True
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)
@@ -218,9 +326,27 @@ class Gateway:
             return JSONResponse(result, headers=self._response_headers(call))
         except errors.ApiError as error:
             return self._error_response(call, error)
-        except LimiterUnavailable:
+        except LimiterUnavailable as error:
+            logger.error("request %s: the limiter's Redis failed: %s", call.request_id, error)
             return self._error_response(
                 call, errors.unavailable("Rate limiting is temporarily unavailable; retry.")
+            )
+        except BackPressureError:
+            model = call.model if call.target is not None else "-"
+            metrics.QUEUE_REJECTIONS.labels(model).inc()
+            return self._error_response(call, _overloaded(call.model))
+        except _MODEL_UNAVAILABLE as error:
+            logger.warning("request %s: model server unavailable: %s", call.request_id, error)
+            return self._error_response(
+                call,
+                errors.ApiError(
+                    503,
+                    f"The model `{call.model}` is not available right now; retry shortly.",
+                    "server_error",
+                    None,
+                    "model_unavailable",
+                    {"Retry-After": str(MODEL_UNAVAILABLE_RETRY_S)},
+                ),
             )
         except asyncio.CancelledError:
             call.status, call.error_type = 499, "client_disconnected"
@@ -241,6 +367,18 @@ class Gateway:
             if not streaming:
                 # Off the response's path, and immune to this task being cancelled.
                 self._background_task(self._finish(call))
+
+    def _timed_out(self, call: Call) -> errors.ApiError:
+        assert call.target is not None
+        metrics.TIMEOUTS.labels(call.model).inc()
+        return errors.ApiError(
+            504,
+            f"The request did not finish within the model's timeout "
+            f"({call.target.request_timeout_s:g} s); it was cancelled.",
+            "server_error",
+            None,
+            "timeout",
+        )
 
     async def _reserve(self, call: Call, parsed: requests.ParsedRequest) -> None:
         assert call.principal is not None
@@ -266,6 +404,7 @@ class Gateway:
         if isinstance(decision, Refusal):
             raise _rate_limited(decision)
         call.reservation = decision
+        self.leases.add(decision)
         call.reserved_prompt, call.reserved_completion = prompt, completion
 
     async def _stream(
@@ -274,6 +413,7 @@ class Gateway:
         generator: Any,
         first: list[dict[str, Any]],
         parsed: requests.ParsedRequest,
+        deadline: float,
     ) -> AsyncIterator[bytes]:
         call.relaying = True
         finished = False
@@ -283,7 +423,14 @@ class Gateway:
                 out = self._relay(call, batch, parsed)
                 if out:
                     yield out
-                batch = await _next(generator)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        batch = await _next(generator)
+                except TimeoutError:
+                    # Cancel the engine's work; what it produced so far is metered from its
+                    # own running counts (continuous usage stats).
+                    generator.cancel()
+                    raise self._timed_out(call) from None
             if parsed.include_usage:
                 yield _sse(_usage_chunk(call, parsed.model, parsed.endpoint))
             yield b"data: [DONE]\n\n"
@@ -321,8 +468,11 @@ class Gateway:
     async def __del__(self) -> None:
         """Ray Serve calls this on a graceful stop (an apply, a downscale): settle what is in
         flight and send or spool every usage event still in memory before the process exits."""
+        if self._gauges is not None:
+            self._gauges.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.leases.aclose()
         await self.usage.aclose()
         await self.access.aclose()
         await self.redis.aclose()
@@ -404,35 +554,42 @@ class Gateway:
             except Exception:
                 # The lease expires by itself; Postgres stays the authority for spend.
                 logger.exception("request %s: settling failed", call.request_id)
+            finally:
+                self.leases.discard(call.reservation)
 
     def _record_metrics(self, call: Call, latency: float) -> None:
         # Only names that routed become label values: a client cannot mint series.
         model = call.model if call.target is not None else "-"
-        org = call.principal.org_slug if call.principal else "-"
-        metrics.REQUESTS.labels(model, call.endpoint, org, str(call.status)).inc()
+        principal = call.principal
+        org = principal.org_slug if principal else "-"
+        metrics.request_finished(
+            model=model,
+            endpoint=call.endpoint,
+            status=call.status,
+            org=org,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+        )
         if call.status != 200:
             metrics.ERRORS.labels(model, call.error_type or "-", call.error_code or "-").inc()
         metrics.LATENCY.labels(model, call.endpoint).observe(latency)
         if call.ttft is not None:
             metrics.TTFT.labels(model).observe(call.ttft)
-        metrics.TOKENS.labels(model, org, "prompt").inc(call.prompt_tokens)
-        metrics.TOKENS.labels(model, org, "completion").inc(call.completion_tokens)
+        # The access line (lazy: formatted only when INFO is on).
         logger.info(
-            json.dumps(
-                {
-                    "event": "request",
-                    "request_id": call.request_id,
-                    "http_request_id": call.http_request_id,
-                    "org": org,
-                    "model": model,
-                    "endpoint": call.endpoint,
-                    "status": call.status,
-                    "stream": call.stream,
-                    "prompt_tokens": call.prompt_tokens,
-                    "completion_tokens": call.completion_tokens,
-                    "latency_ms": round(latency * 1000, 2),
-                }
-            )
+            "request %s org=%s key=%s model=%s endpoint=%s stream=%s status=%d "
+            "tokens=%d+%d latency_ms=%.1f http_request_id=%s",
+            call.request_id,
+            org,
+            principal.key_id if principal else "-",
+            model,
+            call.endpoint,
+            call.stream,
+            call.status,
+            call.prompt_tokens,
+            call.completion_tokens,
+            latency * 1000,
+            call.http_request_id,
         )
 
     def _emit(self, call: Call, latency: float, spend: Decimal) -> None:
@@ -495,7 +652,7 @@ class Gateway:
             redis_ok = False
         body = {
             "status": "ok" if redis_ok else "degraded",
-            "revision": self.spec.revision,
+            "revision": self.config.revision,
             "redis": redis_ok,
             "snapshot_subscribed": self.access.subscribed,
             "usage": self.usage.stats(),
@@ -564,7 +721,7 @@ def _usage_chunk(call: Call, model: str, endpoint: str) -> dict[str, Any]:
     }
 
 
-def _model_object(name: str, target: ModelSpec) -> dict[str, Any]:
+def _model_object(name: str, target: RouteSpec) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
@@ -590,6 +747,23 @@ def _rate_limited(refusal: Refusal) -> errors.ApiError:
         headers["Retry-After"] = str(_seconds(refusal.retry_after))
     code = "insufficient_quota" if budget else "rate_limit_exceeded"
     return errors.ApiError(429, message, code, None, code, headers)
+
+
+# What a client refused for a full queue is asked to wait: queues drain in about this long.
+OVERLOADED_RETRY_S = 1
+
+
+def _overloaded(model: str) -> errors.ApiError:
+    """503 for a model whose queue (``max_queued_requests``) is full: refused at once, so the
+    client can back off or go elsewhere instead of waiting minutes in a queue."""
+    return errors.ApiError(
+        503,
+        f"The model `{model}` is at capacity; retry after {OVERLOADED_RETRY_S} s.",
+        "server_error",
+        None,
+        "model_overloaded",
+        {"Retry-After": str(OVERLOADED_RETRY_S)},
+    )
 
 
 def _seconds(value: float) -> int:

@@ -10,9 +10,11 @@ Prometheus scrapes each node's gateway (one per node in a cluster) and sums acro
 Without ``PROMETHEUS_MULTIPROC_DIR`` (a single process, unit tests) the in-process registry is
 served instead.
 
-Labels: ``model`` (the public name asked for), ``endpoint``, and ``org`` (the organisation slug)
-on request and token counters only, where its cardinality (number of tenants) is acceptable;
-latency histograms carry no tenant label.
+Labels: ``model`` (the public name asked for, only names that routed), ``endpoint``,
+``status``. No label grows with the number of tenants unless the operator switches it on:
+``VLINDERS_METRICS_TENANT_LABELS=1`` in the Ray cluster's environment adds ``org`` (the
+organisation slug) to the request and token counters, never to histograms. Per-tenant figures
+otherwise come from the usage API, which is built for them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from prometheus_client import (
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
+TENANT_LABELS = os.environ.get("VLINDERS_METRICS_TENANT_LABELS", "0") == "1"
+_ORG = ["org"] if TENANT_LABELS else []
+
 REQUESTS = Counter(
     "vlinders_requests_total",
     "Requests that reached the gateway, by outcome.",
-    ["model", "endpoint", "org", "status"],
+    ["model", "endpoint", "status", *_ORG],
 )
 ERRORS = Counter(
     "vlinders_errors_total",
@@ -56,7 +61,7 @@ TTFT = Histogram(
 TOKENS = Counter(
     "vlinders_tokens_total",
     "Tokens metered, by direction (prompt, completion).",
-    ["model", "org", "direction"],
+    ["model", "direction", *_ORG],
 )
 ENGINE_CANCELLED = Counter(
     "vlinders_engine_requests_cancelled_total",
@@ -69,6 +74,47 @@ IN_FLIGHT = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+
+QUEUE_REJECTIONS = Counter(
+    "vlinders_queue_rejections_total",
+    "Requests refused with 503 because the model's queue (max_queued_requests) was full.",
+    ["model"],
+)
+TIMEOUTS = Counter(
+    "vlinders_request_timeouts_total",
+    "Requests cancelled because they ran past the model's request timeout.",
+    ["model"],
+)
+AUTH_ERRORS = Counter(
+    "vlinders_gateway_auth_errors_total",
+    "Authorisations that failed for the platform's reasons (the snapshot's Redis unreachable, "
+    "a malformed record), answered 503.",
+    ["reason"],
+)
+USAGE_SPOOL_BACKLOG = Gauge(
+    "vlinders_usage_spool_backlog_batches",
+    "Usage batches spooled to disk (the broker was unreachable) and not yet replayed; every "
+    "replica of a node sees the node's spool folder, so the node's value is the maximum.",
+    multiprocess_mode="max",
+)
+
+
+def request_finished(
+    *,
+    model: str,
+    endpoint: str,
+    status: int,
+    org: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """Count one finished request and its tokens (``org`` only when tenant labels are on)."""
+    extra = [org] if TENANT_LABELS else []
+    REQUESTS.labels(model, endpoint, str(status), *extra).inc()
+    if prompt_tokens:
+        TOKENS.labels(model, "prompt", *extra).inc(prompt_tokens)
+    if completion_tokens:
+        TOKENS.labels(model, "completion", *extra).inc(completion_tokens)
 
 
 def render() -> tuple[bytes, str]:

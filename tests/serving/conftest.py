@@ -28,6 +28,7 @@ import redis
 from django.conf import settings
 
 from inference import demo_models
+from inference.deployment import render_serve_config
 from inference.models import Visibility
 from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
@@ -113,6 +114,11 @@ VLLM_CPU = {
 # The synthetic engine is the labelled test engine (not a model): fast and slow variants.
 SYNTHETIC_FAST = {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16}
 SYNTHETIC_SLOW = {"ttft_ms": 20, "tpot_ms": 40, "default_max_tokens": 400}
+SYNTHETIC_LOAD = {"ttft_ms": 5, "tpot_ms": 2, "default_max_tokens": 16}
+SYNTHETIC_TIGHT = {"ttft_ms": 0, "tpot_ms": 50, "default_max_tokens": 100}
+# Leases are renewed while a request runs; a short one in the tests shows that renewal works
+# (a request longer than this keeps its slot: tests/serving/test_leases_e2e.py).
+LEASE_S = 2.0
 
 
 def _model(name: str, engine_args: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -163,11 +169,16 @@ class Deployed:
         return total
 
 
+def serve_config(spec: dict[str, Any], port: int) -> dict[str, Any]:
+    """The Serve config of a test spec, rendered as the control plane renders the catalog's."""
+    return render_serve_config(spec, host="127.0.0.1", port=port)
+
+
 def deploy(ray_cluster: Any, config: dict[str, Any], *, timeout: float = 240) -> None:
-    """PUT the Serve config to the dashboard and wait until the application is RUNNING."""
+    """PUT the Serve config to the dashboard and wait until every application is RUNNING."""
     client = RayDashboardClient(base_url=ray_cluster.dashboard_url, token=ray_cluster.token)
     client.put_applications(config)
-    client.wait_running(["vlinders"], timeout=timeout)
+    client.wait_running([app["name"] for app in config["applications"]], timeout=timeout)
 
 
 @pytest.fixture(scope="package")
@@ -214,11 +225,28 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
             "num_cpus": 0.25,
             "max_body_bytes": 64 * 1024,
             "access_cache_ttl_s": 30,
+            "lease_s": LEASE_S,
         },
         "models": [
             _model("syn-fast", SYNTHETIC_FAST, aliases=["syn-alias"]),
             _model("syn-slow", SYNTHETIC_SLOW),
             _model("syn-private", SYNTHETIC_FAST),
+            # The load test's model: a replica takes 1,024 requests at once, more may queue.
+            _model(
+                "syn-load",
+                SYNTHETIC_LOAD,
+                scaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 256},
+                max_queued_requests=1024,
+            ),
+            # Tight bounds for load shedding and timeouts: 8 requests at once, 4 more queued
+            # per gateway replica, 2 s to finish.
+            _model(
+                "syn-tight",
+                SYNTHETIC_TIGHT,
+                scaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 1},
+                max_queued_requests=4,
+                request_timeout_s=2,
+            ),
             {
                 **_model("upstream-syn", {"timeout_s": 30}),
                 "engine": "openai",
@@ -266,19 +294,12 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
             },
         ],
     }
-    config = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "vlinders",
-                "route_prefix": "/",
-                "import_path": "inference.serving.app:build_app",
-                "args": spec,
-            }
-        ],
-    }
-    deploy(ray_cluster, config)
+    # Upstream keys never travel in the config: published to Redis, encrypted, as the control
+    # plane publishes a catalog model's.
+    for model in spec["models"]:
+        if model["engine"] == "openai":
+            publish_upstream_key(model["deployment"], model["source"]["api_key"])
+    deploy(ray_cluster, serve_config(spec, port))
     yield Deployed(f"http://127.0.0.1:{port}", spec, ray_cluster.dashboard_url, ray_cluster.token)
     shutil.rmtree(spool, ignore_errors=True)
 
@@ -289,6 +310,8 @@ def catalog(db):  # type: ignore[no-untyped-def]
     fast = CatalogModelFactory(name="syn-fast")
     CatalogModelFactory(name="syn-slow")
     CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
+    CatalogModelFactory(name="syn-load")
+    CatalogModelFactory(name="syn-tight")
     CatalogModelFactory(name="upstream-syn")
     CatalogModelFactory(name="upstream-badkey")
     CatalogModelFactory(name="smollm2")

@@ -67,3 +67,77 @@ def test_a_malformed_record_is_a_503_not_a_crash(org):
     with pytest.raises(ApiError) as caught:
         _authorize(_records(org))
     assert caught.value.status == 503
+
+
+class CountingRedis(aioredis.Redis):
+    """The real Redis client, counting the GETs it sends (a spy, not a double)."""
+
+    gets = 0
+    fetched: asyncio.Event | None = None  # set when the first GET has its answer
+    release: asyncio.Event | None = None  # that answer is returned only once this is set
+
+    async def get(self, name):  # type: ignore[no-untyped-def,override]
+        cls = type(self)
+        cls.gets += 1
+        first = cls.gets == 1
+        value = await super().get(name)
+        if first and cls.fetched is not None and cls.release is not None:
+            cls.fetched.set()
+            await cls.release.wait()  # a slow read: the concurrent misses overlap it
+        else:
+            await asyncio.sleep(0.01)
+        return value
+
+
+def _concurrent_authorize(records, n, *, invalidate_midway=False):  # type: ignore[no-untyped-def]
+    """``n`` concurrent first uses of one key on a cold cache; returns (results, GETs sent)."""
+    prefix = f"vltest:access:{uuid.uuid4().hex[:8]}:"
+
+    async def run():  # type: ignore[no-untyped-def]
+        client = CountingRedis.from_url(settings.REDIS_URL)
+        CountingRedis.gets = 0
+        CountingRedis.fetched = asyncio.Event() if invalidate_midway else None
+        CountingRedis.release = asyncio.Event() if invalidate_midway else None
+        cache = AccessCache(client, prefix=prefix, pepper=PEPPER)
+        try:
+            await client.set(
+                f"{prefix}access:v1:key:{cache.key_hash(SECRET)}", json.dumps(records["key"])
+            )
+            await client.set(f"{prefix}access:v1:org:org-1", json.dumps(records["org"]))
+            CountingRedis.gets = 0
+            first = [cache.authorize(f"Bearer {SECRET}") for _ in range(n)]
+            tasks = [asyncio.ensure_future(call) for call in first]
+            if invalidate_midway:
+                assert CountingRedis.fetched is not None and CountingRedis.release is not None
+                await CountingRedis.fetched.wait()  # the shared read has the active record
+                revoked = {**records["key"], "status": "revoked"}
+                await client.set(
+                    f"{prefix}access:v1:key:{cache.key_hash(SECRET)}", json.dumps(revoked)
+                )
+                cache._apply(json.dumps({"kind": "key", "id": cache.key_hash(SECRET)}))
+                tasks.append(asyncio.ensure_future(cache.authorize(f"Bearer {SECRET}")))
+                await asyncio.sleep(0.05)  # the late request is waiting on its own read
+                CountingRedis.release.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return results, CountingRedis.gets
+        finally:
+            await client.delete(*[k async for k in client.scan_iter(match=prefix + "*")])
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_concurrent_misses_for_one_key_share_one_read_per_record():
+    results, gets = _concurrent_authorize(_records({}), 500)
+    assert all(result.key_id == "key-1" for result in results)
+    assert gets == 2  # one for the key's record, one for its organisation's
+
+
+def test_a_read_started_before_an_invalidation_is_not_shared_after_it():
+    """A request that arrives after a revocation's message must not join a read that began
+    before it (that read may return the key as active)."""
+    results, gets = _concurrent_authorize(_records({}), 50, invalidate_midway=True)
+    *early, last = results
+    assert all(result.key_id == "key-1" for result in early)  # they came before the revocation
+    assert isinstance(last, ApiError) and last.status == 401, last
+    assert gets == 3  # key and organisation once for the early ones, the key again for the late
