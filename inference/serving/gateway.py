@@ -39,7 +39,7 @@ from ray.serve.exceptions import (
     ReplicaUnavailableError,
 )
 
-from inference.serving import errors, metrics, requests
+from inference.serving import errors, logs, metrics, requests
 from inference.serving.access import AccessCache, Principal
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
@@ -174,11 +174,12 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._gauges: asyncio.Task[None] | None = None
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Take a new routing config (routes, aliases, prices, timeouts) without a restart.
 
         Serve calls this before the replica serves its first request and again on every apply
         that changes the config. Requests already running keep the route they started with.
+        Async so that it runs on the replica's event loop, where Serve's handles are made.
         Handles are kept for models that stay and made for new ones; a refused config raises,
         and Serve keeps the previous one."""
         config = GatewayConfig.model_validate(user_config)
@@ -207,9 +208,11 @@ class Gateway:
             self._started = True
 
     async def _export_gauges(self) -> None:
-        """Gauges read from components' own counters, every few seconds, off the hot path."""
+        """Every few seconds, off the hot path: gauges read from components' own counters, and
+        the buffered log lines written (so a quiet replica's access lines appear too)."""
         while True:
             metrics.USAGE_SPOOL_BACKLOG.set(self.usage.stats()["spool_backlog"])
+            logs.flush()
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
     # --- small helpers ---
