@@ -18,7 +18,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from inference import services
+from inference import services, upstream_secrets
 from inference.models import (
     CatalogModel,
     DeploymentRevision,
@@ -49,8 +49,12 @@ class CatalogModelAdminForm(forms.ModelForm):  # type: ignore[type-arg]
         widget=AdminURLFieldWidget,
         help_text="OpenAI-compatible upstream, e.g. https://api.example.com/v1 (openai engine).",
     )
+    # Not a model field of the form: the row holds a token, the form takes the plain key and
+    # hands it to the service, which encrypts it. Never rendered back.
     upstream_api_key = forms.CharField(
         required=False,
+        max_length=upstream_secrets.MAX_KEY_CHARS,
+        strip=True,
         widget=forms.PasswordInput(render_value=False),
         help_text="Never shown. Leave blank to keep the current key.",
     )
@@ -60,20 +64,40 @@ class CatalogModelAdminForm(forms.ModelForm):  # type: ignore[type-arg]
 
     class Meta:
         model = CatalogModel
-        fields = (*services.CATALOG_MODEL_FIELDS, "organizations")
+        fields = (
+            *(name for name in services.CATALOG_MODEL_FIELDS if name != "upstream_api_key"),
+            "organizations",
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        state = "A key is set" if self.instance.upstream_api_key else "No key is set"
+        self.fields[
+            "upstream_api_key"
+        ].help_text = f"{state}. Never shown; leave blank to keep the current key."
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        # What the service is given for the key: {} keeps it, "" clears it, else the new plain
+        # key. Taken out of cleaned_data so the form never copies it onto the row (the admin
+        # lists the field, which would make the ModelForm treat it as the model's).
+        key = data.pop("upstream_api_key", "")
         if data.get("clear_upstream_api_key"):
-            data["upstream_api_key"] = ""
-        elif not data.get("upstream_api_key") and not self.instance._state.adding:
-            data["upstream_api_key"] = self.instance.upstream_api_key
+            self.upstream_api_key_change: dict[str, str] = {"upstream_api_key": ""}
+        elif key:
+            self.upstream_api_key_change = {"upstream_api_key": key}
+        else:
+            self.upstream_api_key_change = {}
         return data
 
     def _post_clean(self) -> None:
         super()._post_clean()  # type: ignore[misc]
         if self.errors:
             return
+        # Validate the row as it will be stored: with the new key's token, or none.
+        change = self.upstream_api_key_change
+        if change:
+            self.instance.upstream_api_key = upstream_secrets.encrypt(change["upstream_api_key"])
         try:
             services.catalog_model_validate(
                 model=self.instance, organizations=self.cleaned_data.get("organizations", [])
@@ -136,7 +160,12 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     )
 
     def save_model(self, request: HttpRequest, obj: CatalogModel, form: Any, change: bool) -> None:
-        fields = {name: getattr(obj, name) for name in services.CATALOG_MODEL_FIELDS}
+        fields = {
+            name: getattr(obj, name)
+            for name in services.CATALOG_MODEL_FIELDS
+            if name != "upstream_api_key"
+        }
+        fields |= form.upstream_api_key_change
         organizations = list(form.cleaned_data.get("organizations", []))
         if change:
             services.catalog_model_update(model=obj, organizations=organizations, **fields)

@@ -45,7 +45,9 @@ class CatalogModel(models.Model):
     source_path = models.CharField(max_length=1024, blank=True)
     upstream_base_url = models.URLField(max_length=1024, blank=True)
     upstream_model = models.CharField(max_length=256, blank=True)
-    upstream_api_key = models.CharField(max_length=1024, blank=True)
+    # A Fernet token of the upstream's API key, never the key itself ("" for none): the services
+    # encrypt what they are given (inference/upstream_secrets.py). Write-only everywhere.
+    upstream_api_key = models.TextField(blank=True)
     engine_args = models.JSONField(default=dict, blank=True)
     context_length = models.PositiveIntegerField(validators=[MinValueValidator(16)])
     price_input_per_mtok = models.DecimalField(

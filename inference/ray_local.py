@@ -39,7 +39,8 @@ class LocalRay:
 
     ``gcs_port`` avoids 6379, Ray's default, which is the local Redis's port.
     ``env`` is added to the cluster's environment: every Ray worker (so every Serve replica)
-    inherits it; that is how secrets such as ``VLINDERS_KEY_PEPPER`` reach the data plane.
+    inherits it; that is how secrets such as ``VLINDERS_KEY_PEPPER`` and ``VLINDERS_SECRETS_KEY``
+    (which opens the upstream API keys published to Redis) reach the data plane.
     ``metrics_dir`` becomes ``PROMETHEUS_MULTIPROC_DIR``, where every replica of the node records
     its metrics (``inference/serving/metrics.py``); it is emptied at start, since files left by
     an earlier cluster would be summed into this one's counters.

@@ -11,9 +11,9 @@ Rules of a catalog model (``catalog_model_validate``):
 - models and aliases share one namespace of public names: a name used by either is taken;
 - ``engine_args`` match the JSON Schema of the engine kind (``inference.engine_args``);
 - engine source: ``vllm`` needs ``source_path``; ``openai`` needs ``upstream_base_url`` and
-  ``upstream_model`` (``upstream_api_key`` is optional); ``synthetic`` needs no source. Source
-  fields that the engine kind does not use must be empty, so a stale upstream key or path never
-  lingers on a row that does not use it;
+  ``upstream_model`` (``upstream_api_key`` is optional, at most 1,024 characters); ``synthetic``
+  needs no source. Source fields that the engine kind does not use must be empty, so a stale
+  upstream key or path never lingers on a row that does not use it;
 - ``min_replicas <= max_replicas``;
 - scale to zero: ``scale_to_zero`` is true exactly when ``min_replicas == 0``. A model that may
   scale to zero says so twice on purpose (a 0 typed by mistake does not silently make the first
@@ -29,6 +29,11 @@ Rules of a catalog model (``catalog_model_validate``):
 Rules of an alias (``model_alias_validate``): ``full_clean`` and the shared namespace. An alias
 never widens access: it is visible only to organisations that may use its target.
 
+The upstream API key is given in plain text and stored encrypted (``inference.upstream_secrets``);
+after the transaction commits it is published, encrypted, to Redis for the model server, and its
+record is deleted when the key is cleared or the model renamed, deleted or moved off the
+``openai`` engine.
+
 Catalog writes are serialised by one transaction-scoped Postgres advisory lock, so two concurrent
 writes cannot both claim the same public name across the two tables.
 """
@@ -42,6 +47,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
+from inference import upstream_secrets
 from inference.engine_args import validate_engine_args
 from inference.models import CatalogModel, EngineKind, ModelAlias, Visibility
 from inference.selectors import public_name_taken
@@ -121,6 +127,23 @@ def _check_fields(fields: dict[str, Any]) -> None:
     unknown = sorted(set(fields) - set(CATALOG_MODEL_FIELDS))
     if unknown:
         raise TypeError(f"Not catalog model fields: {', '.join(unknown)}")
+
+
+def _stored(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as the row stores them: a given upstream key (plain text, ``""`` to clear)
+    becomes its Fernet token, so no plain key is ever saved."""
+    if "upstream_api_key" not in fields:
+        return fields
+    key = fields["upstream_api_key"] or ""
+    if len(key) > upstream_secrets.MAX_KEY_CHARS:
+        raise ValidationError(
+            {"upstream_api_key": [f"At most {upstream_secrets.MAX_KEY_CHARS} characters."]}
+        )
+    return {**fields, "upstream_api_key": upstream_secrets.encrypt(key)}
+
+
+def _stored_name_and_engine(model: CatalogModel) -> tuple[str, str] | None:
+    return CatalogModel.objects.filter(pk=model.pk).values_list("name", "engine_kind").first()
 
 
 # --- catalog models ----------------------------------------------------------------------------
@@ -231,8 +254,10 @@ def catalog_model_create(
     **fields: Any,
 ) -> CatalogModel:
     """Add a model to the catalog. ``fields`` are other ``CATALOG_MODEL_FIELDS`` (model
-    defaults apply to the rest); ``organizations`` matters for restricted visibility."""
+    defaults apply to the rest; ``upstream_api_key`` in plain text); ``organizations`` matters
+    for restricted visibility."""
     _check_fields(fields)
+    fields = _stored(fields)
     _lock_catalog_names()
     model = CatalogModel(
         name=name, engine_kind=engine_kind, context_length=context_length, **fields
@@ -242,6 +267,8 @@ def catalog_model_create(
     model.save()
     model.organizations.set(organizations)
     publish_all_organizations_on_commit()
+    if model.engine_kind == EngineKind.OPENAI:
+        upstream_secrets.upstream_credentials_publish_on_commit(model_ids=[model.pk])
     return model
 
 
@@ -254,10 +281,14 @@ def catalog_model_update(
 ) -> CatalogModel:
     """Change ``fields`` (any of ``CATALOG_MODEL_FIELDS``) and, unless ``None``, replace the
     organisations. Republishes the snapshot when names, status, visibility or organisations
-    changed; ``model`` may already carry the new values (the admin's form sets them)."""
+    changed; ``model`` may already carry the new values (the admin's form sets them), except
+    ``upstream_api_key``, which is given here in plain text (or ``""`` to clear it) or not at
+    all to keep it."""
     _check_fields(fields)
+    fields = _stored(fields)
     _lock_catalog_names()
     before = _access_state(model)
+    stored = _stored_name_and_engine(model)
     previous = {field: getattr(model, field) for field in fields}
     for field, value in fields.items():
         setattr(model, field, value)
@@ -274,6 +305,11 @@ def catalog_model_update(
         model.organizations.set(organizations)
     if _access_state(model) != before:
         publish_all_organizations_on_commit()
+    if model.engine_kind == EngineKind.OPENAI or (stored and stored[1] == EngineKind.OPENAI):
+        renamed = [stored[0]] if stored and stored[0] != model.name else []
+        upstream_secrets.upstream_credentials_publish_on_commit(
+            model_ids=[model.pk], removed_names=renamed
+        )
     return model
 
 
@@ -287,8 +323,12 @@ def catalog_model_delete(*, model: CatalogModel) -> None:
 def catalog_models_delete(*, models: Iterable[CatalogModel]) -> int:
     """Remove several models (and their aliases) with one republish; returns how many."""
     _lock_catalog_names()
-    _, deleted = CatalogModel.objects.filter(pk__in=[model.pk for model in models]).delete()
+    rows = CatalogModel.objects.filter(pk__in=[model.pk for model in models])
+    upstream_names = list(rows.filter(engine_kind=EngineKind.OPENAI).values_list("name", flat=True))
+    _, deleted = rows.delete()
     publish_all_organizations_on_commit()
+    if upstream_names:
+        upstream_secrets.upstream_credentials_publish_on_commit(removed_names=upstream_names)
     return deleted.get(CatalogModel._meta.label, 0)
 
 

@@ -1,11 +1,12 @@
-"""Celery tasks of the inference app: apply the catalog to Ray Serve and reconcile its status."""
+"""Celery tasks of the inference app: apply the catalog to Ray Serve, reconcile its status, and
+republish the upstream API keys for the model servers."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.contrib.auth import get_user_model
 
-from inference import deploy_services
+from inference import deploy_services, upstream_secrets
 
 
 @shared_task(name="inference.reconcile_deployments", ignore_result=True)
@@ -26,3 +27,12 @@ def apply_deployment(applied_by_id: int | None = None) -> dict[str, str | int]:
         user = get_user_model().objects.filter(pk=applied_by_id).first()
     record = deploy_services.deployment_apply(applied_by=user)
     return {"id": record.pk, "revision": record.revision, "outcome": record.outcome}
+
+
+@shared_task(name="inference.publish_upstream_credentials", ignore_result=True)
+def publish_upstream_credentials() -> dict[str, int]:
+    """Periodic (``VLINDERS_UPSTREAM_CREDENTIALS_SECONDS``): rewrite the upstream API keys'
+    Redis records and delete stale ones (a Redis that restarted empty, a publish lost to an
+    outage); ``inference/upstream_secrets.py``."""
+    result = upstream_secrets.upstream_credentials_publish_all()
+    return {"published": result.published, "removed": result.removed}

@@ -370,6 +370,12 @@ CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "task": "inference.reconcile_deployments",
     "schedule": 15.0,
 }
+# Rewrite the upstream API keys' Redis records (encrypted) and drop stale ones: repairs a Redis
+# that restarted empty (inference/upstream_secrets.py; every change is also published at once).
+CELERY_BEAT_SCHEDULE["publish-upstream-credentials"] = {
+    "task": "inference.publish_upstream_credentials",
+    "schedule": float(_env("VLINDERS_UPSTREAM_CREDENTIALS_SECONDS", "60")),
+}
 # --- end of Data plane ---------------------------------------------------------------------------
 
 # --- Usage metering: the consumer of the usage queue (docs/metering.md) ---------------------------

@@ -52,7 +52,12 @@ class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
         extra_kwargs: dict[str, dict[str, Any]] = {
             # The shared model/alias namespace is checked by the service (one rule, one message).
             "name": {"validators": [model_name_validator]},
-            "upstream_api_key": {"write_only": True, "style": {"input_type": "password"}},
+            # Plain text in, never out; the service stores it encrypted (upstream_secrets).
+            "upstream_api_key": {
+                "write_only": True,
+                "max_length": 1024,
+                "style": {"input_type": "password"},
+            },
         }
 
     def get_has_upstream_api_key(self, obj: CatalogModel) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from inference import upstream_secrets
 from inference.models import CatalogModel, ModelAlias
 from tenants.snapshot import org_record_name
 from tests.factories import CatalogModelFactory, ModelAliasFactory, UserFactory
@@ -85,12 +86,14 @@ def test_the_upstream_key_is_not_shown_and_kept_when_left_blank(admin_client_) -
         engine_args={},
         upstream_base_url="https://upstream.example.test/v1",
         upstream_model="m",
-        upstream_api_key=SECRET,
+        upstream_api_key=upstream_secrets.encrypt(SECRET),
     )
     url = f"/admin/inference/catalogmodel/{model.pk}/change/"
     page = admin_client_.get(url)
     assert page.status_code == 200
     assert SECRET not in page.content.decode()
+    assert model.upstream_api_key not in page.content.decode()  # nor its token
+    assert "A key is set" in page.content.decode()
 
     response = admin_client_.post(
         url,
@@ -103,7 +106,38 @@ def test_the_upstream_key_is_not_shown_and_kept_when_left_blank(admin_client_) -
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     model.refresh_from_db()
-    assert (model.upstream_model, model.upstream_api_key) == ("m2", SECRET)
+    assert model.upstream_model == "m2"
+    assert upstream_secrets.decrypt(model.upstream_api_key) == SECRET
+
+
+def test_a_key_typed_in_the_admin_is_stored_encrypted_and_can_be_cleared(admin_client_) -> None:
+    body = form(
+        name="up",
+        engine_kind="openai",
+        upstream_base_url="https://upstream.example.test/v1",
+        upstream_model="m",
+        upstream_api_key=SECRET,
+    )
+    response = admin_client_.post("/admin/inference/catalogmodel/add/", body)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    model = CatalogModel.objects.get(name="up")
+    assert SECRET not in model.upstream_api_key
+    assert upstream_secrets.decrypt(model.upstream_api_key) == SECRET
+
+    url = f"/admin/inference/catalogmodel/{model.pk}/change/"
+    body = {**body, "upstream_api_key": "", "clear_upstream_api_key": "on"}
+    assert admin_client_.post(url, body).status_code == 302
+    model.refresh_from_db()
+    assert model.upstream_api_key == ""
+    assert "No key is set" in admin_client_.get(url).content.decode()
+
+
+def test_a_key_for_an_engine_that_uses_none_is_refused_on_the_form(admin_client_) -> None:
+    body = form(name="syn", engine_kind="synthetic", upstream_api_key=SECRET)
+    response = admin_client_.post("/admin/inference/catalogmodel/add/", body)
+    assert response.status_code == 200
+    assert "upstream_api_key" in response.context["adminform"].form.errors
+    assert not CatalogModel.objects.filter(name="syn").exists()
 
 
 def test_disabling_through_the_admin_publishes(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from inference import upstream_secrets
 from inference.models import CatalogModel, ModelAlias, Visibility
 from tenants import services as tenant_services
 from tenants.models import Role, Scope
@@ -365,14 +366,16 @@ def test_upstream_api_key_is_never_returned(as_staff) -> None:
         assert rows
         assert all("upstream_api_key" not in row for row in rows)
     assert responses[1].json()["has_upstream_api_key"] is True
-    assert CatalogModel.objects.get().upstream_api_key == SECRET
+    stored = CatalogModel.objects.get().upstream_api_key
+    assert SECRET not in stored  # encrypted at rest
+    assert upstream_secrets.decrypt(stored) == SECRET
 
 
 def test_patch_without_the_key_keeps_it_and_an_empty_key_clears_it(as_staff) -> None:
     post(as_staff, MODELS, openai_body())
     url = MODELS + "upstream-4o/"
     patch(as_staff, url, {"upstream_model": "gpt-4o-mini"})
-    assert CatalogModel.objects.get().upstream_api_key == SECRET
+    assert upstream_secrets.decrypt(CatalogModel.objects.get().upstream_api_key) == SECRET
     cleared = patch(as_staff, url, {"upstream_api_key": ""})
     assert cleared.status_code == 200
     assert cleared.json()["has_upstream_api_key"] is False

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
-from inference import services
+from inference import services, upstream_secrets
 from inference.models import CatalogModel, ModelAlias, Visibility
 from tenants.snapshot import org_record_name
 from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
@@ -307,7 +307,7 @@ def test_update_keeps_fields_it_was_not_given() -> None:
     services.catalog_model_update(model=model, upstream_model="gpt-4o")
     model.refresh_from_db()
     assert model.upstream_model == "gpt-4o"
-    assert model.upstream_api_key == "sk-upstream-secret"
+    assert upstream_secrets.decrypt(model.upstream_api_key) == "sk-upstream-secret"
 
 
 def test_switching_engine_kind_needs_the_new_source() -> None:

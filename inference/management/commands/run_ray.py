@@ -94,6 +94,8 @@ class Command(BaseCommand):
             env={
                 "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
                 "VLINDERS_METRICS_TOKEN": settings.VLINDERS_METRICS_TOKEN,
+                # Opens the upstream API keys the control plane publishes to Redis, encrypted.
+                "VLINDERS_SECRETS_KEY": settings.VLINDERS_SECRETS_KEY,
             },
             # Gateway replicas record Prometheus metrics here, so /metrics sums all of them.
             metrics_dir=str(Path(settings.VAR_DIR) / "ray-metrics"),
