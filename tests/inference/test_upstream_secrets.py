@@ -252,3 +252,20 @@ def test_the_migration_encrypts_plain_keys_once_and_reverses(secrets_key) -> Non
     migration.decrypt_tokens(django_apps, None)
     plain.refresh_from_db()
     assert plain.upstream_api_key == SECRET
+
+
+def test_the_command_reencrypts_and_publishes(settings, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.VLINDERS_SECRETS_KEY = old
+    create(upstream_api_key=SECRET)
+    settings.VLINDERS_SECRETS_KEY = f"{new},{old}"
+    out = StringIO()
+    call_command("upstream_secrets", "reencrypt", stdout=out)
+    assert "Re-encrypted 1 upstream API keys" in out.getvalue()
+    assert "Published 1 upstream credentials" in out.getvalue()
+    settings.VLINDERS_SECRETS_KEY = new
+    assert data_plane_reads("up") == SECRET
