@@ -180,7 +180,8 @@ def _names_with_keys() -> dict[str, CatalogModel]:
 def upstream_credentials_publish_all() -> UpstreamPublishResult:
     """Rewrite the record of every ``openai`` model that has a key and delete every record
     published earlier whose model has none now (deleted, cleared, renamed): the periodic
-    repair, and what ``serve apply`` runs before applying.
+    repair, and what ``serve apply`` runs before applying. A stored key that no current key
+    opens is logged and skipped (its record is left), so one bad row never stops the others.
 
     Stale records are found through the index set (``<prefix>upstream-index:v1``), not by
     scanning Redis. The models are read again just before deleting, so a model created while
@@ -189,8 +190,22 @@ def upstream_credentials_publish_all() -> UpstreamPublishResult:
     client = get_redis()
     live = _names_with_keys()
     pipe = client.pipeline(transaction=True)
+    published = 0
     for name, model in live.items():
-        _apply(pipe, name, _published_token(model))
+        try:
+            token = _published_token(model)
+        except InvalidToken:
+            # Its key was dropped from VLINDERS_SECRETS_KEY before the row was re-encrypted:
+            # say which, keep whatever record there is, and publish the others.
+            logger.error(
+                "upstream credentials: no key of VLINDERS_SECRETS_KEY opens the stored key of "
+                "model %s; set it again, or restore the key and run "
+                "manage.py upstream_secrets reencrypt",
+                model.name,
+            )
+            continue
+        _apply(pipe, name, token)
+        published += 1
     pipe.execute()
     indexed = {raw.decode() for raw in client.smembers(_index_name())}  # type: ignore[union-attr]
     stale = indexed - set(live)
@@ -201,7 +216,7 @@ def upstream_credentials_publish_all() -> UpstreamPublishResult:
         for name in sorted(stale):
             _apply(pipe, name, "")
         pipe.execute()
-    return UpstreamPublishResult(published=len(live), removed=len(stale))
+    return UpstreamPublishResult(published=published, removed=len(stale))
 
 
 def reencrypt_all() -> int:

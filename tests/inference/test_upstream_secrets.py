@@ -269,3 +269,14 @@ def test_the_command_reencrypts_and_publishes(settings, redis_client) -> None:  
     assert "Published 1 upstream credentials" in out.getvalue()
     settings.VLINDERS_SECRETS_KEY = new
     assert data_plane_reads("up") == SECRET
+
+
+def test_publish_all_skips_a_key_no_current_key_opens(secrets_key, redis_client, caplog) -> None:  # type: ignore[no-untyped-def]
+    create(upstream_api_key=SECRET)
+    lost = Fernet(Fernet.generate_key()).encrypt(b"sk-lost").decode()
+    CatalogModelFactory(name="lost", upstream_api_key=lost, **{**OPENAI, "engine_args": {}})
+    result = upstream_secrets.upstream_credentials_publish_all()
+    assert result.published == 1
+    assert data_plane_reads("up") == SECRET
+    assert redis_client.get(record_name("lost")) is None
+    assert "opens the stored key of model lost" in caplog.text
