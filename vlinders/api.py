@@ -8,6 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -78,3 +80,16 @@ def _without_surrogates(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_without_surrogates(item) for item in data]
     return data
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 handler (``handler404``): under ``/api/`` the API's JSON error, elsewhere the
+    usual page.
+
+    A URL that matches no route (``/api/v1/orgs/a%20b/``: a slug can have no space) never
+    reaches DRF, and Django's HTML page would reach a client that the schema promised
+    ``{"detail": ...}``. Redirects to the URL with a slash (``APPEND_SLASH``) still happen first.
+    """
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)

@@ -23,3 +23,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("", include("console.urls")),
 ]
+
+# JSON under /api/ for URLs that match no route, like every other error of the API.
+handler404 = "vlinders.api.not_found"
