@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.selectors import DIMENSIONS
@@ -13,6 +15,37 @@ from billing.selectors import DIMENSIONS
 # Longest range per granularity: bounds the work of one request (and the rows it returns).
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=366)}
 _TIME_FORMATS = ["iso-8601", "%Y-%m-%d"]
+
+
+# What ``from`` and ``to`` may be, exactly: a date, or a date-time on a whole hour with an
+# optional offset in whole hours (``2026-03-01``, ``2026-03-01T13:00:00Z``,
+# ``2026-03-01T13:00+02:00``). The schema states this pattern and the API checks it before
+# parsing, so the two cannot disagree about what is well-formed.
+TIME_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"(T([01][0-9]|2[0-3]):00(:00(\.0{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):00)?)?$"
+)
+# ``group_by``: dimensions separated by commas (spaces and empty items are ignored).
+GROUP_BY_PATTERN = r"^ *((key|model) *)?(, *((key|model) *)?)*$"
+
+
+@extend_schema_field({"type": "string", "pattern": GROUP_BY_PATTERN, "default": ""})
+class _GroupByField(serializers.CharField):
+    """``group_by``: the schema states ``GROUP_BY_PATTERN``; ``validate_group_by`` enforces it."""
+
+
+@extend_schema_field({"type": "string", "pattern": TIME_PATTERN})
+class _HourField(serializers.DateTimeField):
+    """A date or a whole-hour date-time, refused with a 400 unless it matches ``TIME_PATTERN``
+    (Python's ISO parser alone would also take ``2026-03-01T13``, week dates and more)."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        if not isinstance(value, str) or not re.fullmatch(TIME_PATTERN, value):
+            raise serializers.ValidationError(
+                "Wrong format: must be a date (2026-03-01) or a date-time on a whole hour, with "
+                "an offset in whole hours if any (2026-03-01T13:00:00Z)."
+            )
+        return super().to_internal_value(value)
 
 
 def _start_of_month(now: datetime) -> datetime:
@@ -37,14 +70,14 @@ class UsageQuerySerializer(_KeywordNames, serializers.Serializer[Any]):
     without an offset it is UTC), on a whole hour; ``from`` inclusive, ``to`` exclusive. Default:
     the current UTC month up to the end of the current hour."""
 
-    from_ = serializers.DateTimeField(
+    from_ = _HourField(
         required=False,
         input_formats=_TIME_FORMATS,
         default_timezone=UTC,
         help_text="Start (inclusive), a date or a date-time on a whole hour, UTC unless an offset "
         "is given. Default: the start of the current UTC month.",
     )
-    to = serializers.DateTimeField(
+    to = _HourField(
         required=False,
         input_formats=_TIME_FORMATS,
         default_timezone=UTC,
@@ -55,7 +88,7 @@ class UsageQuerySerializer(_KeywordNames, serializers.Serializer[Any]):
         default="day",
         help_text="Bucket size: UTC days or hours. At most 366 days of `day` and 31 of `hour`.",
     )
-    group_by = serializers.CharField(
+    group_by = _GroupByField(
         required=False,
         default="",
         allow_blank=True,
@@ -84,6 +117,8 @@ class UsageQuerySerializer(_KeywordNames, serializers.Serializer[Any]):
             raise serializers.ValidationError(
                 f"Unknown dimension {', '.join(map(repr, unknown))}; use key, model or both."
             )
+        if not re.fullmatch(GROUP_BY_PATTERN, value):
+            raise serializers.ValidationError("Dimensions separated by commas: key, model or both.")
         return [d for d in DIMENSIONS if d in wanted]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +169,7 @@ class UsageRowSerializer(_MetricsSerializer):
 
 class UsageReportSerializer(_KeywordNames, serializers.Serializer[Any]):
     organization = serializers.CharField(help_text="The organisation's slug.")
-    from_ = serializers.DateTimeField()
+    from_ = _HourField()
     to = serializers.DateTimeField()
     granularity = serializers.ChoiceField(choices=["day", "hour"])
     group_by = serializers.ListField(child=serializers.ChoiceField(choices=list(DIMENSIONS)))

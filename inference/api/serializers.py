@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.models import (
@@ -19,9 +20,21 @@ from inference.models import (
 )
 from inference.services import CATALOG_MODEL_FIELDS
 from tenants.models import Organization
+from vlinders.strict_json import StrictJSONTypes
 
 
-class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class _JSONObjectField(serializers.JSONField):
+    """A JSON object (never ``null``, a list or a scalar), as the schema says; what it may hold
+    is the service's rule (the engine kind's argument schema)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return super().to_internal_value(data)
+
+
+class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[CatalogModel]):
     """A catalog model. ``upstream_api_key`` is write-only: it is accepted, never returned
     (``has_upstream_api_key`` says whether one is set). ``organizations`` are slugs."""
 
@@ -36,6 +49,9 @@ class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
         many=True, slug_field="name", read_only=True
     )
     has_upstream_api_key = serializers.SerializerMethodField()
+    engine_args = _JSONObjectField(
+        required=False, help_text="Arguments of the engine kind (`inference.engine_args`)."
+    )
 
     class Meta:
         model = CatalogModel
@@ -64,7 +80,7 @@ class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
         return bool(obj.upstream_api_key)
 
 
-class ModelAliasSerializer(serializers.ModelSerializer[ModelAlias]):
+class ModelAliasSerializer(StrictJSONTypes, serializers.ModelSerializer[ModelAlias]):
     """An alias: another public name of a catalog model, named by the model's name."""
 
     target = serializers.SlugRelatedField(
@@ -86,8 +102,9 @@ class DeploymentRevisionSerializer(serializers.ModelSerializer[DeploymentRevisio
     """One apply of the catalog to Ray Serve. The config itself is not returned (it holds
     upstream API keys); ``manage.py serve render`` shows what the catalog renders now."""
 
+    # Null when applied by a command or task rather than a person.
     applied_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
 
     class Meta:

@@ -9,17 +9,18 @@ from rest_framework import serializers
 
 from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
 from tenants.plans import Plan
+from vlinders.strict_json import StrictJSONTypes
 
 LIMIT_FIELDS = list(Limits.LIMIT_FIELDS)
 
 
-class LimitsSerializer(serializers.ModelSerializer[Organization]):
+class LimitsSerializer(StrictJSONTypes, serializers.ModelSerializer[Organization]):
     class Meta:
         model = Organization
         fields = LIMIT_FIELDS
 
 
-class OrganizationSerializer(serializers.ModelSerializer[Organization]):
+class OrganizationSerializer(StrictJSONTypes, serializers.ModelSerializer[Organization]):
     role = serializers.SerializerMethodField(help_text="Your role in this organisation.")
 
     class Meta:
@@ -32,17 +33,17 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
         return roles.get(org.pk)
 
 
-class OrganizationCreateSerializer(serializers.ModelSerializer[Organization]):
+class OrganizationCreateSerializer(StrictJSONTypes, serializers.ModelSerializer[Organization]):
     class Meta:
         model = Organization
         fields = ["name", "slug"]
 
 
-class OrganizationStatusSerializer(serializers.Serializer[Organization]):
+class OrganizationStatusSerializer(StrictJSONTypes, serializers.Serializer[Organization]):
     status = serializers.ChoiceField(choices=Organization.Status.choices)
 
 
-class OrganizationPlanSerializer(serializers.Serializer[Organization]):
+class OrganizationPlanSerializer(StrictJSONTypes, serializers.Serializer[Organization]):
     plan = serializers.ChoiceField(choices=Plan.choices)
 
 
@@ -52,7 +53,7 @@ class MemberUserSerializer(serializers.Serializer[Any]):
     email = serializers.EmailField(read_only=True)
 
 
-class MembershipSerializer(serializers.ModelSerializer[Membership]):
+class MembershipSerializer(StrictJSONTypes, serializers.ModelSerializer[Membership]):
     user = MemberUserSerializer(read_only=True)
 
     class Meta:
@@ -61,7 +62,7 @@ class MembershipSerializer(serializers.ModelSerializer[Membership]):
         read_only_fields = ["id", "user", "created_at"]
 
 
-class MembershipCreateSerializer(serializers.Serializer[Membership]):
+class MembershipCreateSerializer(StrictJSONTypes, serializers.Serializer[Membership]):
     """Add an existing user by username or e-mail address."""
 
     user = serializers.CharField(help_text="Username or e-mail address of an existing user.")
@@ -75,16 +76,18 @@ class MembershipCreateSerializer(serializers.Serializer[Membership]):
         return user
 
 
-class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
+class ApiKeySerializer(StrictJSONTypes, serializers.ModelSerializer[ApiKey]):
     """A key as listed: never its secret or hash."""
 
     status = serializers.CharField(read_only=True)
     display = serializers.CharField(read_only=True)
+    # Null for a key whose creator was deleted (or made outside the API).
     created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
+    # Null unless the key was rotated out (then: the key that replaced it).
     replaced_by: serializers.PrimaryKeyRelatedField[Any] = serializers.PrimaryKeyRelatedField(
-        read_only=True
+        read_only=True, allow_null=True
     )
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices))
     allowed_models = serializers.ListField(
@@ -145,7 +148,7 @@ class ApiKeyWithSecretSerializer(ApiKeySerializer):
         return str(self.context["secret"])
 
 
-class ApiKeyRotateSerializer(serializers.Serializer[Any]):
+class ApiKeyRotateSerializer(StrictJSONTypes, serializers.Serializer[Any]):
     grace_seconds = serializers.IntegerField(
         min_value=0,
         max_value=7 * 24 * 3600,
