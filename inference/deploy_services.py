@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from inference import upstream_secrets
 from inference.deployment import (
     APP_NAME,
     config_revision,
@@ -70,6 +72,11 @@ def deployment_apply(
     return the recorded revision: ``applied`` if Ray accepted it, ``failed`` otherwise."""
     if config is None:
         config = render_serve_config()
+    try:
+        # Upstream keys are not in the config: make sure the model servers find theirs.
+        upstream_secrets.upstream_credentials_publish_all()
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("Upstream credentials not published before the apply: %s", exc)
     record = DeploymentRevision.objects.create(
         revision=config_revision(config),
         config_hash=sha256_hex(config),

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -45,6 +46,7 @@ from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
 from inference.serving.logs import route_to_serve_logs
 from inference.serving.pricing import cost
+from inference.serving.settle_journal import SettleJournal
 from inference.serving.spec import GatewayArgs, GatewayConfig, RouteSpec
 from inference.serving.usage import UsageEmitter, UsageEvent
 
@@ -164,6 +166,9 @@ class Gateway:
         # Renews the leases of requests in flight: a generation longer than a lease keeps its
         # concurrency slot and reservation, and is settled correctly.
         self.leases = LeaseKeeper(self.limiter)
+        # A settle that Redis fails is journalled to disk (beside the usage spool) and retried
+        # until it lands, never dropped; its lease is kept alive meanwhile.
+        self.settles = SettleJournal(self.limiter, Path(self.args.usage_spool_dir) / "settles")
         self.usage = UsageEmitter(
             broker_url=self.args.broker_url,
             task_name=self.args.usage_task,
@@ -204,6 +209,7 @@ class Gateway:
             self.access.start()
             self.usage.start()
             self.leases.start()
+            self.settles.start()
             self._gauges = asyncio.get_running_loop().create_task(self._export_gauges())
             self._started = True
 
@@ -476,6 +482,7 @@ class Gateway:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.leases.aclose()
+        await self.settles.aclose()
         await self.usage.aclose()
         await self.access.aclose()
         await self.redis.aclose()
@@ -548,14 +555,14 @@ class Gateway:
         self._record_metrics(call, latency)
         if call.reservation is not None:
             try:
-                await self.limiter.settle(
+                # Now, or journalled and retried if Redis fails: never dropped.
+                await self.settles.settle(
                     call.reservation,
                     prompt_tokens=call.prompt_tokens,
                     completion_tokens=call.completion_tokens,
                     spend=spend,
                 )
             except Exception:
-                # The lease expires by itself; Postgres stays the authority for spend.
                 logger.exception("request %s: settling failed", call.request_id)
             finally:
                 self.leases.discard(call.reservation)

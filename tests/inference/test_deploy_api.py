@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from inference.deployment import deployment_name, render_serve_config
+from inference.deployment import config_revision, deployment_name, render_serve_config
 from inference.models import DeploymentRevision, ModelDeploymentStatus
 from tests.factories import CatalogModelFactory, UserFactory
 
@@ -26,7 +26,7 @@ def recorded(staff):  # type: ignore[no-untyped-def]
     )
     config = render_serve_config()
     revision = DeploymentRevision.objects.create(
-        revision=config["applications"][0]["args"]["revision"],
+        revision=config_revision(config),
         config_hash="0" * 64,
         config=config,
         applied_by=staff,

@@ -24,7 +24,7 @@ from inference.deployment import APP_NAME, deployment_name
 from inference.models import CatalogModel
 from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
-from tenants.models import Role
+from tenants.models import ApiKey, Organization, Role
 from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
@@ -121,8 +121,8 @@ def test_each_kind_of_change_restarts_only_what_it_changes(ray_settings, serve) 
     key, secret = services.api_key_create(
         organization=org, name="loop", created_by=None, actor_role=Role.OWNER
     )
-    snapshot.publish_organizations([org])
-    snapshot.publish_keys([key])
+    snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
+    snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
     base_url = f"http://127.0.0.1:{ray_settings.VLINDERS_GATEWAY_PORT}/v1"
     client = openai.OpenAI(base_url=base_url, api_key=secret, max_retries=0, timeout=30)
 
@@ -143,7 +143,7 @@ def test_each_kind_of_change_restarts_only_what_it_changes(ray_settings, serve) 
         added = CatalogModelFactory(
             name="added", engine_args=FAST, replica_cpus=Decimal("0.25"), **FREE
         )
-        snapshot.publish_organizations([org])
+        snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
         after_add = apply_and_settle(serve)
         added_app = deployment_name(added.name)
         assert changed(start, after_add) == {added_app}
@@ -159,7 +159,7 @@ def test_each_kind_of_change_restarts_only_what_it_changes(ray_settings, serve) 
         )
         CatalogModel.objects.filter(pk=added.pk).update(visibility="public", description="x")
         ModelAliasFactory(name="keep-alias", target=kept)
-        snapshot.publish_organizations([org])
+        snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
         after_routes = apply_and_settle(serve)
         assert changed(after_add, after_routes) == set()
         assert ask("keep-alias").choices[0].message.content
@@ -181,7 +181,7 @@ def test_each_kind_of_change_restarts_only_what_it_changes(ray_settings, serve) 
 
         # 5. Removing a model stops only its own replicas.
         CatalogModel.objects.filter(pk=added.pk).update(status=CatalogModel.Status.DISABLED)
-        snapshot.publish_organizations([org])
+        snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
         after_remove = apply_and_settle(serve)
         assert changed(after_resources, after_remove) == {added_app}
         assert added_app not in after_remove

@@ -181,6 +181,16 @@ def deploy(ray_cluster: Any, config: dict[str, Any], *, timeout: float = 240) ->
     client.wait_running([app["name"] for app in config["applications"]], timeout=timeout)
 
 
+def publish_upstream_key(deployment: str, api_key: str) -> None:
+    """Publish an upstream model's key as the control plane does (``inference.upstream_secrets``:
+    encrypted under the current ``VLINDERS_SECRETS_KEY``, at ``<prefix>upstream:v1:<deployment>``),
+    for a test spec whose deployment names are its own."""
+    from inference import upstream_secrets
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(f"{SESSION_PREFIX}upstream:v1:{deployment}", upstream_secrets.encrypt(api_key))
+
+
 @pytest.fixture(scope="package")
 def upstream_key(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A key that the ``openai`` upstream engine uses to call back into this very gateway (a
@@ -195,9 +205,10 @@ def upstream_key(django_db_setup, django_db_blocker) -> Iterator[str]:  # type: 
         try:
             client = redis.Redis.from_url(settings.REDIS_URL)
             client.set(
-                snapshot.org_record_name(org.id), json.dumps(snapshot.org_record(org, ["syn-fast"]))
+                snapshot.org_record_name(org.id),
+                json.dumps(snapshot.org_record(org, ["syn-fast"], 0)),
             )
-            snapshot.publish_keys([key])
+            snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
         finally:
             settings.VLINDERS_REDIS_PREFIX = previous
     yield secret
@@ -332,8 +343,8 @@ def make_tenant(catalog, gateway) -> Tenant:  # type: ignore[no-untyped-def]
         key, secret = services.api_key_create(
             organization=org, name="test", created_by=None, actor_role=Role.OWNER, **key_options
         )
-        snapshot.publish_organizations([org])
-        snapshot.publish_keys([key])
+        snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
+        snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
         return org, key, secret
 
     return make

@@ -108,7 +108,8 @@ def _concurrent_authorize(records, n, *, invalidate_midway=False):  # type: igno
             first = [cache.authorize(f"Bearer {SECRET}") for _ in range(n)]
             tasks = [asyncio.ensure_future(call) for call in first]
             if invalidate_midway:
-                assert CountingRedis.fetched is not None and CountingRedis.release is not None
+                assert CountingRedis.fetched is not None
+                assert CountingRedis.release is not None
                 await CountingRedis.fetched.wait()  # the shared read has the active record
                 revoked = {**records["key"], "status": "revoked"}
                 await client.set(
@@ -139,5 +140,6 @@ def test_a_read_started_before_an_invalidation_is_not_shared_after_it():
     results, gets = _concurrent_authorize(_records({}), 50, invalidate_midway=True)
     *early, last = results
     assert all(result.key_id == "key-1" for result in early)  # they came before the revocation
-    assert isinstance(last, ApiError) and last.status == 401, last
+    assert isinstance(last, ApiError), last
+    assert last.status == 401
     assert gets == 3  # key and organisation once for the early ones, the key again for the late

@@ -41,12 +41,12 @@ def test_requests_per_minute_refuses_with_retry_after_and_headers(gateway, make_
 def test_organisation_limit_applies_across_its_keys(gateway, make_tenant):
     org, _, first = make_tenant(org_limits={"requests_per_minute": 2})
     from tenants import services, snapshot
-    from tenants.models import Role
+    from tenants.models import ApiKey, Role
 
     key, second = services.api_key_create(
         organization=org, name="second", created_by=None, actor_role=Role.OWNER
     )
-    snapshot.publish_keys([key])
+    snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
     _client(gateway, first).chat.completions.create(model="syn-fast", messages=MESSAGE)
     _client(gateway, second).chat.completions.create(model="syn-fast", messages=MESSAGE)
     with pytest.raises(openai.RateLimitError):

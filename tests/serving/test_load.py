@@ -67,10 +67,11 @@ def one_gateway_replica(ray_cluster, gateway) -> Iterator[str]:  # type: ignore[
 async def _burst(base_url: str, key: str, n: int, *, stream: bool) -> Counter[str]:
     """``n`` requests at once with the ``openai`` SDK; the outcome of each by status."""
     http = openai.DefaultAsyncHttpxClient(
-        limits=httpx.Limits(max_connections=n + 50, max_keepalive_connections=n + 50),
-        timeout=httpx.Timeout(180.0, connect=60.0),
+        limits=httpx.Limits(max_connections=n + 50, max_keepalive_connections=n + 50)
     )
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, http_client=http)
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key=key, max_retries=0, timeout=180, http_client=http
+    )
     start = asyncio.Event()
 
     async def one() -> str:
