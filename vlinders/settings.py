@@ -358,6 +358,9 @@ VLINDERS_ACCESS_CACHE_TTL_S = float(_env("VLINDERS_ACCESS_CACHE_TTL_S", "30"))
 # Seconds a concurrency/budget lease lives without renewal: the gateway renews it while the
 # request runs, so this only bounds how long a crashed replica's slots stay taken.
 VLINDERS_LEASE_S = float(_env("VLINDERS_LEASE_S", "600"))
+# "1" adds the organisation as a label of the gateway's request and token counters (one series
+# per tenant and model: off by default; the usage API has per-tenant figures). Passed to Ray.
+VLINDERS_METRICS_TENANT_LABELS = _env("VLINDERS_METRICS_TENANT_LABELS", "0")
 # The Celery queue usage events go to: a queue of their own, so metering workers can be scaled
 # (and paused) apart from other tasks (docs/usage-events.md).
 VLINDERS_USAGE_QUEUE = _env("VLINDERS_USAGE_QUEUE", "usage")

@@ -96,6 +96,7 @@ class Command(BaseCommand):
                 "VLINDERS_METRICS_TOKEN": settings.VLINDERS_METRICS_TOKEN,
                 # Opens the upstream API keys the control plane publishes to Redis, encrypted.
                 "VLINDERS_SECRETS_KEY": settings.VLINDERS_SECRETS_KEY,
+                "VLINDERS_METRICS_TENANT_LABELS": settings.VLINDERS_METRICS_TENANT_LABELS,
             },
             # Gateway replicas record Prometheus metrics here, so /metrics sums all of them.
             metrics_dir=str(Path(settings.VAR_DIR) / "ray-metrics"),
