@@ -94,7 +94,7 @@ async def _burst(base_url: str, key: str, n: int, *, stream: bool) -> Counter[st
             )
             return "200" if reply.usage and reply.usage.completion_tokens == 8 else "short"
         except openai.APIStatusError as error:
-            return str(error.status_code)
+            return f"{error.status_code} {error.code or error.message[:80]}"
         except openai.APIConnectionError as error:
             return f"connection: {error!r}"
 
