@@ -137,8 +137,13 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         delay = self.interval
-        while True:
+        # Checked after every await, not only cancelled: a cancellation that lands while the
+        # Redis client waits on its socket timeout can come back as a TimeoutError (swallowed
+        # below as a failed round), and the loop must end anyway.
+        while not self._closed:
             await asyncio.sleep(delay)
+            if self._closed:
+                break
             try:
                 ok = await self.renew_now()
             except Exception:  # never let the keeper die: the next round tries again

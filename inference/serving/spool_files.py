@@ -56,9 +56,10 @@ class OwnFile:
         """The file's path while it is open, else None."""
         return self._path
 
-    def append(self, data: bytes) -> None:
-        """Append ``data`` (whole lines) and fsync. Raises ``OSError``; nothing half-written
-        stays behind, and the file is closed so the next append starts a fresh one."""
+    def append(self, data: bytes) -> Path:
+        """Append ``data`` (whole lines) and fsync; return the file's path. Raises ``OSError``;
+        nothing half-written stays behind, and the file is closed (left on disk, unlocked, for
+        a replayer to claim) so the next append starts a fresh one."""
         with self._lock:
             try:
                 fd = self._open_locked()
@@ -73,6 +74,8 @@ class OwnFile:
             except OSError:
                 self._close_locked()
                 raise
+            assert self._path is not None
+            return self._path
 
     def release(self, *, only_if_written: bool = False) -> Path | None:
         """Close the file, which releases its lock: from now on any process may claim it.

@@ -7,79 +7,20 @@ outage (a real redis-server of the test's own, killed and restarted)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
-import redis.asyncio as aioredis
-from prometheus_client import REGISTRY
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimitSet, Refusal, Reservation
 from tests.billing.processes import RedisServer
+from tests.serving.limiter_support import admitted, limiter, metric, reserve
 
 pytestmark = pytest.mark.redis
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-ONE_SLOT = LimitSet(max_concurrent_requests=1)
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@asynccontextmanager
-async def limiter(lease_seconds: float, url: str = REDIS_URL) -> AsyncIterator[Limiter]:
-    """A limiter under a prefix of its own; its keys are deleted afterwards. Its client fails
-    at once when Redis is down (no retries), as an outage test needs."""
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
-    )
-    prefix = f"vltest:leases:{uuid4().hex}:"
-    try:
-        yield Limiter(client, prefix, lease_seconds=lease_seconds)
-    finally:
-        try:
-            keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-
-
-async def reserve(
-    lim: Limiter,
-    *,
-    key_id: str = "k1",
-    key: LimitSet = ONE_SLOT,
-    tokens: int = 100,
-    spend: str = "1",
-    now: float | None = None,
-) -> Reservation | Refusal:
-    return await lim.reserve(
-        key_id=key_id,
-        org_id="o1",
-        key_limits=key,
-        org_limits=LimitSet(),
-        tokens=tokens,
-        spend=Decimal(spend),
-        request_id=uuid4().hex,
-        now=now,
-    )
-
-
-async def admitted(lim: Limiter, **options: Any) -> Reservation:
-    res = await reserve(lim, **options)
-    assert isinstance(res, Reservation), res
-    return res
 
 
 # --- Limiter.renew --------------------------------------------------------------------------
@@ -187,11 +128,14 @@ async def hold_for(
     return tried
 
 
+LEASE = 0.8  # a shortened lease; renewed every third of it, so a stall of 0.5 s is survived
+
+
 def test_a_request_running_three_leases_keeps_its_slot_and_settles_its_real_usage() -> None:
     async def main() -> None:
-        async with limiter(lease_seconds=0.5) as lim:
+        async with limiter(lease_seconds=LEASE) as lim:
             keeper = LeaseKeeper(lim)
-            assert keeper.interval == pytest.approx(0.5 / 3)
+            assert keeper.interval == pytest.approx(LEASE / 3)
             keeper.start()
             try:
                 long = await admitted(lim, tokens=600, spend="6")
@@ -201,7 +145,7 @@ def test_a_request_running_three_leases_keeps_its_slot_and_settles_its_real_usag
                     assert isinstance(answer, Refusal), "the running request lost its slot"
                     assert answer.limit == "key.max_concurrent_requests"
 
-                assert await hold_for(lim, 1.5, 0.05, refused) > 10  # 3 x the lease
+                assert await hold_for(lim, 3 * LEASE, 0.05, refused) > 10
                 assert keeper.renewals >= 3
                 assert await lim.settle(
                     long, prompt_tokens=100, completion_tokens=400, spend=Decimal("5")
@@ -222,10 +166,10 @@ def test_without_renewal_the_same_request_loses_its_slot() -> None:
     """The control for the test above: the scenario does fail when nothing renews."""
 
     async def main() -> None:
-        async with limiter(lease_seconds=0.5) as lim:
+        async with limiter(lease_seconds=LEASE) as lim:
             long = await admitted(lim, tokens=600, spend="6")
             answers: list[Reservation | Refusal] = []
-            await hold_for(lim, 1.5, 0.05, answers.append)
+            await hold_for(lim, 3 * LEASE, 0.05, answers.append)
             assert any(isinstance(a, Reservation) for a in answers)
             # Its late settle does nothing: the reclaim counted the whole reservation as used.
             assert not await lim.settle(
