@@ -18,6 +18,12 @@ def test_metrics_are_for_the_scraper_only(gateway, token):
     assert "vlinders_" not in body
 
 
+def openai_client(gateway, secret):
+    import openai
+
+    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=secret, max_retries=0)
+
+
 def _scrape(gateway):
     status, text = gateway.get("/metrics", token=METRICS_TOKEN)
     assert status == 200
@@ -25,22 +31,34 @@ def _scrape(gateway):
 
 
 def test_counts_add_up_across_replicas(gateway, client, tenant):
-    org = tenant[0]
-    before = gateway.metric("vlinders_requests_total", model="syn-fast", org=org.slug, status="200")
+    before = gateway.metric("vlinders_requests_total", model="syn-fast", status="200")
+    tokens_before = gateway.metric(
+        "vlinders_tokens_total", model="syn-fast", direction="completion"
+    )
     for _ in range(20):  # spread over both gateway replicas
         client.chat.completions.create(
             model="syn-fast", messages=[{"role": "user", "content": "x"}], max_tokens=2
         )
     # Several scrapes, each answered by whichever replica HAProxy picks, all see all 20.
     for _ in range(6):
-        after = gateway.metric(
-            "vlinders_requests_total", model="syn-fast", org=org.slug, status="200"
-        )
+        after = gateway.metric("vlinders_requests_total", model="syn-fast", status="200")
         assert after - before == 20
-    tokens = gateway.metric(
-        "vlinders_tokens_total", model="syn-fast", org=org.slug, direction="completion"
-    )
-    assert tokens == 40
+    tokens = gateway.metric("vlinders_tokens_total", model="syn-fast", direction="completion")
+    assert tokens - tokens_before == 40
+
+
+def test_no_label_grows_with_the_number_of_tenants(gateway, make_tenant):
+    """Without VLINDERS_METRICS_TENANT_LABELS no series names an organisation: three tenants'
+    requests add to the same series."""
+    for _ in range(3):
+        _, _, secret = make_tenant()
+        openai_client(gateway, secret).chat.completions.create(
+            model="syn-fast", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
+    for family in _scrape(gateway).values():
+        if family.name.startswith("vlinders_"):
+            for sample in family.samples:
+                assert "org" not in sample.labels, sample
 
 
 def test_histograms_and_error_counters_are_exposed(gateway, client):
