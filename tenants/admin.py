@@ -1,16 +1,25 @@
 """Django admin for platform staff. Writes that the gateway must see go through the services, so
-they publish the access snapshot like any other change."""
+they publish the access snapshot like any other change; every write is in the audit log with the
+staff member as its actor, like a write through the API."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants import services, snapshot
-from tenants.models import ApiKey, Membership, Organization, Role
+from tenants.audit import audit_record, fields_of
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Organization, Role
+
+
+def _staff(request: HttpRequest) -> User:
+    """The signed-in staff member (the admin site lets no one else in)."""
+    assert isinstance(request.user, User)
+    return request.user
 
 
 class MembershipInline(admin.TabularInline[Membership, Organization]):
@@ -29,7 +38,23 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
     actions = ["suspend", "reactivate"]
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
+        """The admin's form writes the row itself; it is audited like the services' writes (the
+        admin's change view runs in one transaction, so the record commits with the change)."""
+        fields = services.ORGANIZATION_FIELDS
+        stored = Organization.objects.filter(pk=obj.pk).first() if change else None
+        before = fields_of(stored, fields) if stored is not None else None
         super().save_model(request, obj, form, change)
+        after = fields_of(obj, fields)
+        if before is None or before != after:
+            changed = [f for f in fields if before is None or before[f] != after[f]]
+            audit_record(
+                organization=obj,
+                actor=request.user,
+                action="organization.updated" if before is not None else "organization.created",
+                target=obj,
+                before={f: before[f] for f in changed} if before is not None else None,
+                after={f: after[f] for f in changed},
+            )
         snapshot.publish_organization_on_commit(obj.id)
 
     def delete_model(self, request: HttpRequest, obj: Organization) -> None:
@@ -43,13 +68,17 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
     @admin.action(description="Suspend selected organisations (their keys stop working)")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         for org in queryset:
-            services.organization_set_status(organization=org, status=Organization.Status.SUSPENDED)
+            services.organization_set_status(
+                organization=org, status=Organization.Status.SUSPENDED, actor=_staff(request)
+            )
         self.message_user(request, f"Suspended {queryset.count()} organisations.", messages.SUCCESS)
 
     @admin.action(description="Reactivate selected organisations")
     def reactivate(self, request: HttpRequest, queryset: QuerySet[Organization]) -> None:
         for org in queryset:
-            services.organization_set_status(organization=org, status=Organization.Status.ACTIVE)
+            services.organization_set_status(
+                organization=org, status=Organization.Status.ACTIVE, actor=_staff(request)
+            )
         self.message_user(
             request, f"Reactivated {queryset.count()} organisations.", messages.SUCCESS
         )
@@ -90,7 +119,19 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         return False  # revoke instead: a revoked key keeps its history
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        """Only the name is editable here (also on revoked keys, for the record); the rename is
+        audited like one made through the API."""
+        stored = ApiKey.objects.get(pk=obj.pk)
         super().save_model(request, obj, form, change)
+        if stored.name != obj.name:
+            audit_record(
+                organization=obj.organization,
+                actor=request.user,
+                action="api_key.updated",
+                target=obj,
+                before={"name": stored.name},
+                after={"name": obj.name},
+            )
         snapshot.publish_key_on_commit(obj.id)
 
     @admin.action(description="Revoke selected keys now")
@@ -106,3 +147,62 @@ class MembershipAdmin(admin.ModelAdmin[Membership]):
     list_filter = ["role"]
     search_fields = ["organization__slug", "user__username", "user__email"]
     autocomplete_fields = ["organization", "user"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin[Invitation]):
+    """Read-only: invitations are made, resent and revoked through the API or the console, whose
+    services send the e-mail and write the audit log. Never shows the token's hash."""
+
+    list_display = ["email", "organization", "role", "status", "created_at", "expires_at"]
+    list_filter = ["role", "organization"]
+    search_fields = ["email", "organization__slug"]
+    exclude = ["token_hash"]
+    readonly_fields = [
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "sent_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+    """The audit log, read-only: records are written by the services and never edited."""
+
+    list_display = [
+        "created_at",
+        "organization",
+        "action",
+        "actor_username",
+        "target_type",
+        "target_id",
+    ]
+    list_filter = ["action"]
+    search_fields = ["organization__slug", "actor_username", "target_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["organization"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False

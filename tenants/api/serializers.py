@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tenants.models import ApiKey, Limits, Membership, Organization, Role, Scope
+from tenants.audit import ACTIONS
+from tenants.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Limits,
+    Membership,
+    Organization,
+    Role,
+    Scope,
+)
 from tenants.plans import Plan
 from vlinders.strict_json import StrictJSONTypes
 
@@ -63,7 +76,8 @@ class MembershipSerializer(StrictJSONTypes, serializers.ModelSerializer[Membersh
 
 
 class MembershipCreateSerializer(StrictJSONTypes, serializers.Serializer[Membership]):
-    """Add an existing user by username or e-mail address."""
+    """Add an existing user by username or e-mail address (platform staff only: for anyone else
+    the answer would tell whether an address has an account; tenants invite instead)."""
 
     user = serializers.CharField(help_text="Username or e-mail address of an existing user.")
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
@@ -167,3 +181,109 @@ class AvailableModelSerializer(serializers.Serializer[Any]):
     context_length = serializers.IntegerField()
     price_input_per_mtok = serializers.DecimalField(max_digits=12, decimal_places=6)
     price_output_per_mtok = serializers.DecimalField(max_digits=12, decimal_places=6)
+
+
+class InvitationSerializer(serializers.ModelSerializer[Invitation]):
+    """An invitation as its organisation's admins see it: never its token or the token's hash,
+    and nothing about whether the address has an account."""
+
+    status = serializers.ChoiceField(choices=Invitation.Status.choices, read_only=True)
+    invited_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    accepted_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "email",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "sent_at",
+            "expires_at",
+            "accepted_at",
+            "accepted_by",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class InvitationCreateSerializer(StrictJSONTypes, serializers.Serializer[Invitation]):
+    email = serializers.EmailField(max_length=254, help_text="Who to invite.")
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+# ``from``/``to`` of the audit log: a date, or a date-time with seconds and fractions optional and
+# an offset if any. The schema states the pattern and the API checks it before parsing.
+AUDIT_TIME_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?$"
+)
+
+
+@extend_schema_field({"type": "string", "pattern": AUDIT_TIME_PATTERN})
+class _AuditTimeField(serializers.DateTimeField):
+    def to_internal_value(self, value: Any) -> datetime:
+        if not isinstance(value, str) or not re.fullmatch(AUDIT_TIME_PATTERN, value):
+            raise serializers.ValidationError(
+                "Wrong format: a date (2026-03-01) or a date-time (2026-03-01T13:05:00Z)."
+            )
+        return super().to_internal_value(value)
+
+
+class AuditQuerySerializer(serializers.Serializer[Any]):
+    """Filters of the audit log; all optional, combined with AND. ``from_`` is served as
+    ``from`` (a Python keyword)."""
+
+    action = serializers.ChoiceField(
+        choices=[(a, a) for a in ACTIONS], required=False, help_text="Only this action."
+    )
+    actor = serializers.CharField(
+        required=False, max_length=150, help_text="Only changes by this username."
+    )
+    from_ = _AuditTimeField(
+        required=False, help_text="From this time (inclusive); a date is its midnight UTC."
+    )
+    to = _AuditTimeField(required=False, help_text="Before this time (exclusive).")
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        return {name.removesuffix("_"): field for name, field in fields.items()}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        start, end = attrs.get("from"), attrs.get("to")
+        if start is not None and end is not None and start >= end:
+            raise serializers.ValidationError({"to": ["Must be after `from`."]})
+        return attrs
+
+
+class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
+    """One change: who (``actor``, the username then; ``api_key``, the key the request came
+    with), what, and the target's fields before and after (never secrets)."""
+
+    actor = serializers.CharField(source="actor_username", allow_blank=True)
+    api_key = serializers.UUIDField(source="api_key_id", allow_null=True)
+    action = serializers.CharField()
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "api_key",
+            "action",
+            "target_type",
+            "target_id",
+            "before",
+            "after",
+        ]
+        read_only_fields = fields

@@ -5,16 +5,24 @@ Every view on an organisation's data is an ``OrganizationScopedViewSet`` (see ``
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -23,8 +31,8 @@ from tenants.api import serializers as s
 from tenants.api.authentication import ApiKeyPrincipal
 from tenants.api.scoping import OrganizationAccess, OrganizationScopedViewSet
 from tenants.catalog import available_models_for_organization
-from tenants.models import ApiKey, Membership, Organization
-from tenants.roles import READ, USE
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Organization
+from tenants.roles import MANAGE, READ, USE
 
 STAFF_ONLY = [permissions.IsAuthenticated, OrganizationAccess, permissions.IsAdminUser]
 
@@ -34,6 +42,18 @@ def _acting_user(request: Request) -> Any:
     if isinstance(request.user, ApiKeyPrincipal):
         return request.user.api_key.created_by
     return request.user
+
+
+def _via_key(request: Request) -> ApiKey | None:
+    """The API key that authenticated the request, if one did (for the audit log)."""
+    if isinstance(request.user, ApiKeyPrincipal):
+        return request.user.api_key
+    return None
+
+
+def _who(request: Request) -> dict[str, Any]:
+    """What the services record as the actor of a write: the person and the key, if any."""
+    return {"actor": _acting_user(request), "via_key": _via_key(request)}
 
 
 class OrganizationViewSet(
@@ -91,6 +111,7 @@ class OrganizationViewSet(
         services.organization_update(
             organization=self.organization,
             name=serializer.validated_data.get("name", self.organization.name),
+            **_who(self.request),
         )
 
     @extend_schema(request=s.OrganizationStatusSerializer, responses=s.OrganizationSerializer)
@@ -100,7 +121,9 @@ class OrganizationViewSet(
         data = s.OrganizationStatusSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         org = services.organization_set_status(
-            organization=self.organization, status=data.validated_data["status"]
+            organization=self.organization,
+            status=data.validated_data["status"],
+            **_who(request),
         )
         return Response(self.get_serializer(org).data)
 
@@ -111,7 +134,7 @@ class OrganizationViewSet(
         data = s.OrganizationPlanSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         org = services.organization_set_plan(
-            organization=self.organization, plan=data.validated_data["plan"]
+            organization=self.organization, plan=data.validated_data["plan"], **_who(request)
         )
         return Response(self.get_serializer(org).data)
 
@@ -131,7 +154,7 @@ class OrganizationViewSet(
         )
         data.is_valid(raise_exception=True)
         org = services.organization_set_limits(
-            organization=self.organization, **data.validated_data
+            organization=self.organization, **_who(request), **data.validated_data
         )
         return Response(s.LimitsSerializer(org).data)
 
@@ -143,7 +166,9 @@ class MembershipViewSet(
     mixins.DestroyModelMixin,
     OrganizationScopedViewSet,
 ):
-    """Members of an organisation and their roles. Owners and admins manage them."""
+    """Members of an organisation and their roles. Owners and admins manage them; people join
+    by invitation (``InvitationViewSet``). Adding an existing user directly is for platform
+    staff only: its answer says whether an address has an account."""
 
     serializer_class = s.MembershipSerializer
     queryset = Membership.objects.none()
@@ -152,8 +177,14 @@ class MembershipViewSet(
     def scoped_queryset(self, organization: Organization) -> QuerySet[Membership]:
         return organization.memberships.select_related("user").order_by("created_at", "pk")
 
+    def get_permissions(self) -> Any:
+        if self.action == "create":
+            return [permission() for permission in STAFF_ONLY]
+        return super().get_permissions()
+
     @extend_schema(request=s.MembershipCreateSerializer, responses={201: s.MembershipSerializer})
     def create(self, request: Request, org_slug: str) -> Response:
+        """Add an existing user by username or e-mail (platform staff). Others invite."""
         data = s.MembershipCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         membership = services.membership_add(
@@ -161,17 +192,18 @@ class MembershipViewSet(
             user=data.validated_data["user"],
             role=data.validated_data["role"],
             actor_role=self.role,
+            **_who(request),
         )
         return Response(s.MembershipSerializer(membership).data, status=201)
 
     def perform_update(self, serializer: Any) -> None:
         role = serializer.validated_data.get("role", serializer.instance.role)
         serializer.instance = services.membership_change_role(
-            membership=serializer.instance, role=role, actor_role=self.role
+            membership=serializer.instance, role=role, actor_role=self.role, **_who(self.request)
         )
 
     def perform_destroy(self, instance: Membership) -> None:
-        services.membership_remove(membership=instance, actor_role=self.role)
+        services.membership_remove(membership=instance, actor_role=self.role, **_who(self.request))
 
 
 class ApiKeyViewSet(
@@ -209,6 +241,7 @@ class ApiKeyViewSet(
             organization=self.organization,
             created_by=_acting_user(request),
             actor_role=self.role,
+            via_key=_via_key(request),
             **data.validated_data,
         )
         return self._with_secret(api_key, secret, status.HTTP_201_CREATED)
@@ -217,7 +250,7 @@ class ApiKeyViewSet(
         serializer.instance = services.api_key_update(
             api_key=serializer.instance,
             actor_role=self.role,
-            actor=_acting_user(self.request),
+            **_who(self.request),
             **serializer.validated_data,
         )
 
@@ -226,7 +259,7 @@ class ApiKeyViewSet(
     def revoke(self, request: Request, org_slug: str, pk: str) -> Response:
         """Revoke the key at once, on every gateway replica."""
         api_key = services.api_key_revoke(
-            api_key=self.get_object(), actor_role=self.role, actor=_acting_user(request)
+            api_key=self.get_object(), actor_role=self.role, **_who(request)
         )
         return Response(s.ApiKeySerializer(api_key).data)
 
@@ -240,7 +273,7 @@ class ApiKeyViewSet(
         api_key, secret = services.api_key_rotate(
             api_key=self.get_object(),
             actor_role=self.role,
-            actor=_acting_user(request),
+            **_who(request),
             grace=timedelta(seconds=data.validated_data["grace_seconds"]),
         )
         return self._with_secret(api_key, secret, status.HTTP_201_CREATED)
@@ -256,3 +289,171 @@ class AvailableModelViewSet(OrganizationScopedViewSet):
     def list(self, request: Request, org_slug: str) -> Response:
         rows = [asdict(row) for row in available_models_for_organization(self.organization)]
         return Response(s.AvailableModelSerializer(rows, many=True).data)
+
+
+def _base_url(request: Request) -> str:
+    """The scheme and host the request came to, for links in e-mails when
+    ``VLINDERS_CONSOLE_URL`` is not set (``tenants.invitations.accept_url``)."""
+    return request.build_absolute_uri("/")
+
+
+class InvitationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    OrganizationScopedViewSet,
+):
+    """Invitations of an organisation (owners and admins; only owners invite owners).
+
+    Creating one answers the same whether the address is new, has an account or is already a
+    member: the API never tells who has an account. The link travels only by e-mail.
+    """
+
+    serializer_class = s.InvitationSerializer
+    queryset = Invitation.objects.none()
+    http_method_names = ["get", "post", "delete", "head", "options"]
+    action_roles = {"list": MANAGE, "retrieve": MANAGE}
+
+    def scoped_queryset(self, organization: Organization) -> QuerySet[Invitation]:
+        return organization.invitations.select_related("invited_by", "accepted_by").order_by(
+            "-created_at", "pk"
+        )
+
+    @extend_schema(request=s.InvitationCreateSerializer, responses={201: s.InvitationSerializer})
+    def create(self, request: Request, org_slug: str) -> Response:
+        """Invite an e-mail address with a role; the link is e-mailed and works once, until it
+        expires (7 days by default). An open invitation to the same address is renewed."""
+        data = s.InvitationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        invitation, _token = services.invitation_create(
+            organization=self.organization,
+            email=data.validated_data["email"],
+            role=data.validated_data["role"],
+            actor_role=self.role,
+            base_url=_base_url(request),
+            **_who(request),
+        )
+        return Response(s.InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.InvitationSerializer)
+    @action(detail=True, methods=["post"])
+    def resend(self, request: Request, org_slug: str, pk: str) -> Response:
+        """E-mail a new link with a new expiry; the old link stops working."""
+        invitation, _token = services.invitation_resend(
+            invitation=self.get_object(),
+            actor_role=self.role,
+            base_url=_base_url(request),
+            **_who(request),
+        )
+        return Response(s.InvitationSerializer(invitation).data)
+
+    def perform_destroy(self, instance: Invitation) -> None:
+        """Revoke: the link stops working; the invitation stays listed, as revoked."""
+        services.invitation_revoke(invitation=instance, actor_role=self.role, **_who(self.request))
+
+
+class _JSONAlways(BaseContentNegotiation):
+    """JSON for every answer and error, whatever ``Accept`` says: the CSV export streams its own
+    response, and its errors stay readable JSON rather than a 406."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+
+class _Echo:
+    """A file-like object whose ``write`` returns the line, for streaming csv.writer output."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula is prefixed with ``'`` (names are user input)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+AUDIT_CSV_COLUMNS = [
+    "created_at",
+    "actor",
+    "api_key",
+    "action",
+    "target_type",
+    "target_id",
+    "before",
+    "after",
+]
+
+
+class AuditEventViewSet(OrganizationScopedViewSet):
+    """The organisation's audit log, newest first: owners and admins read it (an API key with
+    ``management:write`` too); members and viewers get 403, outsiders 404."""
+
+    serializer_class = s.AuditEventSerializer
+    queryset = AuditEvent.objects.none()
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = _JSONAlways
+    action_roles = {"list": MANAGE, "export": MANAGE}
+
+    def scoped_queryset(self, organization: Organization) -> QuerySet[AuditEvent]:
+        return AuditEvent.objects.filter(organization=organization).order_by("-created_at", "-id")
+
+    def _filtered(self) -> QuerySet[AuditEvent]:
+        query = s.AuditQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = query.validated_data
+        events = self.get_queryset()
+        if "action" in filters:
+            events = events.filter(action=filters["action"])
+        if "actor" in filters:
+            events = events.filter(actor_username=filters["actor"])
+        if "from" in filters:
+            events = events.filter(created_at__gte=filters["from"])
+        if "to" in filters:
+            events = events.filter(created_at__lt=filters["to"])
+        return events
+
+    @extend_schema(parameters=[s.AuditQuerySerializer], responses=s.AuditEventSerializer(many=True))
+    def list(self, request: Request, org_slug: str) -> Response:
+        """Changes to the organisation (who, what, before and after), newest first, paginated."""
+        events = self._filtered()
+        page = self.paginate_queryset(events)
+        assert page is not None  # the API's pagination is always on
+        return self.get_paginated_response(s.AuditEventSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="orgs_audit_csv",
+        parameters=[s.AuditQuerySerializer],
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV rows")},
+    )
+    def export(self, request: Request, org_slug: str) -> StreamingHttpResponse:
+        """The same records as CSV, streamed, unpaginated; ``before`` and ``after`` as JSON."""
+        events = self._filtered().iterator(chunk_size=1000)
+
+        def lines(rows: Iterator[AuditEvent]) -> Iterator[str]:
+            writer = csv.writer(_Echo())
+            yield writer.writerow(AUDIT_CSV_COLUMNS)
+            for event in rows:
+                cells = [
+                    event.created_at.isoformat().replace("+00:00", "Z"),
+                    event.actor_username,
+                    str(event.api_key_id or ""),
+                    event.action,
+                    event.target_type,
+                    event.target_id,
+                    "" if event.before is None else json.dumps(event.before, sort_keys=True),
+                    "" if event.after is None else json.dumps(event.after, sort_keys=True),
+                ]
+                yield writer.writerow([_csv_cell(cell) for cell in cells])
+
+        response = StreamingHttpResponse(lines(events), content_type="text/csv; charset=utf-8")
+        filename = f"audit-{self.organization.slug}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response

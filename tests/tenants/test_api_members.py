@@ -24,9 +24,11 @@ def test_list(request, client_name, expected, owner, viewer):
 
 @pytest.mark.parametrize(
     ("client_name", "expected"),
-    [("as_owner", 201), ("as_viewer", 403), ("as_outsider", 404), ("as_staff", 201)],
+    [("as_owner", 403), ("as_viewer", 403), ("as_outsider", 404), ("as_staff", 201)],
 )
 def test_add(request, client_name, expected, org, owner, viewer):
+    """Adding an existing user directly is for platform staff: for anyone else its answer would
+    tell whether an address has an account (tenants invite instead)."""
     newcomer = UserFactory(username="newcomer")
     response = request.getfixturevalue(client_name).post(
         URL, {"user": "newcomer", "role": "member"}, format="json"
@@ -35,7 +37,17 @@ def test_add(request, client_name, expected, org, owner, viewer):
     assert Membership.objects.filter(organization=org, user=newcomer).exists() == (expected == 201)
 
 
-def test_add_by_email_and_validation(as_owner, owner):
+def test_an_owner_cannot_probe_addresses_through_members(as_owner, owner):
+    """The owner's answer is the same 403 for an address with an account and one without."""
+    UserFactory(username="erin", email="erin@example.test")
+    known = as_owner.post(URL, {"user": "erin@example.test"}, format="json")
+    unknown = as_owner.post(URL, {"user": "nobody@example.test"}, format="json")
+    assert known.status_code == unknown.status_code == 403
+    assert known.json() == unknown.json()
+
+
+def test_add_by_email_and_validation(as_staff, owner):
+    as_owner = as_staff  # the checks below are the staff path's own
     UserFactory(username="erin", email="Erin@Example.test")
     assert as_owner.post(URL, {"user": "erin@example.test"}, format="json").status_code == 201
     again = as_owner.post(URL, {"user": "erin"}, format="json")

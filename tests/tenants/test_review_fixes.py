@@ -243,7 +243,7 @@ def test_deeply_nested_body_is_a_400(as_owner, org):
         ("/api/v1/orgs/", '{"name": "ok", "slug": "\\ud800"}'),
         # Error messages that quote the input used to fail while rendering the 400.
         ("/api/v1/orgs/acme/keys/", '{"name": "x", "scopes": ["\\ud800"]}'),
-        ("/api/v1/orgs/acme/members/", '{"user": "viewer", "role": "\\ud800"}'),
+        ("/api/v1/orgs/acme/invitations/", '{"email": "a@example.test", "role": "\\ud800"}'),
     ],
 )
 def test_lone_surrogate_is_a_400(as_owner, org, viewer, url, body):
