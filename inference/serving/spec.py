@@ -83,16 +83,8 @@ class ModelSpec(_Strict):
         return max(self.scaling.target_ongoing_requests * 4, 8)
 
     def route(self) -> RouteSpec:
-        return RouteSpec(
-            name=self.name,
-            deployment=self.deployment,
-            engine=self.engine,
-            context_length=self.context_length,
-            price_input_per_mtok=self.price_input_per_mtok,
-            price_output_per_mtok=self.price_output_per_mtok,
-            aliases=self.aliases,
-            request_timeout_s=self.request_timeout_s,
-        )
+        """The gateway's part of this model: its fields of the same names."""
+        return RouteSpec(**self.model_dump(include=set(RouteSpec.model_fields)))
 
 
 class RouteSpec(_Strict):
@@ -203,15 +195,13 @@ class DeploymentSpec(_Strict):
         )
 
     def model_args(self, model: ModelSpec) -> ModelArgs:
+        """A model's engine part: its fields of the same names, with the spec's Redis (never
+        a secret: an ``api_key`` in a source is dropped)."""
+        fields = model.model_dump(include=set(ModelArgs.model_fields))
+        fields["source"] = {k: v for k, v in model.source.items() if k != "api_key"}
         return ModelArgs(
+            **fields,
             spec_version=self.spec_version,
-            name=model.name,
-            deployment=model.deployment,
-            engine=model.engine,
-            source={k: v for k, v in model.source.items() if k != "api_key"},
-            engine_args=model.engine_args,
-            resources=model.resources,
-            request_timeout_s=model.request_timeout_s,
             redis_url=self.redis_url,
             redis_prefix=self.redis_prefix,
         )
