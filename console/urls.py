@@ -11,4 +11,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("orgs/<slug:slug>/usage/", views.org_usage, name="org-usage"),
     path("staff/usage/", views.staff_usage, name="staff-usage"),
+    path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

@@ -1,14 +1,19 @@
-"""Console pages: sign-in, a landing page, and the usage dashboards (the month from the rollups,
-then live over the websocket of ``console.consumers``)."""
+"""Console pages: sign-in, a landing page, the usage dashboards (the month from the rollups,
+then live over the websocket of ``console.consumers``) and the page an invitation links to."""
 
 from __future__ import annotations
 
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required, user_passes_test
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 
 from billing import selectors as usage
 from billing import spend
+from tenants import services
+from tenants.invitations import InvitationUnusable
 from tenants.models import Organization
 from tenants.selectors import membership_role, organizations_for_user
 
@@ -47,3 +52,47 @@ def org_usage(request: HttpRequest, slug: str) -> HttpResponse:
 def staff_usage(request: HttpRequest) -> HttpResponse:
     """Platform staff: every organisation's live usage (``ws/staff/usage/``)."""
     return render(request, "console/staff_usage.html")
+
+
+def _invitation_error(request: HttpRequest, error: InvitationUnusable) -> HttpResponse:
+    return render(
+        request, "console/invitation_error.html", {"message": str(error)}, status=error.status
+    )
+
+
+def invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in an invitation e-mail.
+
+    A signed-in person sees "Join <organisation> as <role>" and joins with a POST. Someone
+    signed out can set a username and password (a new account, joined at once) or sign in
+    first and come back. A link that is unknown answers 404, one used, revoked or expired 410,
+    each with a page that says so.
+    """
+    try:
+        pending = services.invitation_for_token(token)
+    except InvitationUnusable as error:
+        return _invitation_error(request, error)
+    form: UserCreationForm[User] | None = None
+    if request.user.is_authenticated:
+        if request.method == "POST":
+            assert isinstance(request.user, User)
+            try:
+                services.invitation_accept(token=token, user=request.user)
+            except InvitationUnusable as error:
+                return _invitation_error(request, error)
+            return redirect("console:home")
+    else:
+        form = UserCreationForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                membership = services.invitation_accept_as_new_user(
+                    token=token,
+                    username=form.cleaned_data["username"],
+                    password=form.cleaned_data["password1"],
+                )
+            except InvitationUnusable as error:
+                return _invitation_error(request, error)
+            login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("console:home")
+    context = {"invitation": pending, "form": form, "token": token}
+    return render(request, "console/invitation.html", context)
