@@ -123,7 +123,11 @@ def model_handle(deployment: str) -> tuple[Any, Any]:
     per model and reused for every request."""
     from ray import serve
 
-    handle = serve.get_deployment_handle(deployment, app_name=deployment)
+    # Not checked against the controller (Serve's own flag for this): an apply that adds a model
+    # reconfigures the gateway while the model's application is still being created, and a
+    # failed check would make the reconfigure fail and Serve replace the gateway's replicas.
+    # Requests to a model that is not up yet wait for it, within the model's request timeout.
+    handle = serve.get_deployment_handle(deployment, app_name=deployment, _check_exists=False)
     return handle, handle.options(stream=True)
 
 

@@ -92,7 +92,7 @@ def test_unreachable_dashboard_is_recorded_failed(unreachable) -> None:
     assert record.finished_at is not None
     stored = DeploymentRevision.objects.get(pk=record.pk)
     assert stored.config == render_serve_config()
-    assert stored.revision == render_serve_config()["applications"][0]["args"]["revision"]
+    assert stored.revision == config_revision(render_serve_config())
 
 
 def test_unreachable_dashboard_marks_nothing_running(unreachable) -> None:

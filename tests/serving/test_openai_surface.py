@@ -19,7 +19,9 @@ def test_models_lists_only_what_the_key_may_use(client):
         "smollm2",
         "syn-alias",
         "syn-fast",
+        "syn-load",
         "syn-slow",
+        "syn-tight",
         "upstream-badkey",
         "upstream-syn",
     ]
