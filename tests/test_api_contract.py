@@ -13,12 +13,12 @@ It runs over every operation once per identity:
 - an organisation owner, signed in the same way;
 - the same owner's API key with the management scopes (``Authorization: Bearer vlk_...``).
 
-Each identity's organisation, a second key, a member, a catalog model and alias, a deployment
-and usage exist, and the schema's example path parameters name them, so the generated requests
-reach the views' logic rather than stopping at 404. Every generated request runs inside a
-savepoint that is rolled back afterwards: each starts from the same seeded state (a request that
-revokes the identity's own key or removes its membership does not blind the ones after it), and
-the runs are derandomised, so a failure reproduces.
+Each identity's organisation, a second key, a member, a pending invitation, a catalog model and
+alias, a deployment, usage and audit records exist, and the schema's example path parameters
+name them, so the generated requests reach the views' logic rather than stopping at 404. Every
+generated request runs inside a savepoint that is rolled back afterwards: each starts from the
+same seeded state (a request that revokes the identity's own key or removes its membership does
+not blind the ones after it), and the runs are derandomised, so a failure reproduces.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from werkzeug.test import Client as WerkzeugClient
 from billing.models import UsageRollup
 from inference.models import DeploymentRevision, ModelDeploymentStatus
 from tenants import services
-from tenants.models import ApiKey, Membership, Role
+from tenants.models import ApiKey, Invitation, Membership, Role
 from tests.factories import (
     CatalogModelFactory,
     MembershipFactory,
@@ -154,6 +154,14 @@ def seeded(db, redis_client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         scopes=["inference"],
     )
     ApiKey.objects.filter(pk=example_key.pk).update(id=uuid.UUID(openapi.EXAMPLE_KEY_ID))
+    invitation, _ = services.invitation_create(
+        organization=org,
+        email="invitee@example.test",
+        role=Role.MEMBER,
+        actor_role=Role.OWNER,
+        actor=owner,
+    )
+    Invitation.objects.filter(pk=invitation.pk).update(id=uuid.UUID(openapi.EXAMPLE_INVITATION_ID))
     revision = DeploymentRevision.objects.create(
         revision="r1", config_hash="0" * 64, config={}, applied_by=staff
     )

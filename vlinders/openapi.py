@@ -41,11 +41,13 @@ EXAMPLE_KEY_ID = "6f1c2b9e-3d4a-4e5f-8a7b-9c0d1e2f3a4b"
 EXAMPLE_MEMBER_ID = 42
 EXAMPLE_MODEL_NAME = "llama-3.1-8b-instruct"
 EXAMPLE_ALIAS_NAME = "llama"
+EXAMPLE_INVITATION_ID = "2b8e4c1a-7d6f-4a3b-9c2e-1f0a5b6c7d8e"
 
 # (a segment the path contains, parameter name) -> example; the first match wins.
 _PATH_EXAMPLES: list[tuple[str, str, Any]] = [
     ("/keys/{id}", "id", EXAMPLE_KEY_ID),
     ("/members/{id}", "id", EXAMPLE_MEMBER_ID),
+    ("/invitations/{id}", "id", EXAMPLE_INVITATION_ID),
     ("/models/{name}", "name", EXAMPLE_MODEL_NAME),
     ("/aliases/{name}", "name", EXAMPLE_ALIAS_NAME),
     ("{org_slug}", "org_slug", EXAMPLE_ORG_SLUG),
@@ -66,6 +68,13 @@ BUSINESS_RULES: dict[str, str] = {
     "(`replaced_by` set) cannot be changed.",
     "orgs_members_create": "`user` must name an active user (username or e-mail) who is not a "
     "member yet; only an owner may grant the owner role.",
+    "orgs_invitations_create": "`email` must be an address the platform accepts for sending "
+    "(Django's e-mail validator, stricter than the `email` format).",
+    "orgs_invitations_resend_create": "An accepted or revoked invitation cannot be resent.",
+    "orgs_invitations_destroy": "An accepted invitation cannot be revoked (remove the member).",
+    "orgs_audit_list": "`to` must be after `from`; dates must exist in the calendar "
+    "(`2026-02-30` does not).",
+    "orgs_audit_csv": "As for the JSON list.",
     "orgs_members_partial_update": "Only an owner may grant or take the owner role, and an "
     "organisation keeps at least one owner.",
     "orgs_members_destroy": "An organisation keeps at least one owner.",

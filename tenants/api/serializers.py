@@ -245,7 +245,10 @@ class AuditQuerySerializer(serializers.Serializer[Any]):
         choices=[(a, a) for a in ACTIONS], required=False, help_text="Only this action."
     )
     actor = serializers.CharField(
-        required=False, max_length=150, help_text="Only changes by this username."
+        required=False,
+        max_length=150,
+        trim_whitespace=False,
+        help_text="Only changes by this username.",
     )
     from_ = _AuditTimeField(
         required=False, help_text="From this time (inclusive); a date is its midnight UTC."
