@@ -20,7 +20,6 @@ from tenants.keys import hash_key
 from tenants.models import Invitation
 
 TOKEN_PREFIX = "vli_"
-DEFAULT_TTL = timedelta(days=7)
 
 
 class InvitationUnusable(Exception):
@@ -37,8 +36,7 @@ class InvitationUnusable(Exception):
 
 def ttl() -> timedelta:
     """How long a link works: ``VLINDERS_INVITATION_TTL_DAYS`` (default 7)."""
-    days = getattr(settings, "VLINDERS_INVITATION_TTL_DAYS", None)
-    return timedelta(days=float(days)) if days is not None else DEFAULT_TTL
+    return timedelta(days=settings.VLINDERS_INVITATION_TTL_DAYS)
 
 
 def new_token() -> tuple[str, str]:
@@ -61,7 +59,7 @@ def accept_url(token: str, *, base_url: str | None) -> str:
     """The absolute link in the e-mail: ``VLINDERS_CONSOLE_URL`` when set (preferred: a link
     built from the request's Host header is only as trustworthy as ``ALLOWED_HOSTS``), else
     ``base_url`` (the request's own scheme and host), else a relative path."""
-    base = getattr(settings, "VLINDERS_CONSOLE_URL", None) or base_url or ""
+    base = settings.VLINDERS_CONSOLE_URL or base_url or ""
     return f"{base.rstrip('/')}/invitations/{token}/"
 
 

@@ -361,6 +361,11 @@ VLINDERS_LEASE_S = float(_env("VLINDERS_LEASE_S", "600"))
 # "1" adds the organisation as a label of the gateway's request and token counters (one series
 # per tenant and model: off by default; the usage API has per-tenant figures). Passed to Ray.
 VLINDERS_METRICS_TENANT_LABELS = _env("VLINDERS_METRICS_TENANT_LABELS", "0")
+# The console's public address, for links in e-mails (invitations). Unset: built from the
+# request's host (as trustworthy as ALLOWED_HOSTS); set it in production.
+VLINDERS_CONSOLE_URL = _env("VLINDERS_CONSOLE_URL", "")
+# Days an invitation link works.
+VLINDERS_INVITATION_TTL_DAYS = float(_env("VLINDERS_INVITATION_TTL_DAYS", "7"))
 # The Celery queue usage events go to: a queue of their own, so metering workers can be scaled
 # (and paused) apart from other tasks (docs/usage-events.md).
 VLINDERS_USAGE_QUEUE = _env("VLINDERS_USAGE_QUEUE", "usage")
