@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -25,42 +22,11 @@ from billing.models import UsageRollup
 from tenants.api.scoping import OrganizationScopedViewSet
 from tenants.models import Organization
 from tenants.roles import READ
+from vlinders import csv_export
 
 # A JSON report with more rows than this is refused (narrow the range, or use the CSV export).
 MAX_JSON_ROWS = 10_000
 CSV_METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
-
-
-class JSONAlways(BaseContentNegotiation):
-    """Always JSON for answers and errors: ``?format=csv`` is this API's own parameter (handled
-    by the view), not DRF's renderer override, and a client asking for ``text/csv`` still gets
-    its 400 as readable JSON rather than a 406."""
-
-    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
-        return next(iter(parsers), None)
-
-    def select_renderer(
-        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, renderer.media_type
-
-
-class _Echo:
-    """A file-like object whose ``write`` returns the line, for streaming csv.writer output."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _cell(value: Any) -> Any:
-    """CSV cells: money as a plain decimal string; text that a spreadsheet would run as a
-    formula (``=``, ``+``, ``-``, ``@`` first) is prefixed with ``'`` (key names are user input)."""
-    if isinstance(value, Decimal):
-        return f"{value:f}"
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 class UsageViewSet(OrganizationScopedViewSet):
@@ -70,7 +36,7 @@ class UsageViewSet(OrganizationScopedViewSet):
     serializer_class = s.UsageReportSerializer
     pagination_class = None
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = JSONAlways
+    content_negotiation_class = csv_export.JSONAlways
     action_roles = {"report": READ, "export": READ}
 
     def scoped_queryset(self, organization: Organization) -> QuerySet[UsageRollup]:
@@ -146,7 +112,7 @@ class UsageViewSet(OrganizationScopedViewSet):
         header += [*CSV_METRICS, "total_tokens", "cost"]
 
         def lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-            writer = csv.writer(_Echo())
+            writer = csv.writer(csv_export.Echo())
             yield writer.writerow(header)
             for row in rows:
                 cells: list[Any] = [row["start"].isoformat().replace("+00:00", "Z")]
@@ -156,7 +122,7 @@ class UsageViewSet(OrganizationScopedViewSet):
                     cells.append(row["model"])
                 cells += [row[m] for m in CSV_METRICS]
                 cells += [row["total_tokens"], row["cost"]]
-                yield writer.writerow([_cell(c) for c in cells])
+                yield writer.writerow([csv_export.cell(c) for c in cells])
 
         start, end = query["from"], query["to"]
         filename = f"usage-{self.organization.slug}-{start:%Y%m%dT%H}-{end:%Y%m%dT%H}.csv"

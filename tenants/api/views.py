@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
@@ -20,9 +20,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -33,6 +31,7 @@ from tenants.api.scoping import OrganizationAccess, OrganizationScopedViewSet
 from tenants.catalog import available_models_for_organization
 from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Organization
 from tenants.roles import MANAGE, READ, USE
+from vlinders import csv_export
 
 STAFF_ONLY = [permissions.IsAuthenticated, OrganizationAccess, permissions.IsAdminUser]
 
@@ -352,34 +351,6 @@ class InvitationViewSet(
         services.invitation_revoke(invitation=instance, actor_role=self.role, **_who(self.request))
 
 
-class _JSONAlways(BaseContentNegotiation):
-    """JSON for every answer and error, whatever ``Accept`` says: the CSV export streams its own
-    response, and its errors stay readable JSON rather than a 406."""
-
-    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
-        return next(iter(parsers), None)
-
-    def select_renderer(
-        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, renderer.media_type
-
-
-class _Echo:
-    """A file-like object whose ``write`` returns the line, for streaming csv.writer output."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_cell(value: Any) -> Any:
-    """Text a spreadsheet would run as a formula is prefixed with ``'`` (names are user input)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 AUDIT_CSV_COLUMNS = [
     "created_at",
     "actor",
@@ -399,7 +370,7 @@ class AuditEventViewSet(OrganizationScopedViewSet):
     serializer_class = s.AuditEventSerializer
     queryset = AuditEvent.objects.none()
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = _JSONAlways
+    content_negotiation_class = csv_export.JSONAlways
     action_roles = {"list": MANAGE, "export": MANAGE}
 
     def scoped_queryset(self, organization: Organization) -> QuerySet[AuditEvent]:
@@ -438,7 +409,7 @@ class AuditEventViewSet(OrganizationScopedViewSet):
         events = self._filtered().iterator(chunk_size=1000)
 
         def lines(rows: Iterator[AuditEvent]) -> Iterator[str]:
-            writer = csv.writer(_Echo())
+            writer = csv.writer(csv_export.Echo())
             yield writer.writerow(AUDIT_CSV_COLUMNS)
             for event in rows:
                 cells = [
@@ -451,7 +422,7 @@ class AuditEventViewSet(OrganizationScopedViewSet):
                     "" if event.before is None else json.dumps(event.before, sort_keys=True),
                     "" if event.after is None else json.dumps(event.after, sort_keys=True),
                 ]
-                yield writer.writerow([_csv_cell(cell) for cell in cells])
+                yield writer.writerow([csv_export.cell(value) for value in cells])
 
         response = StreamingHttpResponse(lines(events), content_type="text/csv; charset=utf-8")
         filename = f"audit-{self.organization.slug}.csv"
