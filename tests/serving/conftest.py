@@ -250,13 +250,15 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                 max_queued_requests=1024,
             ),
             # Tight bounds for load shedding and timeouts: 8 requests at once, 4 more queued
-            # per gateway replica, 2 s to finish.
+            # per gateway replica, 3.5 s to finish (a queued 10-token request needs about 1 s;
+            # a 100-token one 5 s). 2 s was too tight for a busy CI machine: queued requests
+            # timed out.
             _model(
                 "syn-tight",
                 SYNTHETIC_TIGHT,
                 scaling={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 1},
                 max_queued_requests=4,
-                request_timeout_s=2,
+                request_timeout_s=3.5,
             ),
             {
                 **_model("upstream-syn", {"timeout_s": 30}),

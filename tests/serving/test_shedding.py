@@ -1,6 +1,6 @@
 """Load shedding and timeouts, end to end through Ray Serve (``syn-tight``: the synthetic
 engine, a labelled test engine and not a model, at 50 ms a token; one replica takes 8 requests
-at once, each gateway replica queues 4 more, and a request may run 2 s).
+at once, each gateway replica queues 4 more, and a request may run 3.5 s).
 
 - Past the queue bound the client gets 503 with ``Retry-After`` in OpenAI's shape at once, not
   after waiting in a queue: every refusal arrives before the first admitted request finishes.
@@ -59,7 +59,7 @@ def test_past_the_queue_bound_requests_are_refused_at_once(gateway, tenant) -> N
 
 def test_a_request_past_its_timeout_is_cancelled_and_metered(gateway, usage_broker, client):
     cancelled = gateway.metric("vlinders_engine_requests_cancelled_total", model="syn-tight")
-    # 100 tokens at 50 ms: 5 s of work, against a 2 s timeout.
+    # 100 tokens at 50 ms: 5 s of work, against a 3.5 s timeout.
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.with_raw_response.create(
             model="syn-tight", messages=MESSAGE, max_tokens=100

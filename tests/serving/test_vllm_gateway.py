@@ -269,10 +269,27 @@ def test_a_premium_plan_is_scheduled_before_an_earlier_free_request(gateway, mak
         _, _, secret = make_tenant({"plan": plan})
         return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=secret, max_retries=0)
 
-    # Same plan: arrival order (the earlier request gets its first token first).
+    # Each race runs on a shared 2-core machine and now and then loses by milliseconds (seen:
+    # 11 ms, both queued requests admitted in one engine step), so each gets up to three tries.
+    # Both can still fail: without priority scheduling the free request, queued 0.3 s earlier,
+    # would get its first token first in every try.
     blocker = client_for("standard")
-    early, late = _race(blocker, client_for("standard"), client_for("standard"))
-    assert early < late
+
+    def lead_of(winner: str, first_plan: str, second_plan: str) -> list[float]:
+        """Queue a ``first_plan`` request, then a ``second_plan`` one 0.3 s later; per try, how
+        much earlier the ``winner`` (``"first"`` or ``"second"``) got its first token (stops
+        at the first try it did)."""
+        leads = []
+        for _ in range(3):
+            first, second = _race(blocker, client_for(first_plan), client_for(second_plan))
+            leads.append(second - first if winner == "first" else first - second)
+            if leads[-1] > 0:
+                break
+        return leads
+
+    # Same plan: arrival order (the earlier request gets its first token first).
+    same = lead_of("first", "standard", "standard")
+    assert max(same) > 0, same
     # The earlier request is a free tenant's, the later a premium tenant's: the order flips.
-    free, premium = _race(blocker, client_for("free"), client_for("premium"))
-    assert premium < free
+    flipped = lead_of("second", "free", "premium")
+    assert max(flipped) > 0, flipped
