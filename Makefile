@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/vlinders
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: venv up test lint typecheck pytest clean
+.PHONY: venv assets up test lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ $(VENV)/.installed: pyproject.toml requirements/cpu-engine.txt | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-up: venv
+# The console's browser libraries (htmx, uPlot), exactly as console/assets/package-lock.json pins
+# them; Django serves them as static files (settings.STATICFILES_DIRS).
+ASSETS := console/assets/node_modules/.package-lock.json
+$(ASSETS): console/assets/package.json console/assets/package-lock.json
+	cd console/assets && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+assets: $(ASSETS)
+
+up: venv assets
 	./bin/vlinders-up
 
 lint: venv
@@ -38,10 +47,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy vlinders tenants inference billing console manage.py
 
-pytest: venv
+pytest: venv assets
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache console/assets/node_modules

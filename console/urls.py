@@ -1,7 +1,12 @@
+"""The console's URLs. Each page module under ``console/pages/`` owns the routes of its part of
+an organisation (``/orgs/<slug>/…``); the names the navigation links to are listed in
+``console/templates/console/base.html``."""
+
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from console import views
+from console.pages import account, keys, overview, people, playground, usage
 
 app_name = "console"
 
@@ -9,7 +14,12 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("orgs/<slug:slug>/usage/", views.org_usage, name="org-usage"),
+    path("", include(account.urlpatterns)),
+    path("orgs/<slug:slug>/", include(overview.urlpatterns)),
+    path("orgs/<slug:slug>/", include(keys.urlpatterns)),
+    path("orgs/<slug:slug>/", include(usage.urlpatterns)),
+    path("orgs/<slug:slug>/", include(people.urlpatterns)),
+    path("orgs/<slug:slug>/", include(playground.urlpatterns)),
     path("staff/usage/", views.staff_usage, name="staff-usage"),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

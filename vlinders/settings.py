@@ -139,6 +139,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "django_celery_beat",
+    "django_htmx",
+    "csp",
     "vlinders",
     "tenants",
     "inference",
@@ -155,6 +157,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "vlinders.urls"
@@ -169,6 +173,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.context.org_context",
             ],
         },
     },
@@ -200,6 +205,31 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The console's browser libraries come pinned from the npm registry (console/assets/package.json
+# and its lockfile); `make assets` installs them with `npm ci` and they are served from here as
+# ordinary static files: nothing is copied into the repository, nothing is bundled.
+CONSOLE_ASSETS_DIR = BASE_DIR / "console" / "assets" / "node_modules"
+STATICFILES_DIRS = [
+    ("vendor/htmx", CONSOLE_ASSETS_DIR / "htmx.org" / "dist"),
+    ("vendor/uplot", CONSOLE_ASSETS_DIR / "uplot" / "dist"),
+]
+# The console's Content Security Policy (django-csp): scripts, styles and connections only from
+# this origin (websockets included), no inline script or style, no framing. The JSON a page
+# hands its scripts travels in <script type="application/json"> blocks, which are not executed.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "console:login"
