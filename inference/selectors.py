@@ -6,7 +6,7 @@ from typing import Literal
 
 from django.db.models import Q, QuerySet
 
-from inference.models import CatalogModel, ModelAlias, Visibility
+from inference.models import CatalogModel, EngineKind, ModelAlias, Visibility
 from tenants.catalog import AvailableModel
 from tenants.models import Organization
 
@@ -60,6 +60,33 @@ def _available(
         price_input_per_mtok=model.price_input_per_mtok,
         price_output_per_mtok=model.price_output_per_mtok,
     )
+
+
+# The OpenAI endpoints a model serves, as far as the catalog can tell from its engine: vLLM runs
+# one task per model (``engine_args.task``: ``generate`` by default, or ``embed``, vLLM's pooling
+# runner), the synthetic engine generates text only; an ``openai`` upstream serves what the
+# server behind it serves, which the catalog does not know.
+GENERATE_ENDPOINTS = ("chat.completions", "completions")
+EMBED_ENDPOINTS = ("embeddings",)
+
+
+def model_endpoints(model: CatalogModel) -> tuple[str, ...] | None:
+    """The endpoints ``model`` serves (``None``: the catalog cannot tell)."""
+    if model.engine_kind == EngineKind.VLLM:
+        task = (model.engine_args or {}).get("task") or "generate"
+        return EMBED_ENDPOINTS if task == "embed" else GENERATE_ENDPOINTS
+    if model.engine_kind == EngineKind.SYNTHETIC:
+        return GENERATE_ENDPOINTS
+    return None
+
+
+def endpoints_for_organization(organization: Organization) -> dict[str, tuple[str, ...] | None]:
+    """The endpoints of every name (model or alias: its target's) the organisation may use,
+    by name: the same names as ``available_models_for_organization``."""
+    out = {model.name: model_endpoints(model) for model in models_for_organization(organization)}
+    for alias in aliases_for_organization(organization):
+        out[alias.name] = model_endpoints(alias.target)
+    return out
 
 
 class TenantsCatalogProvider:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from tenants import keys
 from tenants.models import ApiKey, Membership, Organization, Role
@@ -44,3 +47,64 @@ def api_key_from_plaintext(plaintext: str) -> ApiKey | None:
     if candidate is None or not keys.matches(plaintext, candidate.secret_hash):
         return None
     return candidate
+
+
+# --- API keys as the console lists them ---------------------------------------------------------
+
+# What a key's status filter offers: ``ApiKey.Status`` plus ``rotating`` (rotated out, still
+# working until its grace period ends).
+API_KEY_STATUS_FILTERS = ("active", "rotating", "expired", "revoked")
+
+
+def api_keys_for_organization(
+    organization: Organization,
+    *,
+    search: str = "",
+    status: str = "",
+    created_by: Any = None,
+    now: datetime | None = None,
+) -> QuerySet[ApiKey]:
+    """An organisation's keys, newest first, each with its creator (one query per page).
+
+    ``search`` matches any part of the name (any case), or the start of the key as the list shows
+    it (``vlk_`` + lookup prefix, ``…`` + last four allowed); ``status`` is one of
+    ``API_KEY_STATUS_FILTERS`` (anything else: every key), decided as ``ApiKey.status_at`` does;
+    ``created_by`` keeps the keys that person created.
+    """
+    moment = now if now is not None else timezone.now()
+    rows = organization.api_keys.select_related("created_by").order_by("-created_at", "pk")
+    search = search.strip()
+    if search:
+        lookup = search.removeprefix(keys.KEY_PREFIX).split("…")[0].split("...")[0]
+        matches = Q(name__icontains=search)
+        if lookup:
+            matches |= Q(prefix__startswith=lookup)
+        rows = rows.filter(matches)
+    revoked = Q(revoked_at__lte=moment)
+    expired = Q(expires_at__lte=moment)
+    if status == "revoked":
+        rows = rows.filter(revoked)
+    elif status == "expired":
+        rows = rows.exclude(revoked).filter(expired)
+    elif status in ("active", "rotating"):
+        rows = rows.exclude(revoked).exclude(expired)
+        if status == "rotating":
+            rows = rows.filter(replaced_by__isnull=False)
+    if created_by is not None:
+        rows = rows.filter(created_by=created_by)
+    return rows
+
+
+def api_key_manageable(api_key: ApiKey, *, actor_role: str, actor: Any) -> bool:
+    """Whether ``actor``, acting with ``actor_role``, may change, rotate or revoke ``api_key``.
+
+    Asks the services' own rule (``_check_may_manage_key``: admins every key, members the keys
+    they created) without acting, so a page hides exactly the controls the service would refuse.
+    """
+    from tenants import services  # the writes' module; imported here, where it is needed
+
+    try:
+        services._check_may_manage_key(api_key, actor_role=actor_role, actor=actor)
+    except PermissionDenied:
+        return False
+    return True

@@ -379,6 +379,13 @@ VLINDERS_RAY_AUTH_TOKEN_FILE = VAR_DIR / "ray_auth_token"
 # The gateway's HTTP address (Serve's http_options): OpenAI-compatible API for tenants.
 VLINDERS_GATEWAY_HOST = _env("VLINDERS_GATEWAY_HOST", "127.0.0.1")
 VLINDERS_GATEWAY_PORT = int(_env("VLINDERS_GATEWAY_PORT", "8100"))
+# The gateway's base URL as tenants' clients reach it (the console's SDK snippets show it). Unset:
+# where it listens, http://<host>:<port>/v1 (a wildcard host as 127.0.0.1); set it in production.
+_WILDCARD_HOSTS = {"0.0.0.0", "::"}  # noqa: S104  (names compared, nothing bound)
+_GATEWAY_NAME = "127.0.0.1" if VLINDERS_GATEWAY_HOST in _WILDCARD_HOSTS else VLINDERS_GATEWAY_HOST
+VLINDERS_GATEWAY_PUBLIC_URL = _env(
+    "VLINDERS_GATEWAY_PUBLIC_URL", f"http://{_GATEWAY_NAME}:{VLINDERS_GATEWAY_PORT}/v1"
+).rstrip("/")
 VLINDERS_GATEWAY_MIN_REPLICAS = int(_env("VLINDERS_GATEWAY_MIN_REPLICAS", "1"))
 VLINDERS_GATEWAY_MAX_REPLICAS = int(_env("VLINDERS_GATEWAY_MAX_REPLICAS", "1"))
 # Largest request body the gateway accepts, in bytes.

@@ -1,25 +1,186 @@
-"""Overview, models and limits pages (being built)."""
+"""An organisation's overview, the models it may use and its limits; every member reads them.
+
+- Overview: month-to-date spend and tokens against the monthly budgets (``billing.spend``, the
+  figures the budget alerts and the gateway's counters are reconciled from), requests and tokens
+  per day for the last 30 UTC days (rollups), the month's top models and keys, live tiles over
+  the organisation's usage websocket (``console.consumers``, ``docs/usage-api.md``) and the budget
+  alerts that fired (``billing.alerts`` records each in ``BudgetAlert``).
+- Models: ``tenants.catalog.available_models_for_organization``, the rule the management API's
+  model list and the access snapshot use, with each name's endpoints from the catalog.
+- Limits: the organisation's limits, budgets and plan, read-only; platform staff get links to the
+  Django admin and the management API, where limits are set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from decimal import Decimal
+from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
+from django.utils import timezone
+from django.views.decorators.http import require_safe
 
+from billing import selectors as usage
+from billing import spend
 from console.scoping import OrgContext, org_page
+from inference.selectors import endpoints_for_organization
+from tenants.catalog import AvailableModel, available_models_for_organization
+
+# How many days the overview's chart shows, and how many rows its top lists and alerts hold.
+CHART_DAYS = 30
+TOP_ROWS = 5
+ALERT_ROWS = 10
+
+# What the models page calls each endpoint, and the path a client sends it to.
+ENDPOINT_LABELS = {
+    "chat.completions": ("chat", "/v1/chat/completions"),
+    "completions": ("completions", "/v1/completions"),
+    "embeddings": ("embeddings", "/v1/embeddings"),
+}
+
+
+def _series(days: list[dict[str, Any]], unit: str, series: dict[str, str]) -> dict[str, Any]:
+    """The JSON ``console.js`` draws as a uPlot chart: unix seconds of each day and one list of
+    values per series (``label -> metric``). Without any usage the chart says so instead."""
+    if not any(row["requests"] for row in days):
+        return {
+            "x": [],
+            "series": [{"label": label, "values": []} for label in series],
+            "unit": unit,
+        }
+    return {
+        "x": [int(row["start"].timestamp()) for row in days],
+        "series": [
+            {"label": label, "values": [row[metric] for row in days]}
+            for label, metric in series.items()
+        ],
+        "unit": unit,
+    }
+
+
+def _plain(amount: Decimal) -> str:
+    """A number as an HTML attribute wants it: no exponent, no grouping."""
+    return f"{amount.normalize():f}"
+
+
+def _meter(use: usage.BudgetUse) -> dict[str, str] | None:
+    """The attributes of a budget's ``<meter>``: at 80 % it turns "suboptimal", past the
+    budget "bad" (``optimum`` is 0: less is better)."""
+    if use.budget is None:
+        return None
+    budget = Decimal(use.budget)
+    return {
+        "max": _plain(budget),
+        "value": _plain(Decimal(use.used)),
+        "low": _plain(budget * Decimal("0.8")),
+        "high": _plain(budget),
+    }
 
 
 @org_page()
+@require_safe
 def overview(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
-    return render(request, "console/placeholder.html", {"section": "overview"})
+    organization = ctx.organization
+    now = timezone.now().astimezone(UTC)
+    month = spend.current_month(now)
+    month_start, month_end = spend.month_range(month)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    chart_start, chart_end = today - timedelta(days=CHART_DAYS - 1), today + timedelta(days=1)
+    days = usage.daily_usage(organization=organization, start=chart_start, end=chart_end)
+    budgets = usage.month_budgets(organization, month=month)
+
+    def top(by: Literal["model", "key"]) -> list[dict[str, Any]]:
+        return usage.top_usage(
+            organization=organization, start=month_start, end=month_end, by=by, limit=TOP_ROWS
+        )
+
+    context = {
+        "section": "overview",
+        "organization": organization,
+        "month": month,
+        "budgets": budgets,
+        "spend_meter": _meter(budgets.spend),
+        "tokens_meter": _meter(budgets.tokens),
+        "totals": usage.usage_totals(organization=organization, start=month_start, end=month_end),
+        "days": days,
+        "chart_days": CHART_DAYS,
+        "requests_chart": _series(days, "requests", {"Requests": "requests", "Errors": "errors"}),
+        "tokens_chart": _series(
+            days,
+            "tokens",
+            {"Prompt tokens": "prompt_tokens", "Completion tokens": "completion_tokens"},
+        ),
+        "top_models": top("model"),
+        "top_keys": top("key"),
+        "top_rows": TOP_ROWS,
+        "alerts": usage.recent_budget_alerts(organization, limit=ALERT_ROWS),
+        "alert_rows": ALERT_ROWS,
+    }
+    return render(request, "console/overview/overview.html", context)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One line of the models page."""
+
+    model: AvailableModel
+    endpoints: list[tuple[str, str]] | None  # (label, path); None: the catalog cannot tell
+    price_input: str
+    price_output: str
+
+
+def _price(amount: Decimal) -> str:
+    """A price per million tokens with at least two decimals and no trailing zeros beyond
+    (``0.500000`` → ``0.50``, ``0.000150`` → ``0.00015``): exact, never rounded."""
+    exponent = amount.normalize().as_tuple().exponent
+    places = max(2, -exponent if isinstance(exponent, int) else 2)
+    return f"{amount.quantize(Decimal(1).scaleb(-places)):,f}"
 
 
 @org_page()
+@require_safe
 def models(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
-    return render(request, "console/placeholder.html", {"section": "models"})
+    organization = ctx.organization
+    endpoints = endpoints_for_organization(organization)
+    rows = []
+    for model in available_models_for_organization(organization):
+        served = endpoints.get(model.name)
+        rows.append(
+            ModelRow(
+                model=model,
+                endpoints=None if served is None else [ENDPOINT_LABELS[e] for e in served],
+                price_input=_price(model.price_input_per_mtok),
+                price_output=_price(model.price_output_per_mtok),
+            )
+        )
+    context = {"section": "models", "organization": organization, "rows": rows}
+    return render(request, "console/overview/models.html", context)
 
 
 @org_page()
+@require_safe
 def limits(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
-    return render(request, "console/placeholder.html", {"section": "limits"})
+    organization = ctx.organization
+    rate_limits = [
+        ("Requests per minute", organization.requests_per_minute, "requests"),
+        ("Tokens per minute", organization.tokens_per_minute, "tokens"),
+        ("Concurrent requests", organization.max_concurrent_requests, "requests at once"),
+    ]
+    budgets = usage.month_budgets(organization)
+    context = {
+        "section": "limits",
+        "organization": organization,
+        "rate_limits": rate_limits,
+        "budgets": budgets,
+        "spend_meter": _meter(budgets.spend),
+        "tokens_meter": _meter(budgets.tokens),
+        "is_staff": bool(getattr(ctx.user, "is_staff", False)),
+    }
+    return render(request, "console/overview/limits.html", context)
 
 
 urlpatterns = [
