@@ -3,10 +3,12 @@ then live over the websocket of ``console.consumers``) and the page an invitatio
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required, user_passes_test
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -14,14 +16,31 @@ from billing import selectors as usage
 from billing import spend
 from tenants import services
 from tenants.invitations import InvitationUnusable
-from tenants.models import Organization
+from tenants.models import Membership, Organization, Role
 from tenants.selectors import membership_role, organizations_for_user
+
+HOME_PAGE_SIZE = 50
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    organizations = organizations_for_user(request.user).order_by("slug")
-    return render(request, "console/home.html", {"organizations": organizations})
+    """Where signing in leads: the organisation's overview for someone in exactly one, else the
+    list of their organisations (platform staff: all of them) and a link to create one."""
+    user = request.user
+    assert isinstance(user, User)  # signed in (login_required)
+    organizations = organizations_for_user(user).order_by("slug")
+    if not user.is_staff:
+        first = list(organizations[:2])
+        if len(first) == 1:
+            return redirect("console:org-overview", first[0].slug)
+    page = Paginator(organizations, HOME_PAGE_SIZE).get_page(request.GET.get("page"))
+    roles = dict(
+        Membership.objects.filter(
+            user=user, organization__in=[org.pk for org in page.object_list]
+        ).values_list("organization_id", "role")
+    )
+    rows = [(org, Role(roles[org.pk]).label if org.pk in roles else None) for org in page]
+    return render(request, "console/home.html", {"page": page, "rows": rows})
 
 
 @login_required
@@ -77,10 +96,10 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         if request.method == "POST":
             assert isinstance(request.user, User)
             try:
-                services.invitation_accept(token=token, user=request.user)
+                membership = services.invitation_accept(token=token, user=request.user)
             except InvitationUnusable as error:
                 return _invitation_error(request, error)
-            return redirect("console:home")
+            return _joined(request, membership)
     else:
         form = UserCreationForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
@@ -93,6 +112,16 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
             except InvitationUnusable as error:
                 return _invitation_error(request, error)
             login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
-            return redirect("console:home")
+            return _joined(request, membership)
     context = {"invitation": pending, "form": form, "token": token}
     return render(request, "console/invitation.html", context)
+
+
+def _joined(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """After accepting: the organisation's overview, saying with which role (a member who
+    already was one keeps their role: the message says which)."""
+    messages.success(
+        request,
+        f"You are a member of {membership.organization.name} as {membership.get_role_display()}.",
+    )
+    return redirect("console:org-overview", membership.organization.slug)

@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from tenants import keys
-from tenants.models import ApiKey, Membership, Organization, Role
+from tenants.models import ApiKey, Invitation, Membership, Organization, Role
 
 
 def organizations_for_user(user: Any) -> QuerySet[Organization]:
@@ -30,6 +30,42 @@ def membership_role(*, user: Any, organization: Organization) -> Role | None:
         .first()
     )
     return Role(role) if role is not None else None
+
+
+def memberships_of(organization: Organization) -> QuerySet[Membership]:
+    """An organisation's members with their users, longest-standing first."""
+    return organization.memberships.select_related("user").order_by("created_at", "pk")
+
+
+def invitation_status_filter(status: str, *, at: datetime | None = None) -> Q:
+    """The invitations in ``status`` (an ``Invitation.Status``) at ``at`` (default now), as a
+    query: the same states ``Invitation.status_at`` computes for one row, so a filtered list
+    and the status it shows agree."""
+    moment = at if at is not None else timezone.now()
+    open_ = Q(accepted_at__isnull=True, revoked_at__isnull=True)
+    states = {
+        Invitation.Status.ACCEPTED: Q(accepted_at__isnull=False),
+        Invitation.Status.REVOKED: Q(accepted_at__isnull=True, revoked_at__isnull=False),
+        Invitation.Status.EXPIRED: open_ & Q(expires_at__lte=moment),
+        Invitation.Status.PENDING: open_ & Q(expires_at__gt=moment),
+    }
+    try:
+        return states[Invitation.Status(status)]
+    except ValueError as error:
+        raise ValueError(f"Unknown invitation status {status!r}.") from error
+
+
+def invitations_of(
+    organization: Organization, *, status: str | None = None
+) -> QuerySet[Invitation]:
+    """An organisation's invitations, newest first, with who sent and who accepted them;
+    ``status`` keeps only those in that state (see ``invitation_status_filter``)."""
+    invitations = organization.invitations.select_related("invited_by", "accepted_by").order_by(
+        "-created_at", "pk"
+    )
+    if status:
+        invitations = invitations.filter(invitation_status_filter(status))
+    return invitations
 
 
 def api_key_from_plaintext(plaintext: str) -> ApiKey | None:

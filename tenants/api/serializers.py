@@ -218,6 +218,16 @@ class InvitationCreateSerializer(StrictJSONTypes, serializers.Serializer[Invitat
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
+class InvitationQuerySerializer(serializers.Serializer[Any]):
+    """Filters of the invitations list."""
+
+    status = serializers.ChoiceField(
+        choices=Invitation.Status.choices,
+        required=False,
+        help_text="Only invitations in this state now.",
+    )
+
+
 # ``from``/``to`` of the audit log: a date, or a date-time with seconds and fractions optional and
 # an offset if any. The schema states the pattern and the API checks it before parsing.
 AUDIT_TIME_PATTERN = (

@@ -314,9 +314,22 @@ class InvitationViewSet(
     action_roles = {"list": MANAGE, "retrieve": MANAGE}
 
     def scoped_queryset(self, organization: Organization) -> QuerySet[Invitation]:
-        return organization.invitations.select_related("invited_by", "accepted_by").order_by(
-            "-created_at", "pk"
+        return selectors.invitations_of(organization)
+
+    @extend_schema(
+        parameters=[s.InvitationQuerySerializer], responses=s.InvitationSerializer(many=True)
+    )
+    def list(self, request: Request, org_slug: str) -> Response:
+        """Invitations, newest first; ``status`` keeps those pending, accepted, revoked or
+        expired now."""
+        query = s.InvitationQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        invitations = selectors.invitations_of(
+            self.organization, status=query.validated_data.get("status")
         )
+        page = self.paginate_queryset(invitations)
+        assert page is not None  # the API's pagination is always on
+        return self.get_paginated_response(s.InvitationSerializer(page, many=True).data)
 
     @extend_schema(request=s.InvitationCreateSerializer, responses={201: s.InvitationSerializer})
     def create(self, request: Request, org_slug: str) -> Response:

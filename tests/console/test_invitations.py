@@ -54,13 +54,15 @@ def test_a_new_person_sets_a_password_and_joins(link, org):
         },
     )
     assert response.status_code == 302
+    assert response["Location"] == "/orgs/acme/"
     membership = Membership.objects.get(user__username="newbie")
     assert (membership.organization, membership.role) == (org, Role.ADMIN)
     assert membership.user.email == "new@example.test"
     assert membership.user.check_password(password)
     assert AuditEvent.objects.get(action="member.joined").actor == membership.user
-    # Signed in now, and the link is spent.
-    assert client.get("/").status_code == 200
+    # Signed in now (home leads to the one organisation), and the link is spent.
+    home = client.get("/")
+    assert (home.status_code, home["Location"]) == (302, "/orgs/acme/")
     spent = Client().get(link)
     assert spent.status_code == 410
     assert "already been used" in spent.content.decode()
@@ -140,3 +142,73 @@ def _signed_in() -> Client:
     client = Client()
     client.force_login(UserFactory())
     return client
+
+
+def test_the_accept_page_uses_the_layout_with_labelled_fields(link):
+    html = Client().get(link).content.decode()
+    assert 'class="auth"' in html
+    assert "<title>Join Acme · Vlinders</title>" in html
+    for field, label in (
+        ("username", "Username"),
+        ("password1", "Password"),
+        ("password2", "Password confirmation"),
+    ):
+        assert f'<label for="id_{field}">{label}</label>' in html
+    assert ">Create my account and join</button>" in html
+    assert "style=" not in html
+    assert "<script>" not in html
+
+
+def test_joining_says_with_which_role(link):
+    client = Client()
+    client.force_login(UserFactory(username="someone"))
+    joined = client.post(link, follow=False)
+    assert joined["Location"] == "/orgs/acme/"
+    messages = [str(m) for m in joined.wsgi_request._messages]  # type: ignore[attr-defined]
+    assert messages == ["You are a member of Acme as Admin."]
+
+
+# --- the API's list, filtered by status with the console's selector ---------------------------
+
+
+@pytest.fixture
+def invitations_in_every_state(org, owner) -> None:  # type: ignore[no-untyped-def]
+    def invite(email: str) -> tuple[Invitation, str]:
+        return services.invitation_create(
+            organization=org, email=email, role=Role.MEMBER, actor_role=Role.OWNER, actor=owner
+        )
+
+    invite("pending@example.test")
+    expired, _ = invite("expired@example.test")
+    Invitation.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(hours=1))
+    revoked, _ = invite("revoked@example.test")
+    services.invitation_revoke(invitation=revoked, actor_role=Role.OWNER, actor=owner)
+    _, token = invite("accepted@example.test")
+    services.invitation_accept(token=token, user=UserFactory(username="joiner"))
+
+
+@pytest.mark.parametrize("status", ["pending", "expired", "revoked", "accepted"])
+def test_the_api_filters_invitations_by_status(as_owner, invitations_in_every_state, status):
+    response = as_owner.get(f"/api/v1/orgs/acme/invitations/?status={status}")
+    assert response.status_code == 200
+    body = response.json()
+    assert [(row["email"], row["status"]) for row in body["results"]] == [
+        (f"{status}@example.test", status)
+    ]
+    assert body["count"] == 1
+
+
+def test_the_api_lists_every_invitation_without_a_filter(as_owner, invitations_in_every_state):
+    response = as_owner.get("/api/v1/orgs/acme/invitations/")
+    assert response.json()["count"] == 4
+
+
+def test_the_api_refuses_an_unknown_status(as_owner, invitations_in_every_state):
+    response = as_owner.get("/api/v1/orgs/acme/invitations/?status=bogus")
+    assert response.status_code == 400
+    assert "status" in response.content.decode()
+
+
+def test_the_api_filter_keeps_the_role_rules(as_member, as_outsider, invitations_in_every_state):
+    assert as_member.get("/api/v1/orgs/acme/invitations/?status=pending").status_code == 403
+    assert as_outsider.get("/api/v1/orgs/acme/invitations/?status=pending").status_code == 404
