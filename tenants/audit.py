@@ -40,6 +40,7 @@ ACTIONS: tuple[str, ...] = (
     "api_key.updated",
     "api_key.rotated",
     "api_key.revoked",
+    "api_key.renewed",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.

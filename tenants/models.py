@@ -135,11 +135,26 @@ class ApiKey(Limits):
         EXPIRED = "expired", "Expired"
         REVOKED = "revoked", "Revoked"
 
+    class Source(models.TextChoices):
+        """Who holds the secret: a person or program (``api``, every key created through the API
+        or the console's keys page), or the console itself (``console``: the playground's
+        short-lived credential of one member, ``tenants.console_credentials``)."""
+
+        API = "api", "API key"
+        CONSOLE = "console", "Console playground credential"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="api_keys"
     )
     name = models.CharField(max_length=200)
+    source = models.CharField(
+        max_length=16,
+        choices=Source.choices,
+        default=Source.API,
+        help_text="console: the playground's credential of one member, renewed by the console "
+        "and never shown; its usage events are the console's.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -167,6 +182,14 @@ class ApiKey(Limits):
     class Meta:
         ordering = ["organization", "-created_at"]
         indexes = [models.Index(fields=["organization", "created_at"])]
+        constraints = [
+            # One live console credential per member and organisation: it is renewed in place.
+            models.UniqueConstraint(
+                fields=["organization", "created_by"],
+                condition=models.Q(source="console", revoked_at__isnull=True),
+                name="uniq_live_console_credential",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.display})"

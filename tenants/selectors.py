@@ -144,3 +144,14 @@ def api_key_manageable(api_key: ApiKey, *, actor_role: str, actor: Any) -> bool:
     except PermissionDenied:
         return False
     return True
+
+
+def console_key_ids(organization: Organization) -> QuerySet[ApiKey, Any]:
+    """The ids of ``organization``'s console playground credentials (``source="console"``,
+    revoked ones included), as a subquery: usage events whose ``api_key_id`` is in it came
+    from the console's playground, e.g.
+    ``UsageEvent.objects.filter(organization=org, api_key_id__in=console_key_ids(org))``
+    (``.exclude`` for everything else). One row per member who used the playground, so small."""
+    return ApiKey.objects.filter(organization=organization, source=ApiKey.Source.CONSOLE).values(
+        "pk"
+    )

@@ -44,6 +44,7 @@ API_KEY_FIELDS = (
     "revoked_at",
     "replaced_by",
     "created_by",
+    "source",
     *Limits.LIMIT_FIELDS,
 )
 
@@ -557,6 +558,16 @@ def _check_key_scopes_for_actor(scopes: list[str], actor_role: str) -> None:
         raise PermissionDenied(f"Your role may not create keys with: {', '.join(too_strong)}.")
 
 
+def _refuse_console_credential(api_key: ApiKey, what: str) -> None:
+    """The playground's credentials are the console's to renew (``tenants.console_credentials``):
+    nobody changes or rotates them by hand (a rotation would hand a person a secret of one).
+    Revoking one is allowed: the console then issues a new one on the next message."""
+    if api_key.source == ApiKey.Source.CONSOLE:
+        raise ValidationError(
+            {"detail": f"A console playground credential cannot be {what}; revoke it instead."}
+        )
+
+
 def _check_may_manage_key(api_key: ApiKey, *, actor_role: str, actor: Any) -> None:
     """Admins manage every key of the organisation; members only keys they created."""
     if role_at_least(actor_role, MANAGE):
@@ -577,12 +588,14 @@ def api_key_create(
     allowed_models: list[str] | None = None,
     expires_at: datetime | None = None,
     via_key: ApiKey | None = None,
+    source: str = ApiKey.Source.API,
     **limits: Any,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is never available again.
 
     The audit record names ``created_by`` as the actor (the person the key belongs to and who
-    asked for it) and ``via_key`` when another key made the request.
+    asked for it) and ``via_key`` when another key made the request. ``source`` is ``console``
+    only for the playground's credentials (``tenants.console_credentials``).
     """
     api_key, plaintext = _api_key_insert(
         organization=organization,
@@ -592,6 +605,7 @@ def api_key_create(
         scopes=scopes,
         allowed_models=allowed_models,
         expires_at=expires_at,
+        source=source,
         **limits,
     )
     audit_record(
@@ -614,6 +628,7 @@ def _api_key_insert(
     scopes: list[str] | None,
     allowed_models: list[str] | None,
     expires_at: datetime | None,
+    source: str = ApiKey.Source.API,
     **limits: Any,
 ) -> tuple[ApiKey, str]:
     """Validate and insert a key (no audit record: create and rotate each write their own)."""
@@ -638,6 +653,7 @@ def _api_key_insert(
         scopes=scopes,
         allowed_models=allowed_models,
         expires_at=expires_at,
+        source=source,
     )
     _apply_limits(api_key, limits)
     api_key.full_clean()
@@ -679,6 +695,7 @@ def api_key_update(
         raise ValidationError({"detail": "A revoked key cannot be changed."})
     if locked.replaced_by_id is not None:
         raise ValidationError({"detail": "A key that was rotated out cannot be changed."})
+    _refuse_console_credential(locked, "changed")
     changed: list[str] = []
     if name is not _UNSET:
         locked.name = name
@@ -759,6 +776,7 @@ def api_key_rotate(
     _check_may_manage_key(api_key, actor_role=actor_role, actor=actor)
     # Lock the row so two concurrent rotations cannot both succeed.
     locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    _refuse_console_credential(locked, "rotated")
     if locked.status != ApiKey.Status.ACTIVE or locked.replaced_by_id is not None:
         raise ValidationError({"detail": "Only an active key that was not rotated can be rotated."})
     if not timedelta(0) <= grace <= MAX_ROTATION_GRACE:
