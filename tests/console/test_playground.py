@@ -26,7 +26,7 @@ from tenants import keys
 from tenants.models import ApiKey
 from tests.factories import CatalogModelFactory, ModelAliasFactory
 
-pytestmark = [pytest.mark.django_db, pytest.mark.redis]
+pytestmark = [pytest.mark.django_db, pytest.mark.redis, pytest.mark.usefixtures("redis_client")]
 
 PAGE = "/orgs/acme/playground/"
 CHAT = "/orgs/acme/playground/chat/"
