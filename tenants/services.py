@@ -52,6 +52,10 @@ API_KEY_FIELDS = (
 # --- organisations -----------------------------------------------------------------------------
 
 
+# Slugs that name a console page rather than an organisation (``/orgs/new/``).
+RESERVED_SLUGS = frozenset({"new"})
+
+
 @transaction.atomic
 def organization_create(
     *,
@@ -63,6 +67,8 @@ def organization_create(
 ) -> Organization:
     """Create an organisation; ``owner`` (if given) becomes its first owner. ``actor`` defaults
     to the owner (the person creating it through the API)."""
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"slug": f"The slug `{slug}` is reserved; choose another."})
     org = Organization(name=name, slug=slug)
     _apply_limits(org, limits)
     org.full_clean()

@@ -325,6 +325,8 @@ VLINDERS_KEY_LAST_USED_RESOLUTION_SECONDS = 300
 
 EMAIL_BACKEND = _env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = _env("DEFAULT_FROM_EMAIL", "vlinders@localhost")
+# Where EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend writes each message.
+EMAIL_FILE_PATH = _env("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 
 LOGGING = {
     "version": 1,
@@ -401,6 +403,13 @@ VLINDERS_METRICS_TENANT_LABELS = _env("VLINDERS_METRICS_TENANT_LABELS", "0")
 # The console's public address, for links in e-mails (invitations). Unset: built from the
 # request's host (as trustworthy as ALLOWED_HOSTS); set it in production.
 VLINDERS_CONSOLE_URL = _env("VLINDERS_CONSOLE_URL", "")
+# The playground's short-lived credential (tenants/console_credentials.py): its lifetime, the
+# time left below which it is renewed, and how long the console waits on the gateway's stream.
+VLINDERS_CONSOLE_CREDENTIAL_TTL_S = int(_env("VLINDERS_CONSOLE_CREDENTIAL_TTL_S", "900"))
+VLINDERS_CONSOLE_CREDENTIAL_MIN_LEFT_S = int(_env("VLINDERS_CONSOLE_CREDENTIAL_MIN_LEFT_S", "120"))
+VLINDERS_CONSOLE_GATEWAY_READ_TIMEOUT_S = float(
+    _env("VLINDERS_CONSOLE_GATEWAY_READ_TIMEOUT_S", "330")
+)
 # Days an invitation link works.
 VLINDERS_INVITATION_TTL_DAYS = float(_env("VLINDERS_INVITATION_TTL_DAYS", "7"))
 # The Celery queue usage events go to: a queue of their own, so metering workers can be scaled

@@ -70,6 +70,15 @@ def test_create_validates_fields(as_owner, org):
     assert set(missing.json()) == {"name", "slug"}
 
 
+def test_a_slug_the_console_uses_for_a_page_is_refused(as_owner, org):
+    """``/orgs/new/`` is the console's create page: an organisation named so could not be
+    reached there."""
+    response = as_owner.post("/api/v1/orgs/", {"name": "New", "slug": "new"}, format="json")
+    assert response.status_code == 400
+    assert "reserved" in str(response.json()["slug"])
+    assert not Organization.objects.filter(slug="new").exists()
+
+
 def test_malformed_json_is_400(as_owner, org):
     response = as_owner.post("/api/v1/orgs/", "{not json", content_type="application/json")
     assert response.status_code == 400
