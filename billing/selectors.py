@@ -1,5 +1,7 @@
 """Reads of usage for the usage API, the CSV export and the console: always from the hourly
-rollups (raw events are pruned after their retention period), always for one organisation."""
+rollups (raw events are pruned after their retention period), always for one organisation. The
+one exception is the console's list of recent requests (``recent_requests``), which reads the
+raw events within their retention period."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import F, Func, QuerySet, Sum
+from django.conf import settings
+from django.db.models import F, Func, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
+from django.utils import timezone
 
 from billing import spend
-from billing.models import BudgetAlert, UsageRollup
+from billing.models import BudgetAlert, UsageEvent, UsageRollup
 from tenants.models import ApiKey, Organization
 
 Granularity = Literal["day", "hour"]
@@ -48,12 +52,15 @@ def usage_rows(
     end: datetime,
     granularity: Granularity,
     group_by: Sequence[str],
+    stream: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """One row per bucket (UTC day or hour starting at ``start``) and per value of each
     ``group_by`` dimension, with usage only: empty buckets are left out. Rows are ordered by
     bucket, then key id, then model. Each row has ``start``, ``api_key_id`` (``None`` unless
     grouped by key), ``model`` (``None`` unless grouped by model), the metrics and
-    ``total_tokens``. Streams from the database (``iterator``)."""
+    ``total_tokens``. Streams from the database (``iterator``), unless ``stream`` is false:
+    then the rows come in one fetch, which lets Postgres scan in parallel (it never does for a
+    server-side cursor); for results of a few thousand rows, like a chart's."""
     fields = [DIMENSIONS[d] for d in DIMENSIONS if d in group_by]
     rows = (
         _rollups(organization, start, end)
@@ -62,7 +69,7 @@ def usage_rows(
         .annotate(**{m: Sum(m) for m in METRICS})
         .order_by("start", *fields)
     )
-    for row in rows.iterator(chunk_size=2000):
+    for row in rows.iterator(chunk_size=2000) if stream else list(rows):
         row.setdefault("api_key_id", None)
         row.setdefault("model", None)
         yield _with_total(row)
@@ -76,34 +83,6 @@ def usage_totals(*, organization: Organization, start: datetime, end: datetime) 
 def key_names(organization: Organization) -> dict[Any, str]:
     """Names of the organisation's keys by id (its own keys only: tenancy fails closed)."""
     return dict(ApiKey.objects.filter(organization=organization).values_list("pk", "name"))
-
-
-def month_by_day(
-    organization: Organization, month_start: datetime, month_end: datetime
-) -> list[dict[str, Any]]:
-    """The console's month table: one row per day with usage."""
-    return list(
-        usage_rows(
-            organization=organization,
-            start=month_start,
-            end=month_end,
-            granularity="day",
-            group_by=(),
-        )
-    )
-
-
-def month_by_model(
-    organization: Organization, month_start: datetime, month_end: datetime
-) -> list[dict[str, Any]]:
-    """The console's per-model table for a month, most expensive first."""
-    rows = (
-        _rollups(organization, month_start, month_end)
-        .values("model")
-        .annotate(**{m: Sum(m) for m in METRICS})
-        .order_by(F("cost").desc(nulls_last=True), "model")
-    )
-    return [_with_total(row) for row in rows]
 
 
 # --- The console's overview and limits pages: budgets, daily totals, top models and keys, alerts -
@@ -211,3 +190,180 @@ def recent_budget_alerts(organization: Organization, *, limit: int = 10) -> list
         .select_related("api_key")
         .order_by("-created_at")[:limit]
     )
+
+
+# --- The console's usage page: every key or model over a range, ranked --------------------------
+# What a usage chart may rank by: each a metric of the rollups (tokens are prompt + completion).
+RANKINGS: dict[str, Any] = {
+    "requests": F("requests"),
+    "tokens": F("prompt_tokens") + F("completion_tokens"),
+    "cost": F("cost"),
+}
+
+
+def usage_by_group(
+    *,
+    organization: Organization,
+    start: datetime,
+    end: datetime,
+    group: Literal["model", "key"],
+    rank_by: str = "requests",
+) -> list[dict[str, Any]]:
+    """One row per key (or model) with usage in the range, with the metrics and
+    ``total_tokens``, the largest ``rank_by`` (a name of ``RANKINGS``) first. Bounded by the
+    organisation's keys and models; one grouped query over the range's rollups."""
+    field = DIMENSIONS[group]
+    rows = (
+        _rollups(organization, start, end)
+        .values(field)
+        .annotate(**{m: Sum(m) for m in METRICS})
+        .order_by(RANKINGS[rank_by].desc(nulls_last=True), field)
+    )
+    return [_with_total(row) for row in rows]
+
+
+def usage_split_by_bucket(
+    *,
+    organization: Organization,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    group: Literal["model", "key"],
+    values: Sequence[Any],
+    rank_by: str = "requests",
+) -> list[dict[str, Any]]:
+    """One row per bucket with usage (as ``usage_rows`` without grouping: ``start``, the metrics,
+    ``total_tokens``) plus ``split``: the ``rank_by`` figure of each of ``values`` of ``group``
+    in that bucket, in their order (0 without usage). One scan, grouped by bucket only, so the
+    database keeps a small hash table however many keys there are (grouping by bucket and key
+    instead makes Postgres sort the whole range)."""
+    field = DIMENSIONS[group]
+    figure = RANKINGS[rank_by]
+    split = {
+        f"split_{i}": Sum(figure, filter=Q(**{field: value}), default=0)
+        for i, value in enumerate(values)
+    }
+    rows = (
+        _rollups(organization, start, end)
+        .annotate(start=_bucket(granularity))
+        .values("start")
+        .annotate(**split)
+        .annotate(**{m: Sum(m) for m in METRICS})
+        .order_by("start")
+    )
+    out = []
+    for row in rows:
+        row["split"] = [row.pop(name) for name in split]
+        row.setdefault("api_key_id", None)
+        row.setdefault("model", None)
+        out.append(_with_total(row))
+    return out
+
+
+# --- The console's Requests page: raw usage events, newest first ---------------------------------
+# What the page shows of an event: the event holds no prompt and no output, and this list is
+# what leaves the database (``values``), so a field added to the model later is not shown unless
+# it is added here.
+REQUEST_FIELDS = (
+    "request_id",
+    "started_at",
+    "api_key_id",
+    "model",
+    "served_model",
+    "endpoint",
+    "stream",
+    "status",
+    "error_type",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+)
+# A position in the list: (started_at, request_id) of a row, the keyset the pages turn on.
+Cursor = tuple[datetime, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsPage:
+    """Up to ``limit`` events, newest first; ``older``/``newer`` are the cursors of the next
+    pages in each direction, ``None`` at an end."""
+
+    rows: list[dict[str, Any]]
+    older: Cursor | None
+    newer: Cursor | None
+
+
+def retention_start(now: datetime | None = None) -> datetime:
+    """The oldest moment whose events are kept (``VLINDERS_USAGE_RETENTION_DAYS``)."""
+    now = now or timezone.now()
+    return now - timedelta(days=settings.VLINDERS_USAGE_RETENTION_DAYS)
+
+
+def recent_requests(
+    *,
+    organization: Organization,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    api_key_id: Any = None,
+    model: str = "",
+    outcome: Literal["", "ok", "error"] = "",
+    before: Cursor | None = None,
+    after: Cursor | None = None,
+    limit: int = 50,
+) -> RequestsPage:
+    """A page of the organisation's usage events, newest first, within the retention period
+    (``start``/``end`` narrow it; ``end`` exclusive). Filters: one key; a model by the name the
+    client asked for or the catalog model that served it; ``ok`` (status < 400) or ``error``.
+
+    Keyset pagination on ``(started_at, request_id)``: ``before`` gives the rows older than a
+    cursor, ``after`` the rows newer than one; each page is one indexed range scan
+    (``usage_event_org_time``) however deep it is, never an ``OFFSET``.
+    """
+    lower = retention_start()
+    if start is not None and start > lower:
+        lower = start
+    events = UsageEvent.objects.filter(organization=organization, started_at__gte=lower)
+    if end is not None:
+        events = events.filter(started_at__lt=end)
+    if api_key_id is not None:
+        events = events.filter(api_key_id=api_key_id)
+    if model:
+        events = events.filter(Q(model=model) | Q(served_model=model))
+    if outcome == "ok":
+        events = events.filter(status__lt=400)
+    elif outcome == "error":
+        events = events.filter(status__gte=400)
+    if after is not None:
+        at, request_id = after
+        events = events.filter(started_at__gte=at).exclude(
+            started_at=at, request_id__lte=request_id
+        )
+        found = list(
+            events.order_by("started_at", "request_id").values(*REQUEST_FIELDS)[: limit + 1]
+        )
+        more_newer = len(found) > limit
+        rows = found[:limit][::-1]
+        return RequestsPage(
+            rows=rows,
+            older=_cursor(rows[-1]) if rows else None,
+            newer=_cursor(rows[0]) if rows and more_newer else None,
+        )
+    if before is not None:
+        at, request_id = before
+        events = events.filter(started_at__lte=at).exclude(
+            started_at=at, request_id__gte=request_id
+        )
+    found = list(events.order_by("-started_at", "-request_id").values(*REQUEST_FIELDS)[: limit + 1])
+    rows = found[:limit]
+    return RequestsPage(
+        rows=rows,
+        older=_cursor(rows[-1]) if len(found) > limit else None,
+        newer=_cursor(rows[0]) if rows and before is not None else None,
+    )
+
+
+def _cursor(row: dict[str, Any]) -> Cursor:
+    return (row["started_at"], row["request_id"])

@@ -1,5 +1,6 @@
-"""Console pages: sign-in, a landing page, the usage dashboards (the month from the rollups,
-then live over the websocket of ``console.consumers``) and the page an invitation links to."""
+"""Console pages: sign-in, a landing page, the platform's live usage dashboard (over the
+websocket of ``console.consumers``) and the page an invitation links to. An organisation's pages
+are in ``console/pages/``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ from django.contrib.auth.decorators import login_required, user_passes_test
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 
-from billing import selectors as usage
-from billing import spend
 from tenants import services
 from tenants.invitations import InvitationUnusable
-from tenants.models import Membership, Organization, Role
-from tenants.selectors import membership_role, organizations_for_user
+from tenants.models import Membership, Role
+from tenants.selectors import organizations_for_user
 
 HOME_PAGE_SIZE = 50
 
@@ -41,30 +40,6 @@ def home(request: HttpRequest) -> HttpResponse:
     )
     rows = [(org, Role(roles[org.pk]).label if org.pk in roles else None) for org in page]
     return render(request, "console/home.html", {"page": page, "rows": rows})
-
-
-@login_required
-def org_usage(request: HttpRequest, slug: str) -> HttpResponse:
-    """An organisation's usage for a month (``?month=YYYY-MM``, default the current one), for
-    any of its members; outsiders get 404 as in the API. The live panel updates from the
-    organisation's websocket."""
-    organization = get_object_or_404(Organization, slug=slug)
-    if membership_role(user=request.user, organization=organization) is None:
-        raise Http404
-    month = request.GET.get("month") or spend.current_month()
-    try:
-        start, end = spend.month_range(month)
-    except ValueError:
-        return HttpResponseBadRequest("month must be YYYY-MM", content_type="text/plain")
-    context = {
-        "organization": organization,
-        "month": month,
-        "days": usage.month_by_day(organization, start, end),
-        "models": usage.month_by_model(organization, start, end),
-        "totals": usage.usage_totals(organization=organization, start=start, end=end),
-        "live": month == spend.current_month(),
-    }
-    return render(request, "console/org_usage.html", context)
 
 
 @user_passes_test(lambda user: user.is_active and user.is_staff)

@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from tenants import keys
-from tenants.models import ApiKey, Invitation, Membership, Organization, Role
+from tenants.models import ApiKey, AuditEvent, Invitation, Membership, Organization, Role
 
 
 def organizations_for_user(user: Any) -> QuerySet[Organization]:
@@ -154,4 +154,43 @@ def console_key_ids(organization: Organization) -> QuerySet[ApiKey, Any]:
     (``.exclude`` for everything else). One row per member who used the playground, so small."""
     return ApiKey.objects.filter(organization=organization, source=ApiKey.Source.CONSOLE).values(
         "pk"
+    )
+
+
+# --- The audit log as the console lists it ------------------------------------------------------
+
+
+def audit_events(
+    organization: Organization,
+    *,
+    action: str = "",
+    actor: str = "",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    """An organisation's audit records, newest first (``created_at``, then id), each filter
+    optional: one action, one actor (the username recorded with the change), ``start``
+    inclusive, ``end`` exclusive. Served by the indexes on (organisation, created_at) and
+    (organisation, action, created_at)."""
+    events = AuditEvent.objects.filter(organization=organization)
+    if action:
+        events = events.filter(action=action)
+    if actor:
+        events = events.filter(actor_username=actor)
+    if start is not None:
+        events = events.filter(created_at__gte=start)
+    if end is not None:
+        events = events.filter(created_at__lt=end)
+    return events.order_by("-created_at", "-id")
+
+
+def audit_actors(organization: Organization, *, limit: int = 200) -> list[str]:
+    """The usernames that appear as actors in the organisation's audit log (for a filter's
+    suggestions), sorted, at most ``limit``."""
+    return list(
+        AuditEvent.objects.filter(organization=organization)
+        .exclude(actor_username="")
+        .order_by("actor_username")
+        .values_list("actor_username", flat=True)
+        .distinct()[:limit]
     )
