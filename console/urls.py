@@ -6,7 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from console import views
-from console.pages import account, keys, overview, people, playground, usage
+from console.pages import account, audit, keys, overview, people, playground, requests, usage
 
 app_name = "console"
 
@@ -18,6 +18,8 @@ urlpatterns = [
     path("orgs/<slug:slug>/", include(overview.urlpatterns)),
     path("orgs/<slug:slug>/", include(keys.urlpatterns)),
     path("orgs/<slug:slug>/", include(usage.urlpatterns)),
+    path("orgs/<slug:slug>/", include(requests.urlpatterns)),
+    path("orgs/<slug:slug>/", include(audit.urlpatterns)),
     path("orgs/<slug:slug>/", include(people.urlpatterns)),
     path("orgs/<slug:slug>/", include(playground.urlpatterns)),
     path("staff/usage/", views.staff_usage, name="staff-usage"),

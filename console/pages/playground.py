@@ -18,6 +18,10 @@ to the organisation, under a key whose ``source`` says it came from the console.
 - ``POST playground/`` without JavaScript: the same exchange without streaming, the page drawn
   again with the reply, its tokens and cost. The conversation so far travels in a hidden field.
 
+The relay to the gateway (the httpx client, its timeouts, the server-sent events, the cost event
+and the mapping of the gateway's errors) is ``console.playground_relay``; this module holds the
+views, their form and what the page draws.
+
 Both views are async (the app runs under ASGI, and a reply can take minutes: no thread waits on
 the gateway). The scoping and every database read run first, synchronously, inside the one
 ``org_page`` mechanism (viewers 403, outsiders 404); only then does the async part talk to the
@@ -28,16 +32,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import redis
 from asgiref.sync import sync_to_async
 from django import forms
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import (
     HttpRequest,
@@ -45,65 +45,33 @@ from django.http import (
     HttpResponseBase,
     HttpResponseNotAllowed,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
 from django.urls import path
 
+from console.playground_relay import (
+    GatewayCall,
+    Reply,
+    complete,
+    cost_display,
+    open_stream,
+    openai_error,
+    reply_cost,
+)
 from console.scoping import OrgContext, org_page
 from inference.selectors import endpoints_for_organization
-from inference.serving.pricing import cost
 from tenants.catalog import AvailableModel, available_models_for_organization
-from tenants.console_credentials import console_credential_forget, console_credential_issue
+from tenants.console_credentials import console_credential_issue
 from tenants.roles import USE
 
 logger = logging.getLogger(__name__)
 
-GATEWAY_PATH = "/v1/chat/completions"
 # Bounds on what one exchange may carry (the gateway refuses bodies over 1 MiB anyway).
 MAX_MESSAGE_CHARS = 32_000
 MAX_HISTORY_MESSAGES = 100
 MAX_CONVERSATION_CHARS = 200_000
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.7
-# The most of an error body read from the gateway.
-MAX_ERROR_BYTES = 64 * 1024
-COST_EVENT = "vlinders.cost"
-_MICRO = Decimal("0.000001")
-
-
-def gateway_url() -> str:
-    host = str(settings.VLINDERS_GATEWAY_HOST)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 address
-    return f"http://{host}:{settings.VLINDERS_GATEWAY_PORT}{GATEWAY_PATH}"
-
-
-def _timeout() -> httpx.Timeout:
-    """Connect quickly or say the gateway is down; wait for tokens as long as a model may run
-    (the gateway's own per-model timeout, 300 s by default, ends a reply before this)."""
-    read = float(getattr(settings, "VLINDERS_CONSOLE_GATEWAY_READ_TIMEOUT_S", 330))
-    return httpx.Timeout(connect=5.0, read=read, write=30.0, pool=5.0)
-
-
-def openai_error(
-    message: str,
-    *,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    """An error in OpenAI's shape, as the gateway writes them."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def cost_display(amount: Decimal) -> str:
-    """A reply's cost for people: USD to six places (the console's per-request precision)."""
-    if amount == 0:
-        return "$0.00"
-    if amount < _MICRO:
-        return "< $0.000001"
-    return f"${amount.quantize(_MICRO):f}"
 
 
 # --- the form: one for the page (no JavaScript) and the chat endpoint (JSON) -------------------
@@ -249,15 +217,12 @@ def _form_error(form: ChatForm) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Exchange:
-    """One message on its way to the gateway: everything the async part needs, no ORM."""
+class Exchange(GatewayCall):
+    """One message on its way to the gateway (the relay's ``GatewayCall``), with what the page
+    needs to draw itself again: no ORM."""
 
     ctx: OrgContext
     form: ChatForm
-    model: AvailableModel
-    body: dict[str, Any]
-    secret: str = field(repr=False)
-    key_id: str
 
 
 class _Prepared(HttpResponse):
@@ -338,208 +303,10 @@ async def chat(request: HttpRequest, slug: str) -> HttpResponseBase:
     response = await sync_to_async(_chat_scoped)(request, slug=slug)
     if not isinstance(response, _Prepared):
         return response
-    return await _open_stream(response.exchange)
-
-
-def _headers(exchange: Exchange, *, stream: bool) -> dict[str, str]:
-    return {
-        "Authorization": f"Bearer {exchange.secret}",
-        "Accept": "text/event-stream" if stream else "application/json",
-    }
-
-
-def _unreachable(error: Exception) -> JsonResponse:
-    logger.warning("playground: the gateway at %s cannot be reached: %r", gateway_url(), error)
-    return JsonResponse(
-        openai_error(
-            "The gateway cannot be reached right now; retry shortly. (The console could not "
-            "connect to it.)",
-            type_="server_error",
-            code="gateway_unreachable",
-        ),
-        status=502,
-    )
-
-
-def _gateway_error(status: int, raw: bytes, headers: httpx.Headers) -> JsonResponse:
-    """The gateway's refusal, passed on with its status, in OpenAI's shape."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
-        body = openai_error(
-            f"The gateway answered HTTP {status}.", type_="server_error", code="gateway_error"
-        )
-    response = JsonResponse(body, status=status)
-    for name in ("Retry-After", "x-request-id"):
-        if name in headers:
-            response[name] = headers[name]
-    return response
-
-
-async def _read_bounded(upstream: httpx.Response) -> bytes:
-    raw = b""
-    async for part in upstream.aiter_bytes():
-        raw += part
-        if len(raw) >= MAX_ERROR_BYTES:
-            break
-    return raw[:MAX_ERROR_BYTES]
-
-
-async def _open_stream(exchange: Exchange) -> HttpResponseBase:
-    """Send the request and wait for the gateway's status: a refusal is answered as such; a
-    200 becomes a streaming response that relays the events (and closes the connection)."""
-    client = httpx.AsyncClient(timeout=_timeout(), trust_env=False)
-    request = client.build_request(
-        "POST", gateway_url(), json=exchange.body, headers=_headers(exchange, stream=True)
-    )
-    try:
-        upstream = await client.send(request, stream=True)
-    except httpx.HTTPError as error:
-        await client.aclose()
-        return _unreachable(error)
-    if upstream.status_code != 200:
-        try:
-            raw = await _read_bounded(upstream)
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await upstream.aclose()
-            await client.aclose()
-        if upstream.status_code == 401:
-            await _forget(exchange)
-        return _gateway_error(upstream.status_code, raw, upstream.headers)
-    response = StreamingHttpResponse(
-        _relay(client, upstream, exchange), content_type="text/event-stream; charset=utf-8"
-    )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # a proxy in front must not buffer the tokens
-    return response
-
-
-async def _forget(exchange: Exchange) -> None:
-    """The gateway refused the credential (its snapshot record was lost, or it was revoked):
-    the next message gets a renewed one instead of the same refusal."""
-    try:
-        await sync_to_async(console_credential_forget, thread_sensitive=False)(exchange.key_id)
-    except redis.RedisError:
-        logger.warning("playground: forgetting credential %s failed", exchange.key_id)
-
-
-def _sse(data: str, event: str | None = None) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    body = "".join(f"data: {line}\n" for line in data.split("\n"))
-    return f"{head}{body}\n".encode()
-
-
-def cost_event(model: AvailableModel, usage: dict[str, Any], request_id: str | None) -> bytes:
-    """The console's own last event: the reply's tokens and cost (exact, and for display)."""
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    amount = cost(
-        prompt,
-        completion,
-        input_per_mtok=model.price_input_per_mtok,
-        output_per_mtok=model.price_output_per_mtok,
-    )
-    payload = {
-        "request_id": request_id,
-        "model": model.name,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "cost": f"{amount:f}",
-        "cost_display": cost_display(amount),
-    }
-    return _sse(json.dumps(payload, separators=(",", ":")), event=COST_EVENT)
-
-
-def _error_event(message: str, code: str) -> bytes:
-    return _sse(json.dumps(openai_error(message, type_="server_error", code=code)))
-
-
-class _RelayState:
-    """What ``_relay`` has seen of the gateway's stream."""
-
-    def __init__(self, model: AvailableModel) -> None:
-        self.model = model
-        self.usage: dict[str, Any] | None = None
-        self.request_id: str | None = None
-        self.cost_sent = self.done = self.failed = False
-
-    def event(self, data: str) -> bytes:
-        """Pass one event on (``data`` joined from its ``data:`` lines), noting what matters."""
-        if data == "[DONE]":
-            self.done = True
-            return self.cost() + _sse(data)
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            if payload.get("usage"):
-                self.usage = payload["usage"]
-                self.request_id = payload.get("id") or self.request_id
-            self.failed = self.failed or "error" in payload
-        return _sse(data)
-
-    def cost(self) -> bytes:
-        if self.usage is None or self.cost_sent:
-            return b""
-        self.cost_sent = True
-        return cost_event(self.model, self.usage, self.request_id)
-
-    def end(self) -> bytes:
-        """What to add when the gateway's stream ended: the cost if not sent yet, and an error
-        event if it ended with neither ``[DONE]`` nor an error of its own."""
-        out = self.cost()
-        if not self.done and not self.failed:
-            out += _error_event("The reply ended early (the gateway sent no end).", "incomplete")
-        return out
-
-
-async def _relay(
-    client: httpx.AsyncClient, upstream: httpx.Response, exchange: Exchange
-) -> AsyncIterator[bytes]:
-    """The gateway's events, each passed on as it arrives; the usage chunk is noted, and the
-    cost event goes out before ``[DONE]`` (or at the end of a stream cut short after usage)."""
-    state = _RelayState(exchange.model)
-    lines: list[str] = []
-    try:
-        async for line in upstream.aiter_lines():
-            if line.startswith("data:"):
-                lines.append(line[5:].removeprefix(" "))
-            elif not line and lines:  # a blank line ends an event
-                yield state.event("\n".join(lines))
-                lines = []
-        if lines:
-            yield state.event("\n".join(lines))
-    except httpx.HTTPError as error:
-        logger.warning("playground: the gateway's stream broke off: %r", error)
-        state.failed = True
-        yield _error_event(
-            "The gateway stopped answering before the reply was complete.", "gateway_stream_cut"
-        )
-    finally:
-        await upstream.aclose()
-        await client.aclose()
-    tail = state.end()
-    if tail:
-        yield tail
+    return await open_stream(response.exchange)
 
 
 # --- the page (and its form without JavaScript) -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A finished exchange without streaming: the reply or the gateway's refusal."""
-
-    status: int
-    content: str = ""
-    usage: dict[str, Any] | None = None
-    error: str = ""
 
 
 def model_summary(model: AvailableModel) -> str:
@@ -615,38 +382,8 @@ async def playground(request: HttpRequest, slug: str) -> HttpResponseBase:
     response = await sync_to_async(_page_scoped)(request, slug=slug)
     if not isinstance(response, _Prepared):
         return response
-    reply = await _complete(response.exchange)
+    reply = await complete(response.exchange)
     return await sync_to_async(_render_reply)(request, response.exchange, reply)
-
-
-async def _complete(exchange: Exchange) -> Reply:
-    async with httpx.AsyncClient(timeout=_timeout(), trust_env=False) as client:
-        try:
-            upstream = await client.post(
-                gateway_url(), json=exchange.body, headers=_headers(exchange, stream=False)
-            )
-        except httpx.HTTPError as error:
-            logger.warning("playground: the gateway cannot be reached: %r", error)
-            return Reply(status=502, error="The gateway cannot be reached right now; retry.")
-    try:
-        body = upstream.json()
-    except ValueError:
-        body = None
-    if upstream.status_code == 401:
-        await _forget(exchange)
-    if upstream.status_code != 200:
-        problem = body.get("error") if isinstance(body, dict) else None
-        message = problem.get("message") if isinstance(problem, dict) else None
-        return Reply(
-            status=upstream.status_code,
-            error=str(message or f"The gateway answered HTTP {upstream.status_code}."),
-        )
-    try:
-        content = body["choices"][0]["message"]["content"] or ""
-        usage = body.get("usage") or {}
-    except (TypeError, KeyError, IndexError):
-        return Reply(status=502, error="The gateway's answer could not be read.")
-    return Reply(status=200, content=str(content), usage=usage)
 
 
 def _render_reply(request: HttpRequest, exchange: Exchange, reply: Reply) -> HttpResponse:
@@ -656,15 +393,7 @@ def _render_reply(request: HttpRequest, exchange: Exchange, reply: Reply) -> Htt
     extra: dict[str, Any] = {}
     if reply.status == 200:
         conversation.append({"role": "assistant", "content": reply.content})
-        usage = reply.usage or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        amount = cost(
-            prompt,
-            completion,
-            input_per_mtok=exchange.model.price_input_per_mtok,
-            output_per_mtok=exchange.model.price_output_per_mtok,
-        )
+        prompt, completion, amount = reply_cost(exchange.model, reply.usage or {})
         extra["last_usage"] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

@@ -14,7 +14,7 @@ from html import unescape
 import pytest
 from django.utils import timezone
 
-from console.pages import usage as page
+from console.pages import audit as page
 from tenants import services
 from tenants.models import AuditEvent, Membership, Role
 from tests.factories import OrganizationFactory

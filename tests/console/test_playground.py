@@ -21,7 +21,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 
-from console.pages.playground import cost_display
+from console.playground_relay import cost_display
 from tenants import keys
 from tenants.models import ApiKey
 from tests.factories import CatalogModelFactory, ModelAliasFactory

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from billing.models import UsageEvent
 from billing.selectors import REQUEST_FIELDS
-from console.pages import usage as page
+from console.pages import requests as page
 from tenants.models import ApiKey
 from tests.billing.usage_data import add_event, make_key
 from tests.factories import OrganizationFactory
