@@ -84,6 +84,21 @@ def console(acme, gateway) -> Iterator[ConsoleServer]:  # type: ignore[no-untype
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Playwright's sync API keeps an event loop running in this thread, where Django would then
+    refuse ORM calls; the tests' own ORM calls are plain blocking ones, which Playwright's
+    documentation for Django says to allow while it runs."""
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        yield from _chromium()
+    finally:
+        if previous is None:
+            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+def _chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -173,6 +188,9 @@ def test_every_page_renders_for_the_owner(ada, console, acme) -> None:
     shoot(ada, "00-sign-in")
 
 
+# Read-only on the database, so it may run inside a test transaction: its mark also tells
+# pytest-django to create the test database when this module runs alone.
+@pytest.mark.django_db
 def test_invite_a_colleague_who_accepts(ada, browser, console, acme) -> None:
     org, _ = acme
     ada.goto(f"{console.url}/orgs/{org.slug}/members/")

@@ -92,7 +92,7 @@
     if (!block) { return; }
     var data = JSON.parse(block.textContent);
     el.dataset.drawn = "1";
-    if (!data.x.length) { el.textContent = "No data in this range."; return; }
+    if (!data.x.length) { el.textContent = "No data in this range."; el.classList.add("empty"); return; }
     var bars = el.dataset.chartKind === "bars";
     var series = [{}].concat(data.series.map(function (s, i) {
       var colour = palette[i % palette.length];
