@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -23,9 +25,18 @@ def _staff(request: HttpRequest) -> User:
 
 
 class MembershipInline(admin.TabularInline[Membership, Organization]):
+    """The organisation's members, read-only here: each links to its own page, where changes go
+    through the services (rules, audit log)."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["user", "role", "created_at"]
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Organization)
@@ -141,12 +152,65 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         self.message_user(request, f"Revoked {queryset.count()} keys.", messages.SUCCESS)
 
 
+class MembershipForm(forms.ModelForm[Membership]):
+    def clean(self) -> dict[str, Any]:
+        """The services' owner rule as a form error (not a failed save)."""
+        data = super().clean() or {}
+        stored = self.instance
+        if stored.pk is not None and data.get("role") not in (None, Role.OWNER):
+            try:
+                services.ensure_an_owner_remains(Membership.objects.get(pk=stored.pk))
+            except ValidationError as error:
+                raise forms.ValidationError(error.messages) from None
+        return data
+
+
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin[Membership]):
+    """Staff add members directly, change roles and remove members; every write goes through
+    the services, so it keeps the rules (an owner remains) and is audited with the staff member
+    as its actor, like a write through the API or the console."""
+
+    form = MembershipForm
     list_display = ["organization", "user", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["organization__slug", "user__username", "user__email"]
     autocomplete_fields = ["organization", "user"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> Any:
+        return ["organization", "user", "created_at"] if obj is not None else ["created_at"]
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # one by one, through the service
+        return actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: Membership | None = None) -> bool:
+        if obj is not None:
+            try:
+                services.ensure_an_owner_remains(obj)
+            except ValidationError:
+                return False  # the last owner stays
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        if change:
+            stored = Membership.objects.get(pk=obj.pk)
+            services.membership_change_role(
+                membership=stored, role=obj.role, actor_role=Role.OWNER, actor=_staff(request)
+            )
+        else:
+            added = services.membership_add(
+                organization=obj.organization,
+                user=obj.user,
+                role=obj.role,
+                actor_role=Role.OWNER,
+                actor=_staff(request),
+            )
+            obj.pk = added.pk
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        services.membership_remove(membership=obj, actor_role=Role.OWNER, actor=_staff(request))
 
 
 @admin.register(Invitation)

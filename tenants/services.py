@@ -212,7 +212,9 @@ def _check_role_change(*, actor_role: str, old_role: str | None, new_role: str |
         raise PermissionDenied("Only owners grant or take the owner role.")
 
 
-def _ensure_an_owner_remains(membership: Membership) -> None:
+def ensure_an_owner_remains(membership: Membership) -> None:
+    """Refuse a change that would leave the membership's organisation without an owner (the
+    one rule for the API, the console and the admin's forms)."""
     others = Membership.objects.filter(
         organization_id=membership.organization_id, role=Role.OWNER
     ).exclude(pk=membership.pk)
@@ -260,7 +262,7 @@ def membership_change_role(
 ) -> Membership:
     _check_role_change(actor_role=actor_role, old_role=membership.role, new_role=role)
     if role != Role.OWNER:
-        _ensure_an_owner_remains(membership)
+        ensure_an_owner_remains(membership)
     before = fields_of(membership, MEMBERSHIP_FIELDS)
     membership.role = role
     membership.full_clean()
@@ -287,7 +289,7 @@ def membership_remove(
     via_key: ApiKey | None = None,
 ) -> None:
     _check_role_change(actor_role=actor_role, old_role=membership.role, new_role=None)
-    _ensure_an_owner_remains(membership)
+    ensure_an_owner_remains(membership)
     before = fields_of(membership, MEMBERSHIP_FIELDS)
     audit_record(
         organization=membership.organization,

@@ -336,3 +336,44 @@ def test_admin_pages_are_read_only_lists(org, owner):
     assert as_staff.get(f"/admin/tenants/auditevent/{event.pk}/change/").status_code == 200
     assert as_staff.get("/admin/tenants/auditevent/add/").status_code == 403
     assert as_staff.post(f"/admin/tenants/auditevent/{event.pk}/delete/").status_code == 403
+
+
+def test_membership_changes_in_the_admin_go_through_the_services(org, owner, member):
+    """The admin adds, re-roles and removes members with the services' rules and audit."""
+    root = UserFactory(username="root", is_staff=True, is_superuser=True)
+    as_staff = APIClient()
+    as_staff.force_login(root)
+    mine = Membership.objects.get(organization=org, user=member)
+    changed = as_staff.post(
+        f"/admin/tenants/membership/{mine.pk}/change/", {"role": "admin"}, format="multipart"
+    )
+    assert changed.status_code == 302, changed.content.decode()[:2000]
+    assert Membership.objects.get(pk=mine.pk).role == "admin"
+    event = AuditEvent.objects.get(action="member.role_changed")
+    assert event.actor_username == "root"
+    assert (event.before["role"], event.after["role"]) == ("member", "admin")
+
+    # The last owner can be neither demoted nor removed.
+    theirs = Membership.objects.get(organization=org, user=owner)
+    refused = as_staff.post(
+        f"/admin/tenants/membership/{theirs.pk}/change/", {"role": "viewer"}, format="multipart"
+    )
+    assert refused.status_code == 200
+    assert "keeps at least one owner" in refused.content.decode()
+    assert Membership.objects.get(pk=theirs.pk).role == "owner"
+    assert as_staff.get(f"/admin/tenants/membership/{theirs.pk}/delete/").status_code == 403
+
+    removed = as_staff.post(f"/admin/tenants/membership/{mine.pk}/delete/", {"post": "yes"})
+    assert removed.status_code == 302
+    assert not Membership.objects.filter(pk=mine.pk).exists()
+    assert AuditEvent.objects.filter(action="member.removed", actor_username="root").exists()
+
+    newcomer = UserFactory(username="newcomer")
+    added = as_staff.post(
+        "/admin/tenants/membership/add/",
+        {"organization": str(org.pk), "user": str(newcomer.pk), "role": "viewer"},
+        format="multipart",
+    )
+    assert added.status_code == 302, added.content.decode()[:2000]
+    assert Membership.objects.get(organization=org, user=newcomer).role == "viewer"
+    assert AuditEvent.objects.filter(action="member.added", actor_username="root").exists()
