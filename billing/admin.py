@@ -4,14 +4,26 @@ through the same ingest as the Celery task."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from billing import services, spend
 from billing.ingest import dead_letter_replay
-from billing.models import DeadLetterBatch, UsageEvent, UsageRollup
+from billing.models import (
+    DeadLetterBatch,
+    Invoice,
+    InvoiceAdjustment,
+    InvoiceLine,
+    PlanPrice,
+    UsageEvent,
+    UsageRollup,
+)
 from vlinders.admin_base import ReadOnlyAdmin
 
 
@@ -106,3 +118,127 @@ class DeadLetterBatchAdmin(admin.ModelAdmin[DeadLetterBatch]):
             f"{pending} still hold invalid events.",
             level,
         )
+
+
+# --- Invoices (docs/billing.md, "Invoices") ------------------------------------------------------
+
+
+@admin.register(PlanPrice)
+class PlanPriceAdmin(admin.ModelAdmin[PlanPrice]):
+    """The price book: staff edit each plan's monthly base fee (USD). A change applies to the
+    invoices finalised from then on."""
+
+    list_display = ["plan", "monthly_fee", "updated_at"]
+    list_editable = ["monthly_fee"]
+    readonly_fields = ["updated_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class InvoiceLineInline(admin.TabularInline[InvoiceLine, Invoice]):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = ("position", "kind", "description", "input_tokens", "output_tokens", "amount")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    """Finalised invoices are immutable: view-only. Their status changes through the actions
+    (the services), which audit them."""
+
+    list_display = [
+        "display_number",
+        "organization",
+        "period",
+        "status",
+        "total",
+        "issued_at",
+    ]
+    list_filter = ["status", "period"]
+    search_fields = ["=number", "organization__slug"]
+    inlines = [InvoiceLineInline]
+    actions = ["mark_paid", "void"]
+
+    @admin.action(description="Mark the selected open invoices paid")
+    def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._each(request, queryset, services.invoice_mark_paid, "marked paid")
+
+    @admin.action(description="Void the selected open invoices")
+    def void(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._each(request, queryset, services.invoice_void, "voided")
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[Invoice], service: Any, done: str
+    ) -> None:
+        count = 0
+        for invoice in queryset:
+            try:
+                service(invoice_id=invoice.pk, actor=request.user)
+                count += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{invoice}: {exc.messages[0]}", messages.ERROR)
+        self.message_user(request, f"{count} invoice(s) {done}.", messages.SUCCESS)
+
+
+class InvoiceAdjustmentForm(forms.ModelForm):  # type: ignore[type-arg]
+    amount = forms.DecimalField(
+        max_digits=14, decimal_places=2, min_value=Decimal("0.01"), help_text="Positive, USD."
+    )
+
+    class Meta:
+        model = InvoiceAdjustment
+        fields = ["organization", "period", "kind", "amount", "reason"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            services.invoice_adjustment_check(
+                kind=data.get("kind", ""),
+                amount=data.get("amount") or Decimal(0),
+                reason=data.get("reason", ""),
+            )
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from exc
+        return data
+
+
+@admin.register(InvoiceAdjustment)
+class InvoiceAdjustmentAdmin(admin.ModelAdmin[InvoiceAdjustment]):
+    """Credit notes and one-off charges: created here (through the service, audited), never
+    edited or deleted."""
+
+    form = InvoiceAdjustmentForm
+    list_display = ["organization", "period", "kind", "amount", "reason", "invoice", "created_at"]
+    list_filter = ["kind", "period"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"period": spend.current_month()}
+
+    def save_model(
+        self, request: HttpRequest, obj: InvoiceAdjustment, form: Any, change: bool
+    ) -> None:
+        created = services.invoice_adjustment_create(
+            organization_id=obj.organization_id,
+            period=obj.period,
+            kind=obj.kind,
+            amount=form.cleaned_data["amount"],
+            reason=obj.reason,
+            actor=request.user,
+        )
+        obj.pk, obj.amount, obj.created_by = created.pk, created.amount, created.created_by
+        obj._state.adding = False

@@ -3,7 +3,7 @@ from django.apps import AppConfig
 
 class BillingConfig(AppConfig):
     """Usage events (contract 4) and their hourly rollups, spend reconciliation, budget alerts,
-    retention and the usage API; invoices, Stripe and reports come later."""
+    retention, the usage API, and invoices; Stripe and reports come later."""
 
     name = "billing"
     verbose_name = "Billing"

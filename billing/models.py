@@ -12,11 +12,15 @@ is unknown) by the time the batch arrives; joins still work for the ones that ex
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
+from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from tenants.models import ApiKey, Organization
+from tenants.plans import Plan
 
 
 def cost_field(**kwargs: object) -> models.DecimalField:  # type: ignore[type-arg]
@@ -174,3 +178,164 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id} {self.kind} {self.threshold_percent}% {self.month}"
+
+
+# --- Invoices (docs/billing.md, "Invoices") ------------------------------------------------------
+
+
+def money_field(**kwargs: object) -> models.DecimalField:  # type: ignore[type-arg]
+    """An amount in the currency's minor unit (USD cents): what an invoice's total is."""
+    return models.DecimalField(max_digits=14, decimal_places=2, **kwargs)  # type: ignore[arg-type]
+
+
+class PlanPrice(models.Model):
+    """The price book of a plan: its monthly base fee. Staff edit it in the admin; the fee an
+    invoice charges is the one in force when it is built (finalised), copied onto its line.
+
+    Token prices are not per plan: the gateway charges the catalog's prices of the served model
+    and every usage event carries its own cost.
+    """
+
+    plan = models.CharField(max_length=16, choices=Plan.choices, unique=True)
+    monthly_fee = money_field(default=Decimal(0), validators=[MinValueValidator(Decimal(0))])
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["plan"]
+        verbose_name = "plan price"
+
+    def __str__(self) -> str:
+        return f"{self.plan}: {self.monthly_fee} USD/month"
+
+
+class InvoiceSequence(models.Model):
+    """The counter invoice numbers are taken from, one row per sequence name. Incremented under
+    ``SELECT … FOR UPDATE`` in the transaction that inserts the invoice: a number is consumed only
+    when that invoice commits, so the numbers have no gaps (a Postgres SEQUENCE would leave gaps
+    on rollback)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    last_number = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.last_number}"
+
+
+class Invoice(models.Model):
+    """An organisation's invoice for a calendar month (UTC).
+
+    Only finalised invoices are stored (``open`` and later): the draft of a month is computed on
+    the fly from the rollups (``billing.invoices.invoice_build``). After finalisation nothing but
+    the status (``open`` → ``paid`` / ``void``) ever changes; corrections are adjustments on a
+    later invoice.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft (upcoming)"
+        OPEN = "open", "Open (finalised, unpaid)"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="invoices"
+    )
+    period = models.CharField(max_length=7, help_text="YYYY-MM (UTC).")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    number = models.PositiveBigIntegerField(
+        null=True, blank=True, unique=True, help_text="Gap-free, assigned at finalisation."
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    plan = models.CharField(max_length=16, blank=True, help_text="The plan billed.")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField(help_text="Exclusive.")
+    subtotal = cost_field(help_text="Exact sum of the lines (12 decimal places).")
+    total = money_field(help_text="The subtotal rounded once to cents (ROUND_HALF_UP).")
+    rounding = cost_field(help_text="total - subtotal.")
+    issued_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-period", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "period"],
+                condition=~models.Q(status="draft"),
+                name="invoice_once_per_org_period",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status="draft") | models.Q(number__isnull=False),
+                name="invoice_finalised_has_number",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_number} {self.organization_id} {self.period}"
+
+    @property
+    def display_number(self) -> str:
+        return f"VL-{self.number:08d}" if self.number is not None else "DRAFT"
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage of a model"
+        BASE_FEE = "base_fee", "Plan base fee"
+        CREDIT = "credit", "Credit note"
+        CHARGE = "charge", "One-off charge"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    model = models.CharField(max_length=128, blank=True)
+    requests = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    amount = cost_field()
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoice_line_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.description}: {self.amount}"
+
+
+class InvoiceAdjustment(models.Model):
+    """A credit note (negative amount) or one-off charge (positive) staff issued for an
+    organisation's month, with a reason (audited). It appears on that month's draft and becomes a
+    line of its invoice at finalisation (``invoice`` is then set). A finalised month takes none:
+    a correction of it goes on a later month."""
+
+    class Kind(models.TextChoices):
+        CREDIT = "credit", "Credit note"
+        CHARGE = "charge", "One-off charge"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="invoice_adjustments"
+    )
+    period = models.CharField(max_length=7, help_text="YYYY-MM (UTC) of the invoice it goes on.")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    amount = money_field(help_text="Signed: negative for a credit note.")
+    reason = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.PROTECT, null=True, blank=True, related_name="adjustments"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "period"], name="invoice_adj_org_period")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount} {self.organization_id} {self.period}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing import alerts, retention, spend
+from billing import alerts, retention, services, spend
 
 
 @shared_task(name="billing.reconcile_spend", ignore_result=True)
@@ -32,3 +32,19 @@ def prune_usage_events() -> dict[str, int | bool]:
     """Delete raw usage events past their retention, in bounded batches (rollups are kept)."""
     result = retention.prune_usage_events()
     return {"deleted": result.deleted, "batches": result.batches, "finished": result.finished}
+
+
+@shared_task(name="billing.finalise_invoices", ignore_result=True)
+def finalise_invoices() -> dict[str, object]:
+    """Finalise last month's invoices once its grace period has passed (docs/billing.md,
+    "Invoices"). Runs every ``VLINDERS_INVOICE_FINALISE_SECONDS``; already finalised invoices are
+    skipped, so a repeated or concurrent run creates nothing twice."""
+    result = services.invoices_finalise_due()
+    if result is None:
+        return {"period": None}
+    return {
+        "period": result.period,
+        "created": len(result.created),
+        "existing": result.existing,
+        "empty": result.empty,
+    }

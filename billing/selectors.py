@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from django.conf import settings
@@ -17,7 +17,15 @@ from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from billing import spend
-from billing.models import BudgetAlert, UsageEvent, UsageRollup
+from billing.models import (
+    BudgetAlert,
+    Invoice,
+    InvoiceAdjustment,
+    InvoiceLine,
+    PlanPrice,
+    UsageEvent,
+    UsageRollup,
+)
 from tenants.models import ApiKey, Organization
 
 Granularity = Literal["day", "hour"]
@@ -367,3 +375,165 @@ def recent_requests(
 
 def _cursor(row: dict[str, Any]) -> Cursor:
     return (row["started_at"], row["request_id"])
+
+
+# --- Invoices (docs/billing.md, "Invoices") ------------------------------------------------------
+CENT = Decimal("0.01")
+# Rounding of an invoice's exact subtotal to cents, once, at the total.
+INVOICE_ROUNDING = ROUND_HALF_UP
+
+
+@dataclass
+class InvoiceDraft:
+    """An invoice as it would be finalised now: an unsaved ``Invoice`` and its unsaved lines
+    (positions set), and the pending adjustments its credit/charge lines come from."""
+
+    invoice: Invoice
+    lines: list[InvoiceLine]
+    adjustments: list[InvoiceAdjustment]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.lines
+
+
+def plan_monthly_fee(plan: str) -> Decimal:
+    """The plan's base fee in the price book now; a plan without a row costs nothing."""
+    row = PlanPrice.objects.filter(plan=plan).values_list("monthly_fee", flat=True).first()
+    return row if row is not None else Decimal(0)
+
+
+def invoice_draft(*, organization: Organization, period: str) -> InvoiceDraft:
+    """What ``organization``'s invoice for ``period`` holds from the data committed now.
+
+    Usage lines: one per served model, from the hourly rollups of the month (which keep the exact
+    sum of the events' cost, and outlive the raw events). Then the plan's base fee (if the
+    organisation existed before the month ended and the fee is not zero), then the pending
+    credit notes and one-off charges of the month, oldest first. The subtotal is the exact sum;
+    the total is rounded once to cents.
+    """
+    start, end = spend.month_range(period)
+    invoice = Invoice(
+        organization=organization,
+        period=period,
+        status=Invoice.Status.DRAFT,
+        plan=organization.plan,
+        period_start=start,
+        period_end=end,
+    )
+    lines: list[InvoiceLine] = []
+    usage = (
+        UsageRollup.objects.filter(organization=organization, hour__gte=start, hour__lt=end)
+        .values("model")
+        .annotate(
+            requests=Sum("requests"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by("model")
+    )
+    for row in usage:
+        prompt, completion, cost = int(row["prompt"]), int(row["completion"]), row["cost"]
+        if not prompt and not completion and not cost:
+            continue  # requests that never reached a model: nothing to bill
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.USAGE,
+                description=f"{row['model'] or 'no model'}: {prompt} input tokens, "
+                f"{completion} output tokens",
+                model=row["model"],
+                requests=int(row["requests"]),
+                input_tokens=prompt,
+                output_tokens=completion,
+                cached_tokens=int(row["cached"]),
+                amount=cost,
+            )
+        )
+    fee = plan_monthly_fee(organization.plan)
+    if fee and organization.created_at < end:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.BASE_FEE,
+                description=f"{organization.get_plan_display()} plan, {period}",
+                amount=fee,
+            )
+        )
+    adjustments = list(
+        InvoiceAdjustment.objects.filter(
+            organization=organization, period=period, invoice__isnull=True
+        ).order_by("created_at", "id")
+    )
+    for adjustment in adjustments:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=adjustment.kind,
+                description=f"{adjustment.get_kind_display()}: {adjustment.reason}"[:300],
+                amount=adjustment.amount,
+            )
+        )
+    for position, line in enumerate(lines, start=1):
+        line.position = position
+    invoice.subtotal = sum((line.amount for line in lines), Decimal(0))
+    invoice.total = invoice.subtotal.quantize(CENT, rounding=INVOICE_ROUNDING)
+    invoice.rounding = invoice.total - invoice.subtotal
+    return InvoiceDraft(invoice=invoice, lines=lines, adjustments=adjustments)
+
+
+def upcoming_invoice(*, organization: Organization, now: datetime | None = None) -> InvoiceDraft:
+    """The draft of the current UTC month."""
+    return invoice_draft(organization=organization, period=spend.current_month(now))
+
+
+def invoices_of(organization: Organization) -> QuerySet[Invoice]:
+    """The organisation's finalised invoices, newest first."""
+    return (
+        Invoice.objects.filter(organization=organization)
+        .exclude(status=Invoice.Status.DRAFT)
+        .order_by("-period", "-number")
+    )
+
+
+def invoice_lines(invoice: Invoice) -> list[InvoiceLine]:
+    return list(invoice.lines.order_by("position"))
+
+
+def invoice_due_period(now: datetime | None = None, *, grace_s: int | None = None) -> str | None:
+    """The month whose invoices may be finalised at ``now``: the previous UTC month once the
+    grace period for late usage events has passed since it ended, else ``None``."""
+    now = (now or timezone.now()).astimezone(UTC)
+    grace = settings.VLINDERS_INVOICE_GRACE_S if grace_s is None else grace_s
+    this_month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if now < this_month_start + timedelta(seconds=grace):
+        return None
+    return spend.month_of(this_month_start - timedelta(days=1))
+
+
+def organizations_to_invoice(period: str) -> list[Any]:
+    """Ids of the organisations that have something to bill for ``period`` and no invoice yet:
+    usage in the month, a pending adjustment, or a plan with a base fee (if they existed before
+    the month ended)."""
+    start, end = spend.month_range(period)
+    paying_plans = list(PlanPrice.objects.filter(monthly_fee__gt=0).values_list("plan", flat=True))
+    with_usage = set(
+        UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+        .values_list("organization_id", flat=True)
+        .distinct()
+    )
+    with_adjustments = set(
+        InvoiceAdjustment.objects.filter(period=period, invoice__isnull=True).values_list(
+            "organization_id", flat=True
+        )
+    )
+    with_fee = set(
+        Organization.objects.filter(plan__in=paying_plans, created_at__lt=end).values_list(
+            "id", flat=True
+        )
+    )
+    existing = set(Invoice.objects.filter(period=period).values_list("organization_id", flat=True))
+    known = set(Organization.objects.values_list("id", flat=True))
+    return sorted((with_usage | with_adjustments | with_fee) & known - existing, key=str)

@@ -41,6 +41,11 @@ ACTIONS: tuple[str, ...] = (
     "api_key.rotated",
     "api_key.revoked",
     "api_key.renewed",
+    "invoice.finalised",
+    "invoice.paid",
+    "invoice.voided",
+    "invoice.credit_created",
+    "invoice.charge_created",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.

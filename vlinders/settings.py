@@ -313,6 +313,7 @@ SPECTACULAR_SETTINGS = {
         "OrganizationStatusEnum": "tenants.models.Organization.Status",
         "ApiKeyStatusEnum": "tenants.models.ApiKey.Status",
         "CatalogModelStatusEnum": "inference.models.CatalogModel.Status",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
 }
 
@@ -463,6 +464,16 @@ CELERY_BEAT_SCHEDULE["prune-usage-events"] = {
     "schedule": float(_env("VLINDERS_USAGE_PRUNE_SECONDS", "3600")),
 }
 # --- end of Spend reconciliation -----------------------------------------------------------------
+
+# --- Invoices (docs/billing.md, "Invoices") ------------------------------------------------------
+# A month's invoices are finalised this long after it ends (UTC), so late usage events count.
+VLINDERS_INVOICE_GRACE_S = int(_env("VLINDERS_INVOICE_GRACE_S", "3600"))
+# Beat checks for a month due for finalisation this often (idempotent: finalised ones are skipped).
+CELERY_BEAT_SCHEDULE["finalise-invoices"] = {
+    "task": "billing.finalise_invoices",
+    "schedule": float(_env("VLINDERS_INVOICE_FINALISE_SECONDS", "900")),
+}
+# --- end of Invoices -----------------------------------------------------------------------------
 
 # --- Production: refuse to start with what a single machine would generate -----------------------
 if PRODUCTION:

@@ -2,10 +2,22 @@
 
 from django.urls import re_path
 
+from billing.api.invoice_views import InvoiceViewSet
 from billing.api.views import UsageViewSet
 from tenants.api.urls import ORG
 
 urlpatterns = [
     re_path(rf"^{ORG}/usage/$", UsageViewSet.as_view({"get": "report"}), name="usage"),
     re_path(rf"^{ORG}/usage\.csv$", UsageViewSet.as_view({"get": "export"}), name="usage-csv"),
+    re_path(rf"^{ORG}/invoices/$", InvoiceViewSet.as_view({"get": "list"}), name="invoice-list"),
+    re_path(
+        rf"^{ORG}/invoices/upcoming/$",
+        InvoiceViewSet.as_view({"get": "upcoming"}),
+        name="invoice-upcoming",
+    ),
+    re_path(
+        rf"^{ORG}/invoices/(?P<number>[0-9]+)/$",
+        InvoiceViewSet.as_view({"get": "retrieve"}),
+        name="invoice-detail",
+    ),
 ]

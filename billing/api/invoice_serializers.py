@@ -1,0 +1,80 @@
+"""Shapes of the invoice API. Money is a decimal string: amounts and the subtotal exactly (12
+decimal places, the sum of the events' cost), the total in cents, and the rounding between them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from billing.models import Invoice, InvoiceLine
+
+
+def _exact() -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=24, decimal_places=12, read_only=True)
+
+
+class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
+    amount = _exact()
+
+    class Meta:
+        model = InvoiceLine
+        fields = [
+            "position",
+            "kind",
+            "description",
+            "model",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "amount",
+        ]
+        read_only_fields = fields
+
+
+class InvoiceSummarySerializer(serializers.ModelSerializer[Invoice]):
+    number = serializers.SerializerMethodField()
+    subtotal = _exact()
+    rounding = _exact()
+    total = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "number",
+            "display_number",
+            "period",
+            "status",
+            "currency",
+            "plan",
+            "period_start",
+            "period_end",
+            "subtotal",
+            "rounding",
+            "total",
+            "issued_at",
+            "paid_at",
+            "voided_at",
+        ]
+        read_only_fields = fields
+
+    def get_number(self, invoice: Invoice) -> int | None:
+        return invoice.number
+
+
+class InvoiceSerializer(InvoiceSummarySerializer):
+    """An invoice with its lines. Also serialises an unsaved draft: its lines are then passed in
+    the context (``lines``) instead of read from the database."""
+
+    lines = serializers.SerializerMethodField()
+
+    class Meta(InvoiceSummarySerializer.Meta):
+        fields = [*InvoiceSummarySerializer.Meta.fields, "lines"]
+        read_only_fields = fields
+
+    def get_lines(self, invoice: Invoice) -> list[dict[str, Any]]:
+        lines = self.context.get("lines")
+        if lines is None:
+            lines = list(invoice.lines.order_by("position"))
+        return InvoiceLineSerializer(lines, many=True).data  # type: ignore[return-value]
