@@ -24,7 +24,7 @@ print(json.dumps({
     "broker": settings.CELERY_BROKER_URL, "prefix": settings.VLINDERS_REDIS_PREFIX,
     "secret": settings.SECRET_KEY, "pepper": settings.VLINDERS_KEY_PEPPER,
     "secrets_key": settings.VLINDERS_SECRETS_KEY, "ssl_redirect": settings.SECURE_SSL_REDIRECT,
-    "hsts": settings.SECURE_HSTS_SECONDS,
+    "hsts": settings.SECURE_HSTS_SECONDS, "db_options": db.get("OPTIONS", {}),
 }))
 """
 
@@ -66,6 +66,9 @@ def test_defaults_are_safe_for_one_machine(tmp_path):
     assert first["redis"] == "redis://127.0.0.1:6379/0"
     assert first["broker"] == first["redis"]
     assert first["prefix"] == "vl:"
+    # Several processes write the one-machine SQLite file: WAL, write lock taken up front.
+    assert first["db_options"]["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in first["db_options"]["init_command"]
     # Generated secrets are kept (a restart must not log everyone out or break every key)...
     assert first["secret"]
     assert first["pepper"]

@@ -189,6 +189,18 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The single-machine default has several processes writing (web, workers, beat, the Ray
+    # bring-up): WAL lets readers go on beside a writer, IMMEDIATE takes the write lock when a
+    # transaction starts instead of failing to upgrade it half-way ("database is locked"), and
+    # a writer waits up to 20 s for another.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
