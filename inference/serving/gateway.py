@@ -58,6 +58,14 @@ logger = logging.getLogger(__name__)
 REDIS_POOL_WAIT_S = 5.0
 # Connections beyond one per request in flight (see ``redis_pool_size``).
 REDIS_POOL_HEADROOM = 32
+# How long a Redis reply may take before the call is retried once (then: 503). The wait is
+# measured on the replica's event loop, which resumes a waiting call late when it is busy: with
+# 2 s, 1,000 concurrent streams on a 2-core machine timed out 5-12% of their reserves although
+# Redis had answered within milliseconds (each retried; see ``redis_client``). A Redis that
+# refuses connections is still found at once; only one that accepts and never answers takes this
+# long.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
 # A model server that cannot take a request (its replicas gone, being replaced): the client is
 # asked to retry after this long.
 MODEL_UNAVAILABLE_RETRY_S = 2
@@ -118,6 +126,28 @@ def redis_pool_size(max_ongoing_requests: int) -> int:
     return max_ongoing_requests + REDIS_POOL_HEADROOM
 
 
+def redis_client(redis_url: str, max_ongoing_requests: int) -> aioredis.Redis:
+    """A replica's Redis client, shared by the access cache, the limiter and the lease keeper.
+
+    A bounded pool that waits: redis-py's default pool raises "Too many connections" as soon as
+    100 are in use, which turned bursts into 503s and lost settles. One quick retry rides out a
+    blip; redis-py's default (three, backing off to seconds) held each request ~4.5 s before a
+    real outage's 503. A retry may repeat a call that Redis already ran (its reply came after the
+    socket timeout), so every script the replica runs is idempotent, the reserve included
+    (``Limiter.reserve``)."""
+    return aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=redis_pool_size(max_ongoing_requests),
+            timeout=REDIS_POOL_WAIT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        )
+    )
+
+
 def model_handle(deployment: str) -> tuple[Any, Any]:
     """The Serve handles (plain, streaming) of a model's application, by name. Resolved once
     per model and reused for every request."""
@@ -156,21 +186,7 @@ class Gateway:
                 "VLINDERS_KEY_PEPPER is not set in the Ray cluster's environment: the gateway "
                 "cannot hash API keys (docs/deployment-spec.md)."
             )
-        # A bounded pool that waits: redis-py's default pool raises "Too many connections" as
-        # soon as 100 are in use, which turned bursts into 503s and lost settles.
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                self.args.redis_url,
-                max_connections=redis_pool_size(self.args.max_ongoing_requests),
-                timeout=REDIS_POOL_WAIT_S,
-                socket_timeout=2,
-                socket_connect_timeout=2,
-                health_check_interval=10,
-                # One quick retry rides out a blip; redis-py's default (three, backing off to
-                # seconds) held each request ~4.5 s before a real outage's 503.
-                retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-            )
-        )
+        self.redis = redis_client(self.args.redis_url, self.args.max_ongoing_requests)
         self.access = AccessCache(
             self.redis,
             prefix=self.args.redis_prefix,
@@ -375,8 +391,15 @@ class Gateway:
         except asyncio.CancelledError:
             call.status, call.error_type = 499, "client_disconnected"
             raise
-        except Exception:
-            logger.exception("request %s failed", call.request_id)
+        except Exception as error:
+            # A bug, or a failure no branch above maps: the line names the exception's class
+            # and the request's two ids, so the traceback below it can be found and read.
+            logger.exception(
+                "request %s failed: %s (http_request_id=%s)",
+                call.request_id,
+                _describe(error),
+                call.http_request_id,
+            )
             return self._error_response(
                 call,
                 errors.ApiError(
@@ -463,8 +486,13 @@ class Gateway:
             call.status, call.error_type, call.error_code = error.status, error.type, error.code
             yield _sse(error.body())
             finished = True
-        except Exception:
-            logger.exception("stream %s failed", call.request_id)
+        except Exception as error:
+            logger.exception(
+                "stream %s failed: %s (http_request_id=%s)",
+                call.request_id,
+                _describe(error),
+                call.http_request_id,
+            )
             call.status, call.error_type, call.error_code = 500, "server_error", "internal_error"
             yield _sse(
                 errors.ApiError(
@@ -711,6 +739,15 @@ async def _next(generator: Any) -> list[dict[str, Any]] | None:
     except StopAsyncIteration:
         return None
     return batch
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as ``module.Class: message``, for a log line (the message cut short)."""
+    kind = type(error)
+    text = str(error).replace("\n", " ")
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return f"{kind.__module__}.{kind.__qualname__}: {text}"
 
 
 def _new_request_id() -> str:

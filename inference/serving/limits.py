@@ -91,7 +91,8 @@ class LimiterUnavailable(Exception):
 
 
 class DuplicateReservation(ValueError):
-    """A reservation with this request id is still pending; request ids must be unique."""
+    """The request id still holds a different reservation; request ids must be unique. (The
+    same reservation again is a retry, answered with the reservation: see ``Limiter.reserve``.)"""
 
 
 @dataclass(frozen=True)
@@ -276,17 +277,33 @@ end
 # ARGV: 1 now, 2 elapsed fraction of the minute, 3 request id, 4 tokens, 5 micros, 6 month,
 #       7 lease expiry, 8 minute-bucket ttl, 9 month ttl, 10 idle ttl,
 #       11-15 key limits, 16-20 org limits (rpm tpm concurrent tokens micros; -1 unlimited)
-# Returns {1 | 0 | -1, reservations reclaimed, 9 counters per scope..., refused codes...};
-# -1: duplicate request id.
+# Returns {1 | 0 | 2 | -1, reservations reclaimed, 9 counters per scope..., refused codes...};
+# 1: admitted, 0: refused, 2: this very reservation was already admitted (a replay), -1: the
+# request id holds a different reservation.
+#
+# Idempotent, like settle: the Redis client retries a call whose reply it did not read in time
+# (redis-py's ``Retry``, on a socket timeout), and Redis may have run the first call already: a
+# gateway whose event loop is busy for longer than the socket timeout reads its reply too late.
+# The retry sends the very same arguments, so a pending record equal to the one this call would
+# write, in both scopes, is that first call's: it is answered as admitted again (2), counting
+# nothing twice, instead of refusing the request its own reservation.
 _RESERVE = (
     _LUA_COMMON
     + """
 local now, frac, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tokens, micros, month = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local record = month .. '|' .. ARGV[4] .. '|' .. ARGV[5]
 
+local held = 0
 for s = 0, 1 do
-  if redis.call('HEXISTS', KEYS[s * 7 + 6], rid) == 1 then return {-1} end
+  local rec = redis.call('HGET', KEYS[s * 7 + 6], rid)
+  if rec then
+    if rec ~= record then return {-1} end
+    held = held + 1
+  end
 end
+if held == 1 then return {-1} end
+local replay = held == 2
 
 local state, refused, reclaimed = {}, {}, 0
 for s = 0, 1 do
@@ -312,7 +329,10 @@ for s = 0, 1 do
   state[s + 1] = {rp, rc, tp, tc, conc, ut, um, rt, rm}
 end
 
-if #refused == 0 then
+if replay then
+  -- Counted already, by the call this one retries: its counters include the reservation.
+  refused = {}
+elseif #refused == 0 then
   for s = 0, 1 do
     local k, st = s * 7, state[s + 1]
     redis.call('INCR', KEYS[k + 2])
@@ -331,7 +351,9 @@ if #refused == 0 then
   end
 end
 
-local out = {#refused == 0 and 1 or 0, reclaimed}
+local status = 0
+if replay then status = 2 elseif #refused == 0 then status = 1 end
+local out = {status, reclaimed}
 for s = 1, 2 do for _, v in ipairs(state[s]) do table.insert(out, v) end end
 for _, c in ipairs(refused) do table.insert(out, c) end
 return out
@@ -475,7 +497,11 @@ class Limiter:
 
         ``tokens`` and ``spend`` are the upper estimate (prompt + max_tokens). Raises
         :class:`LimiterUnavailable` when Redis cannot be reached and
-        :class:`DuplicateReservation` when ``request_id`` is still pending.
+        :class:`DuplicateReservation` when ``request_id`` still holds a different reservation.
+
+        Idempotent: a call that repeats a pending reservation exactly (the Redis client's retry
+        of a call whose reply came too late, after Redis had run it) returns that reservation
+        again and counts nothing twice (``vlinders_gateway_reserve_replays_total``).
         """
         if tokens < 0:
             raise ValueError("tokens must not be negative")
@@ -514,13 +540,17 @@ class Limiter:
         reply = await self._call("reserve", self._reserve, keys, args)
         status = int(reply[0])
         if status == -1:
-            raise DuplicateReservation(f"request id {request_id!r} already holds a reservation")
+            raise DuplicateReservation(
+                f"request id {request_id!r} already holds a different reservation"
+            )
         if reclaimed := int(reply[1]):
             metrics.LEASES_RECLAIMED.inc(reclaimed)
         counters = [_Counters(*(int(v) for v in reply[2 + 9 * s : 11 + 9 * s])) for s in (0, 1)]
         limits = (key_limits, org_limits)
         rate = _rate_status(counters, limits, frac)
-        if status == 1:
+        if status == 2:
+            metrics.RESERVE_REPLAYS.inc()
+        if status in (1, 2):
             return Reservation(
                 request_id=request_id,
                 key_id=key_id,

@@ -136,6 +136,12 @@ LEASES_RECLAIMED = Counter(
     "Reservations whose lease expired and was reclaimed by a reserve (counted as fully used): "
     "their gateway died, or could not renew them.",
 )
+RESERVE_REPLAYS = Counter(
+    "vlinders_gateway_reserve_replays_total",
+    "Reserves that Redis had already admitted: the client retried a call whose reply it read too "
+    "late (a socket timeout, typically an event loop busy for longer than it). Answered with the "
+    "recorded reservation, counted once; a rising rate means a replica is overloaded.",
+)
 LIMITER_ERRORS = Counter(
     "vlinders_gateway_limiter_errors_total",
     "Limiter calls that failed because Redis did (connection, timeout, full pool, refusal).",

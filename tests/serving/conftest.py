@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,3 +407,58 @@ def month_usage(scope: str, ident: str) -> Any:
             await client.aclose()
 
     return asyncio.run(read())
+
+
+class GatewayLog:
+    """The ERROR records (tracebacks included) that the gateway's replicas write to their Serve
+    logs from the moment this is made. An assertion about a burst puts :meth:`report` in its
+    message, so a failure says which exception the gateway caught, not only how many requests
+    it answered 500: on CI the Ray session's logs are gone with the machine."""
+
+    LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+
+    def __init__(self, ray_cluster: Any) -> None:
+        self.folder = Path(ray_cluster.temp_dir or "/tmp/ray") / "session_latest" / "logs" / "serve"
+        self.offsets = {path: path.stat().st_size for path in self._files()}
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("replica_vlinders_Gateway_*.log"))
+
+    def errors(self) -> list[list[str]]:
+        """Every ERROR record written since, as its lines: the record, then its traceback."""
+        records: list[list[str]] = []
+        for path in self._files():
+            with path.open("rb") as file:
+                file.seek(self.offsets.get(path, 0))
+                text = file.read().decode(errors="replace")
+            current: list[str] | None = None
+            for line in text.splitlines():
+                if line.split(" ", 1)[0] in self.LEVELS:
+                    current = [line] if line.startswith(("ERROR ", "CRITICAL ")) else None
+                    if current is not None:
+                        records.append(current)
+                elif current is not None and line.strip():
+                    current.append(line)
+        return records
+
+    def report(self, *, examples: int = 2, lines: int = 60) -> str:
+        """How many errors of each kind, and the first record of the commonest kinds."""
+        if not self._files():
+            return f"No gateway replica log in {self.folder}."
+        records = self.errors()
+        if not records:
+            return "The gateway replicas logged no error."
+        kinds = Counter(_error_kind(record) for record in records)
+        out = [f"The gateway replicas logged {len(records)} errors:"]
+        out += [f"  {count} x {kind}" for kind, count in kinds.most_common()]
+        for kind, _ in kinds.most_common(examples):
+            first = next(record for record in records if _error_kind(record) == kind)
+            out += ["The first of these:", *first[:lines]]
+        return "\n".join(out)
+
+
+def _error_kind(record: list[str]) -> str:
+    """What an error record says, without its ids: its message (the gateway's names the
+    exception's class, ``request … failed: module.Class: message``)."""
+    text = record[0].split(" -- ", 1)[-1]
+    return re.sub(r"req_[0-9a-f]{32}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "…", text)[:300]

@@ -25,7 +25,7 @@ import pytest
 
 from inference.ray_client import RayDashboardClient
 from tenants import snapshot
-from tests.serving.conftest import Deployed, serve_config
+from tests.serving.conftest import Deployed, GatewayLog, serve_config
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
@@ -108,19 +108,21 @@ async def _burst(base_url: str, key: str, n: int, *, stream: bool) -> Counter[st
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_thousand_concurrent_requests_with_a_new_key(
-    one_gateway_replica, gateway, make_tenant, stream
+    one_gateway_replica, ray_cluster, gateway, make_tenant, stream
 ) -> None:
     _, _, secret = make_tenant()  # never used before: every cache misses it at once
+    log = GatewayLog(ray_cluster)
     outcomes = asyncio.run(_burst(f"{gateway.base_url}/v1", secret, CONCURRENCY, stream=stream))
-    assert outcomes == Counter({"200": CONCURRENCY}), outcomes
+    assert outcomes == Counter({"200": CONCURRENCY}), f"{outcomes}\n{log.report()}"
 
 
 def test_a_thousand_concurrent_requests_right_after_a_full_republish(
-    one_gateway_replica, gateway, make_tenant
+    one_gateway_replica, ray_cluster, gateway, make_tenant
 ) -> None:
     _, _, secret = make_tenant()
     warm = asyncio.run(_burst(f"{gateway.base_url}/v1", secret, 10, stream=False))
     assert warm == Counter({"200": 10})
     snapshot.publish_full()  # drops every replica's cache: the burst below starts cold
+    log = GatewayLog(ray_cluster)
     outcomes = asyncio.run(_burst(f"{gateway.base_url}/v1", secret, CONCURRENCY, stream=False))
-    assert outcomes == Counter({"200": CONCURRENCY}), outcomes
+    assert outcomes == Counter({"200": CONCURRENCY}), f"{outcomes}\n{log.report()}"
