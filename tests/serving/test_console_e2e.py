@@ -25,6 +25,7 @@ import openai
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connections
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from billing.ingest import ingest_events
@@ -52,8 +53,10 @@ MODELS = ("syn-fast", "syn-slow")
 def committed(django_db_setup, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Database access that commits: the console server is another process and reads only
     committed rows. What this module creates it deletes at the end (no table flush, which would
-    also take the package's own rows)."""
+    also take the package's own rows). pytest-django runs these tests after the database tests,
+    one of which terminates server connections on purpose: start from a fresh connection."""
     with django_db_blocker.unblock():
+        connections.close_all()
         yield
 
 
@@ -61,7 +64,8 @@ def committed(django_db_setup, django_db_blocker) -> Iterator[None]:  # type: ig
 def acme(committed, gateway) -> Iterator[tuple[Organization, User]]:  # type: ignore[no-untyped-def]
     """An organisation with an owner who has a password, created as the API creates one (so it
     is published to the gateway's access snapshot), with the models it may use."""
-    settings.VLINDERS_REDIS_PREFIX = SESSION_PREFIX
+    previous_prefix = settings.VLINDERS_REDIS_PREFIX
+    settings.VLINDERS_REDIS_PREFIX = SESSION_PREFIX  # published where the gateway reads
     made = [CatalogModelFactory(name=name) for name in MODELS]
     owner = User.objects.create_user("ada", "ada@example.com", PASSWORD)
     org = services.organization_create(name="Acme Robotics", slug=SLUG, owner=owner)
@@ -74,6 +78,7 @@ def acme(committed, gateway) -> Iterator[tuple[Organization, User]]:  # type: ig
         User.objects.filter(username__in=["ada", "grace"]).delete()
         for model in made:
             model.delete()
+        settings.VLINDERS_REDIS_PREFIX = previous_prefix
 
 
 @pytest.fixture(scope="module")

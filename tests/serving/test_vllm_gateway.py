@@ -242,8 +242,10 @@ def _race(blocker, first_client, second_client) -> tuple[float, float]:  # type:
     """Fill both of the engine's sequence slots (one short, one long request), then queue
     ``first_client``'s request and, a moment later, ``second_client``'s. When the short blocker
     finishes, one slot frees: whichever queued request vLLM schedules first gets its first
-    token first. The short blocker's 160 tokens outlast the 0.3 s gap on a CPU (an earlier 48
-    did not always), and the long one outlasts the short one and the first 4-token answer.
+    token first. The gap is 1 s: with 0.3 s a loaded CI machine once delivered the later request
+    to the engine first in three tries running (the gateway path of a new key jitters by more
+    than 0.3 s there). The short blocker's 160 tokens (4 s and more on a CPU) outlast the gap,
+    and the long one outlasts the short one and the first 4-token answer.
     The blockers are a standard tenant's in every race, so only the queued requests' plans
     differ. (With the first client's key as the blockers', the free race ran with priority-10
     blockers and the two queued requests were sometimes admitted in the same engine step, a
@@ -256,7 +258,7 @@ def _race(blocker, first_client, second_client) -> tuple[float, float]:  # type:
         assert short_started.wait(60)
         assert long_started.wait(60)
         first = pool.submit(_first_token_at, first_client, 4, threading.Event())
-        time.sleep(0.3)  # the first request reaches the engine's queue before the second
+        time.sleep(1.0)  # the first request reaches the engine's queue before the second
         second = pool.submit(_first_token_at, second_client, 4, threading.Event())
         times = first.result(timeout=120), second.result(timeout=120)
         short_blocker.result(timeout=120)
@@ -271,12 +273,12 @@ def test_a_premium_plan_is_scheduled_before_an_earlier_free_request(gateway, mak
 
     # Each race runs on a shared 2-core machine and now and then loses by milliseconds (seen:
     # 11 ms, both queued requests admitted in one engine step), so each gets up to three tries.
-    # Both can still fail: without priority scheduling the free request, queued 0.3 s earlier,
+    # Both can still fail: without priority scheduling the free request, queued 1 s earlier,
     # would get its first token first in every try.
     blocker = client_for("standard")
 
     def lead_of(winner: str, first_plan: str, second_plan: str) -> list[float]:
-        """Queue a ``first_plan`` request, then a ``second_plan`` one 0.3 s later; per try, how
+        """Queue a ``first_plan`` request, then a ``second_plan`` one 1 s later; per try, how
         much earlier the ``winner`` (``"first"`` or ``"second"``) got its first token (stops
         at the first try it did)."""
         leads = []
