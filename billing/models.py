@@ -63,6 +63,14 @@ class UsageEvent(models.Model):
     completion_tokens = models.PositiveIntegerField()
     cached_tokens = models.PositiveIntegerField()
     cost = cost_field()
+    # The prices the request was served at (USD per million tokens; schema 2 of the event). Empty
+    # for events of schema 1, which carried only their cost.
+    price_input_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    price_output_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
     latency_ms = models.FloatField()
     ttft_ms = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField()
@@ -233,6 +241,7 @@ class Invoice(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft (upcoming)"
         OPEN = "open", "Open (finalised, unpaid)"
+        PAST_DUE = "past_due", "Past due (a payment failed)"
         PAID = "paid", "Paid"
         VOID = "void", "Void"
 
@@ -253,8 +262,18 @@ class Invoice(models.Model):
     total = money_field(help_text="The subtotal rounded once to cents (ROUND_HALF_UP).")
     rounding = cost_field(help_text="total - subtotal.")
     issued_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True, help_text="Payment due by.")
     paid_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
+    payment_failed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="First failed payment of the current dunning; empty once paid.",
+    )
+    stripe_invoice_id = models.CharField(max_length=255, blank=True, db_index=True)
+    payment_url = models.URLField(
+        max_length=2048, blank=True, help_text="Where the organisation pays (Stripe's hosted page)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -285,6 +304,7 @@ class InvoiceLine(models.Model):
         BASE_FEE = "base_fee", "Plan base fee"
         CREDIT = "credit", "Credit note"
         CHARGE = "charge", "One-off charge"
+        PREPAID = "prepaid", "Paid from prepaid credit"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveSmallIntegerField()
@@ -295,6 +315,13 @@ class InvoiceLine(models.Model):
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
+    # "quantity times unit price = amount" for a usage line of one token kind at one price: tokens,
+    # and USD per million of them. Empty where the usage was metered without its prices.
+    unit = models.CharField(max_length=16, blank=True, help_text="input_tokens, output_tokens")
+    quantity = models.PositiveBigIntegerField(default=0)
+    unit_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
     amount = cost_field()
 
     class Meta:
@@ -339,3 +366,114 @@ class InvoiceAdjustment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.amount} {self.organization_id} {self.period}"
+
+
+# --- Prepaid credit, Stripe (docs/billing.md, "Prepaid" and "Stripe") -----------------------
+
+
+class CreditEntry(models.Model):
+    """A movement of a prepaid organisation's credit balance other than usage: a top-up (positive)
+    or a staff adjustment (signed). Usage is not copied here: it is read from the rollups, so the
+    balance is ``sum(credit entries) - cost of usage since prepaid_since``.
+
+    ``reference`` is unique and derived from what caused the entry (``checkout:<session id>``,
+    ``adjustment:<uuid>``): crediting the same top-up twice is refused by the database.
+    """
+
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Top-up"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="credit_entries"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = cost_field(help_text="Signed, in the platform currency.")
+    reference = models.CharField(max_length=255, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "created_at"], name="credit_entry_org")]
+        verbose_name_plural = "credit entries"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount} {self.organization_id}"
+
+
+class TopUp(models.Model):
+    """A top-up a member started: a Stripe Checkout session for ``amount``. Credited exactly once,
+    when Stripe reports the session completed (webhook ``checkout.session.completed``), as the
+    credit entry ``checkout:<stripe_session_id>``."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for payment"
+        COMPLETED = "completed", "Paid and credited"
+        EXPIRED = "expired", "Expired unpaid"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="topups")
+    amount = money_field(validators=[MinValueValidator(Decimal("0.01"))])
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    stripe_session_id = models.CharField(max_length=255, blank=True, db_index=True)
+    checkout_url = models.URLField(max_length=2048, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_session_id"],
+                condition=~models.Q(stripe_session_id=""),
+                name="topup_session_once",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"top-up {self.amount} {self.organization_id} ({self.status})"
+
+
+class StripeCustomer(models.Model):
+    """The Stripe customer of an organisation: created once, on first need, with an idempotency
+    key derived from the organisation's id, so two workers never create two."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.PROTECT, primary_key=True, related_name="stripe_customer"
+    )
+    customer_id = models.CharField(max_length=255, unique=True)
+    email = models.EmailField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.customer_id
+
+
+class StripeEvent(models.Model):
+    """A webhook event Stripe sent, stored on receipt (verified signature) unique by Stripe's
+    event id: a redelivered event is recognised and not processed twice. A Celery task processes
+    it and sets ``processed_at`` in the same transaction as its effect."""
+
+    event_id = models.CharField(max_length=255, primary_key=True)
+    type = models.CharField(max_length=128)
+    payload = models.JSONField()
+    stripe_created = models.DateTimeField(null=True, blank=True, help_text="Stripe's 'created'.")
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["processed_at"], name="stripe_event_unprocessed")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"

@@ -11,6 +11,7 @@ from django.db import models
 from django.utils import timezone
 
 from tenants.models import Organization
+from tenants.plans import Plan
 
 # Public names are what clients put in ``model``: letters, digits and ``._-/:``.
 model_name_validator = RegexValidator(
@@ -80,6 +81,16 @@ class CatalogModel(models.Model):
         max_digits=6, decimal_places=2, default=Decimal(0), validators=[MinValueValidator(0)]
     )
     accelerator_type = models.CharField(max_length=64, blank=True)
+    # What one replica costs the operator per hour (hardware, cloud), in the platform currency:
+    # the operator's margin report divides it over the tokens served (docs/billing.md, "Reports").
+    cost_per_replica_hour = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Operator's cost of one replica for one hour; empty: unknown (no margin shown).",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     visibility = models.CharField(
         max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
@@ -191,3 +202,55 @@ class ModelDeploymentStatus(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {self.state}"
+
+
+class PlanModelPrice(models.Model):
+    """A plan's own token prices for one model, overriding the catalog's prices for the
+    organisations on that plan (docs/billing.md, "Price book"). The gateway charges the price of
+    the requesting organisation's plan; a change applies to requests from then on (every usage
+    event keeps the prices it was served at)."""
+
+    plan = models.CharField(max_length=16, choices=Plan.choices)
+    catalog_model = models.ForeignKey(
+        CatalogModel, on_delete=models.CASCADE, related_name="plan_prices"
+    )
+    price_input_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    price_output_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["catalog_model__name", "plan"]
+        verbose_name = "plan price override"
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "catalog_model"], name="plan_model_price_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} {self.catalog_model_id}"
+
+
+class ReplicaHours(models.Model):
+    """Replica-seconds a model's deployment ran per UTC hour, accumulated by the deployment
+    reconciler from the replicas Ray Serve reports running (``replicas_running`` times the time
+    since its previous observation). The operator's cost and margin report reads these."""
+
+    catalog_model = models.ForeignKey(
+        CatalogModel, on_delete=models.CASCADE, related_name="replica_hours"
+    )
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    replica_seconds = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-hour"]
+        verbose_name = "replica hours"
+        verbose_name_plural = "replica hours"
+        constraints = [
+            models.UniqueConstraint(fields=["catalog_model", "hour"], name="replica_hours_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.catalog_model_id} {self.hour:%Y-%m-%d %H}h"

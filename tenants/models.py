@@ -48,6 +48,11 @@ class Limits(models.Model):
         abstract = True
 
 
+class BillingMode(models.TextChoices):
+    POSTPAID = "postpaid", "Postpaid (monthly invoice)"
+    PREPAID = "prepaid", "Prepaid (credit balance)"
+
+
 class Organization(Limits):
     """A tenant: it owns members, API keys, usage and a bill."""
 
@@ -66,6 +71,26 @@ class Organization(Limits):
         help_text="Set by platform staff; gives the organisation's requests their scheduling "
         "priority under load (tenants/plans.py).",
     )
+    billing_mode = models.CharField(
+        max_length=8,
+        choices=BillingMode.choices,
+        default=BillingMode.POSTPAID,
+        help_text="Postpaid: invoiced monthly. Prepaid: requests spend a credit balance and are "
+        'refused when it is exhausted (docs/billing.md, "Prepaid").',
+    )
+    prepaid_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Start of the UTC hour from which usage is charged to the credit balance.",
+    )
+    payment_suspended_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Set by dunning when an invoice stayed unpaid past its grace: the gateway "
+        "refuses the organisation's keys until it is paid. Independent of ``status``.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -78,6 +103,10 @@ class Organization(Limits):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def is_prepaid(self) -> bool:
+        return self.billing_mode == BillingMode.PREPAID
 
 
 class Role(models.TextChoices):

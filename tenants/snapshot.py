@@ -113,6 +113,14 @@ def key_record(key: ApiKey, version: int) -> dict[str, Any]:
     }
 
 
+def _suspended_reason(org: Organization) -> str | None:
+    if org.status != Organization.Status.ACTIVE:
+        return "staff"
+    if org.payment_suspended_at is not None:
+        return "payment"
+    return None
+
+
 def org_record(org: Organization, model_names: list[str], version: int) -> dict[str, Any]:
     """The gateway's view of one organisation: status, limits and the names it may use."""
     return {
@@ -120,7 +128,11 @@ def org_record(org: Organization, model_names: list[str], version: int) -> dict[
         "version": version,
         "org_id": str(org.id),
         "slug": org.slug,
-        "status": org.status,
+        # A staff suspension and a payment suspension (dunning) both refuse every key; the
+        # reason only changes the gateway's message.
+        "status": "suspended" if org.payment_suspended_at is not None else org.status,
+        "suspended_reason": _suspended_reason(org),
+        "billing_mode": org.billing_mode,
         "priority": scheduling_priority(org.plan),
         "limits": _limits(org),
         "models": model_names,
