@@ -24,6 +24,7 @@ from inference.models import (
     DeploymentRevision,
     ModelAlias,
     ModelDeploymentStatus,
+    ReplicaHours,
 )
 from vlinders.admin_base import ReadOnlyAdmin
 
@@ -141,6 +142,8 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             },
         ),
         ("Price per million tokens", {"fields": ("price_input_per_mtok", "price_output_per_mtok")}),
+        # The operator's own cost, for the margin report (docs/billing.md, "Operator reports").
+        ("Cost", {"fields": ("cost_per_replica_hour",)}),
         (
             "Scaling",
             {
@@ -289,3 +292,19 @@ class ModelDeploymentStatusAdmin(ReadOnlyAdmin):
     @admin.display(description="revision")
     def short_revision(self, obj: ModelDeploymentStatus) -> str:
         return obj.revision[:12]
+
+
+@admin.register(ReplicaHours)
+class ReplicaHoursAdmin(ReadOnlyAdmin):
+    """What the reconciler accumulated (``inference.replica_hours``): read-only, as it is
+    measured, not entered."""
+
+    list_display = ("catalog_model", "hour", "replica_seconds", "replica_hours")
+    list_select_related = ("catalog_model",)
+    list_filter = ("catalog_model",)
+    date_hierarchy = "hour"
+    readonly_fields = ("catalog_model", "hour", "replica_seconds")
+
+    @admin.display(description="replica-hours")
+    def replica_hours(self, obj: ReplicaHours) -> str:
+        return f"{obj.replica_seconds / 3600:.3f}"

@@ -16,6 +16,9 @@ Ray's statuses -> ours: a deployment ``UPDATING`` -> deploying; ``HEALTHY``, ``U
 no deployment in Ray is ``absent`` — unless its application is ``DEPLOYING`` (still being
 built: deploying) or ``DEPLOY_FAILED`` (the builder failed: failed, with Ray's message). The
 revision Ray reports is the gateway's: its routing config carries it.
+
+Each reconcile also adds the replicas seen running since the previous one to the model's
+replica-hours (``inference.replica_hours``), from the status row as it was before this write.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from inference import upstream_secrets
+from inference import replica_hours, upstream_secrets
 from inference.deployment import (
     APP_NAME,
     config_revision,
@@ -164,6 +167,9 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
     revision = _deployed_revision(_application(details))
     rows = []
     with transaction.atomic():
+        # The rows as last observed (locked): each model's replicas since then become
+        # replica-hours (inference/replica_hours.py).
+        previous = replica_hours.previous_observations()
         for model in CatalogModel.objects.order_by("name"):
             name = deployment_name(model.name)
             if details is None:
@@ -183,6 +189,9 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
                 }
             row, _ = ModelDeploymentStatus.objects.update_or_create(
                 catalog_model=model, defaults={"deployment": name, **values}
+            )
+            replica_hours.accumulate(
+                model_id=model.pk, previous=previous.get(model.pk), now=row.updated_at
             )
             rows.append(row)
         if details is not None:

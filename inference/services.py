@@ -68,6 +68,7 @@ CATALOG_MODEL_FIELDS = (
     "context_length",
     "price_input_per_mtok",
     "price_output_per_mtok",
+    "cost_per_replica_hour",
     "min_replicas",
     "max_replicas",
     "target_ongoing_requests",

@@ -437,6 +437,11 @@ CELERY_BEAT_SCHEDULE["reconcile-deployments"] = {
     "task": "inference.reconcile_deployments",
     "schedule": 15.0,
 }
+# --- Replica-hours (inference/replica_hours.py; docs/billing.md, "Operator reports") ----------
+# Each reconcile adds the replicas seen running times the seconds since the previous one, at most
+# this many seconds (twice the reconcile interval): a reconciler that was down invents no hours.
+VLINDERS_REPLICA_HOURS_MAX_GAP_S = float(_env("VLINDERS_REPLICA_HOURS_MAX_GAP_S", "30"))
+# --- end of Replica-hours ------------------------------------------------------------------------
 # Rewrite the upstream API keys' Redis records (encrypted) and drop stale ones: repairs a Redis
 # that restarted empty (inference/upstream_secrets.py; every change is also published at once).
 CELERY_BEAT_SCHEDULE["publish-upstream-credentials"] = {
