@@ -188,6 +188,12 @@ class _Redis:
 _REDIS = _Redis()
 
 
+def run_redis(work: Callable[[aioredis.Redis], Coroutine[Any, Any, None]]) -> None:
+    """Run ``work`` on this process's own event loop and limiter Redis client (the one the
+    month counters use; ``billing.prepaid`` writes the prepaid balances through it too)."""
+    _REDIS.run(settings.REDIS_URL, work)
+
+
 async def _write(
     client: aioredis.Redis,
     entries: list[tuple[Scope, str, str, MonthUsed]],

@@ -73,6 +73,9 @@ IDLE_TTL_SECONDS = 40 * 86400
 RENEW_CHUNK = 1000
 # What a refusal for a transient reason (a concurrency slot, in-flight reservations) asks to wait.
 TRANSIENT_RETRY_SECONDS = 1.0
+# The reserve script's refusal codes for the prepaid balance (after the 10 per-scope limits).
+BALANCE_EXHAUSTED = 11
+BALANCE_UNAVAILABLE = 12
 
 _LIMIT_FIELDS = (
     "requests_per_minute",
@@ -84,6 +87,13 @@ _LIMIT_FIELDS = (
 _SCOPES: tuple[Scope, Scope] = ("key", "org")
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _MONTH_FIELDS = ("used_tokens", "used_micros", "reserved_tokens", "reserved_micros")
+_BALANCE_FIELDS = (
+    "credited_micros",
+    "used_micros",
+    "reserved_micros",
+    "settled_micros",
+    "ingested_micros",
+)
 
 
 class LimiterUnavailable(Exception):
@@ -220,6 +230,21 @@ class Refusal:
         return self.rate.headers()
 
 
+class BalanceState(NamedTuple):
+    """A prepaid balance's counters in micro-units: what is available to new requests is
+    ``credited - used - reserved``."""
+
+    credited_micros: int
+    used_micros: int
+    reserved_micros: int
+    settled_micros: int
+    ingested_micros: int
+
+    @property
+    def available(self) -> Decimal:
+        return from_micros(self.credited_micros - self.used_micros - self.reserved_micros)
+
+
 class MonthUsage(NamedTuple):
     used_tokens: int
     used_spend: Decimal
@@ -240,24 +265,35 @@ local function add(key, field, delta)
   if v < 0 then redis.call('HSET', key, field, 0) end
 end
 
+-- A pending record: 'month|tokens|micros', plus '|b' when the reservation is also held against
+-- the organisation's prepaid balance. Returns month, tokens, micros, charged-to-balance.
 local function parse(rec)
-  local m, t, u = string.match(rec, '^([^|]*)|(%d+)|(%d+)$')
-  return m, tonumber(t), tonumber(u)
+  local m, t, u, b = string.match(rec, '^([^|]*)|(%d+)|(%d+)(|?b?)$')
+  return m, tonumber(t), tonumber(u), b == '|b'
+end
+
+-- Move a reservation of u micro-units from reserved to used in the prepaid balance (reclaim).
+local function balance_used(balance, u)
+  add(balance, 'reserved_micros', -u)
+  redis.call('HINCRBY', balance, 'used_micros', int(u))
 end
 
 -- Leases that expired: their gateway is gone. A reservation of this month is counted as used
 -- (it may have run; reconciliation from Postgres corrects it); one of an earlier month is just
 -- dropped (that month no longer limits anything); one of a later month (a gateway whose clock
--- is ahead) is left for a script that runs in that month.
+-- is ahead) is left for a script that runs in that month. A reservation held against the prepaid
+-- balance (``balance`` is the org scope's balance key, nil for the key scope) is counted as used
+-- there whatever its month: the balance has no months.
 -- Returns how many leases it reclaimed.
-local function reclaim(leases, pending, month_key, month, now)
+local function reclaim(leases, pending, month_key, month, now, balance)
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
   local count = 0
   for _, id in ipairs(expired) do
     local rec = redis.call('HGET', pending, id)
-    local m, t, u = nil, 0, 0
-    if rec then m, t, u = parse(rec) end
+    local m, t, u, b = nil, 0, 0, false
+    if rec then m, t, u, b = parse(rec) end
     if not rec or m <= month then
+      if b and balance then balance_used(balance, u) end
       if m == month then
         add(month_key, 'reserved_tokens', -t)
         add(month_key, 'reserved_micros', -u)
@@ -273,13 +309,22 @@ local function reclaim(leases, pending, month_key, month, now)
 end
 """
 
-# KEYS, per scope (key, then org): rpm_prev rpm_curr tpm_prev tpm_curr leases pending month
+# KEYS, per scope (key, then org): rpm_prev rpm_curr tpm_prev tpm_curr leases pending month;
+#       then 15: the organisation's prepaid balance (read and written only when ARGV[21] is 1).
 # ARGV: 1 now, 2 elapsed fraction of the minute, 3 request id, 4 tokens, 5 micros, 6 month,
 #       7 lease expiry, 8 minute-bucket ttl, 9 month ttl, 10 idle ttl,
-#       11-15 key limits, 16-20 org limits (rpm tpm concurrent tokens micros; -1 unlimited)
+#       11-15 key limits, 16-20 org limits (rpm tpm concurrent tokens micros; -1 unlimited),
+#       21 prepaid: 1 if the organisation pays from a prepaid balance, else 0.
 # Returns {1 | 0 | 2 | -1, reservations reclaimed, 9 counters per scope..., refused codes...};
 # 1: admitted, 0: refused, 2: this very reservation was already admitted (a replay), -1: the
-# request id holds a different reservation.
+# request id holds a different reservation. Refused codes: scope * 5 + limit index (1-10, the
+# limits in ARGV order), 11: the prepaid balance cannot hold the reservation
+# (used + reserved + micros > credited), 12: the balance hash is missing (Redis lost it and
+# reconciliation has not rewritten it yet: fail closed, but it is not the tenant's doing).
+#
+# A prepaid reservation is one more budget: admitted only if ``used + reserved + micros <=
+# credited`` in the balance hash, checked and recorded in this same script, and its pending record
+# carries '|b' so that settle and reclaim know to move it in the balance too.
 #
 # Idempotent, like settle: the Redis client retries a call whose reply it did not read in time
 # (redis-py's ``Retry``, on a socket timeout), and Redis may have run the first call already: a
@@ -292,7 +337,11 @@ _RESERVE = (
     + """
 local now, frac, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tokens, micros, month = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local prepaid = ARGV[21] == '1'
+local balance = nil
+if prepaid then balance = KEYS[15] end
 local record = month .. '|' .. ARGV[4] .. '|' .. ARGV[5]
+if prepaid then record = record .. '|b' end
 
 local held = 0
 for s = 0, 1 do
@@ -308,7 +357,7 @@ local replay = held == 2
 local state, refused, reclaimed = {}, {}, 0
 for s = 0, 1 do
   local k, a = s * 7, 10 + s * 5
-  local n = reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now)
+  local n = reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now, s == 1 and KEYS[15] or nil)
   -- Counted in the org scope only: every reservation has exactly one organisation lease, and
   -- every reserve that touches its key also touches its organisation, so this counts each
   -- reclaimed reservation exactly once.
@@ -329,6 +378,16 @@ for s = 0, 1 do
   state[s + 1] = {rp, rc, tp, tc, conc, ut, um, rt, rm}
 end
 
+-- The prepaid balance: one more budget, of the organisation, without months.
+if prepaid then
+  local b = redis.call('HMGET', balance, 'credited_micros', 'used_micros', 'reserved_micros')
+  if not b[1] then
+    table.insert(refused, 12)
+  elseif num(b[2]) + num(b[3]) + micros > num(b[1]) then
+    table.insert(refused, 11)
+  end
+end
+
 if replay then
   -- Counted already, by the call this one retries: its counters include the reservation.
   refused = {}
@@ -341,7 +400,7 @@ elseif #refused == 0 then
     redis.call('EXPIRE', KEYS[k + 4], ARGV[8])
     redis.call('ZADD', KEYS[k + 5], ARGV[7], rid)
     redis.call('EXPIRE', KEYS[k + 5], ARGV[10])
-    redis.call('HSET', KEYS[k + 6], rid, month .. '|' .. ARGV[4] .. '|' .. ARGV[5])
+    redis.call('HSET', KEYS[k + 6], rid, record)
     redis.call('EXPIRE', KEYS[k + 6], ARGV[10])
     redis.call('HINCRBY', KEYS[k + 7], 'reserved_tokens', ARGV[4])
     redis.call('HINCRBY', KEYS[k + 7], 'reserved_micros', ARGV[5])
@@ -349,6 +408,7 @@ elseif #refused == 0 then
     st[2], st[4], st[5] = st[2] + 1, st[4] + tokens, st[5] + 1
     st[8], st[9] = st[8] + tokens, st[9] + micros
   end
+  if prepaid then redis.call('HINCRBY', balance, 'reserved_micros', ARGV[5]) end
 end
 
 local status = 0
@@ -360,7 +420,9 @@ return out
 """
 )
 
-# KEYS, per scope (key, then org): leases pending month tpm_bucket (the reservation's)
+# KEYS, per scope (key, then org): leases pending month tpm_bucket (the reservation's);
+#       then 9: the organisation's prepaid balance (written only for a reservation whose pending
+#       record says it was held against the balance, '|b').
 # ARGV: 1 request id, 2 actual tokens, 3 actual micros, 4 month ttl
 # Settle reclaims nothing: its month may not be the current one (reserve does it).
 # Returns {settled in key scope 0|1, settled in org scope 0|1}.
@@ -374,7 +436,13 @@ for s = 0, 1 do
   local rec = redis.call('HGET', KEYS[k + 2], rid)
   out[s + 1] = 0
   if rec then
-    local _, t, u = parse(rec)
+    local _, t, u, b = parse(rec)
+    if b and s == 1 then
+      -- The same move in the balance: reserved -> actual, and settled for reconciliation.
+      add(KEYS[9], 'reserved_micros', -u)
+      redis.call('HINCRBY', KEYS[9], 'used_micros', ARGV[3])
+      redis.call('HINCRBY', KEYS[9], 'settled_micros', ARGV[3])
+    end
     redis.call('HDEL', KEYS[k + 2], rid)
     redis.call('ZREM', KEYS[k + 1], rid)
     add(KEYS[k + 3], 'reserved_tokens', -t)
@@ -445,6 +513,23 @@ return 1
 )
 
 
+# KEYS: the organisation's prepaid balance. ARGV: 1 credited micros, 2 authority used micros (the
+# usage Postgres has ingested from prepaid_since on), 3 newly ingested micros (of that usage).
+# used = authority + what was settled here but is not ingested yet, as for a month; reserved_micros
+# (requests in flight) is never written. Writing credited_micros is what makes the hash present:
+# until then a prepaid reserve fails closed (code 12).
+_SET_BALANCE = (
+    _LUA_COMMON
+    + """
+redis.call('HINCRBY', KEYS[1], 'ingested_micros', ARGV[3])
+local m = redis.call('HMGET', KEYS[1], 'settled_micros', 'ingested_micros')
+local pm = math.max(0, num(m[1]) - num(m[2]))
+redis.call('HSET', KEYS[1], 'credited_micros', ARGV[1], 'used_micros', int(tonumber(ARGV[2]) + pm))
+return 1
+"""
+)
+
+
 class Limiter:
     """Contract 3: the data plane's limiter. One instance per gateway replica is enough; it
     holds no state of its own beyond the registered scripts.
@@ -468,6 +553,7 @@ class Limiter:
         self._settle = redis.register_script(_SETTLE)
         self._set_used = redis.register_script(_SET_USED)
         self._renew = redis.register_script(_RENEW)
+        self._set_balance = redis.register_script(_SET_BALANCE)
 
     # -- key layout ----------------------------------------------------------------------------
     def _scope(self, scope: Scope, ident: str) -> str:
@@ -477,6 +563,9 @@ class Limiter:
 
     def _month_key(self, scope: Scope, ident: str, month: str) -> str:
         return f"{self._scope(scope, ident)}month:{month}"
+
+    def _balance_key(self, org_id: str) -> str:
+        return f"{self._scope('org', org_id)}balance"
 
     # -- the API -------------------------------------------------------------------------------
     async def reserve(
@@ -489,6 +578,7 @@ class Limiter:
         tokens: int,
         spend: Decimal,
         request_id: str,
+        prepaid: bool = False,
         now: float | None = None,
     ) -> Reservation | Refusal:
         """Check every limit of both scopes and, only if all pass, record the request: one
@@ -502,6 +592,13 @@ class Limiter:
         Idempotent: a call that repeats a pending reservation exactly (the Redis client's retry
         of a call whose reply came too late, after Redis had run it) returns that reservation
         again and counts nothing twice (``vlinders_gateway_reserve_replays_total``).
+
+        ``prepaid``: the organisation pays from a prepaid balance (``set_balance``), one more
+        budget checked and recorded in the same script: admitted only if ``used + reserved +
+        spend <= credited``. A refusal by the balance is reported before any other (waiting
+        does not help) as ``"org.prepaid_balance"`` with ``retry_after=None``; a balance Redis
+        does not hold (lost, not reconciled yet) as ``"org.balance_unavailable"`` with a short
+        ``retry_after``: the platform's fault, not the tenant's.
         """
         if tokens < 0:
             raise ValueError("tokens must not be negative")
@@ -522,6 +619,7 @@ class Limiter:
                 f"{base}pending",
                 f"{base}month:{month}",
             ]
+        keys.append(self._balance_key(org_id))
         lease_expires_at = now + self.lease_seconds
         args: list[str | int] = [
             repr(now),
@@ -536,6 +634,7 @@ class Limiter:
             _ttl(max(IDLE_TTL_SECONDS, 2 * self.lease_seconds)),
             *key_limits._script_args(),
             *org_limits._script_args(),
+            1 if prepaid else 0,
         ]
         reply = await self._call("reserve", self._reserve, keys, args)
         status = int(reply[0])
@@ -562,8 +661,17 @@ class Limiter:
                 lease_expires_at=lease_expires_at,
                 rate=rate,
             )
+        codes = [int(code) for code in reply[20:]]
+        if BALANCE_UNAVAILABLE in codes or BALANCE_EXHAUSTED in codes:
+            unavailable = BALANCE_UNAVAILABLE in codes
+            return Refusal(
+                limit="org.balance_unavailable" if unavailable else "org.prepaid_balance",
+                scope="org",
+                retry_after=TRANSIENT_RETRY_SECONDS if unavailable else None,
+                rate=rate,
+            )
         waits: list[tuple[float, str, Scope]] = []
-        for code in reply[20:]:
+        for code in codes:
             s, index = divmod(int(code) - 1, 5)
             wait = _retry_after(
                 index, counters[s], limits[s], frac, tokens, micros, month_end - now
@@ -610,6 +718,7 @@ class Limiter:
                 f"{base}month:{reservation.month}",
                 f"{base}tpm:{reservation.minute}",
             ]
+        keys.append(self._balance_key(reservation.org_id))
         args: list[str | int] = [
             reservation.request_id,
             prompt_tokens + completion_tokens,
@@ -721,6 +830,49 @@ class Limiter:
         await self._call(
             "set_month_used", self._set_used, [self._month_key(scope, ident, month)], args
         )
+
+    async def balance(self, org_id: str) -> BalanceState | None:
+        """The prepaid balance's counters of an organisation as the gateway enforces them, or
+        ``None`` when Redis holds none (never published, or lost and not reconciled yet)."""
+        values = await self._call_plain(
+            "balance",
+            self.redis.hmget(self._balance_key(org_id), list(_BALANCE_FIELDS)),
+        )
+        if values[0] is None:
+            return None
+        credited, used, reserved, settled, ingested = (int(v or 0) for v in values)
+        return BalanceState(credited, used, reserved, settled, ingested)
+
+    async def set_balance(
+        self,
+        org_id: str,
+        *,
+        credited: Decimal,
+        used: Decimal,
+        ingested_micros: int = 0,
+    ) -> None:
+        """Reconcile an organisation's prepaid balance with the authority (Postgres):
+        ``credited`` is every credit entry's sum, ``used`` the cost of the usage ingested from
+        ``prepaid_since`` on, ``ingested_micros`` what the batch being reconciled newly inserted
+        of that usage (each event's micro-units, as settles rounded them).
+
+        The same rule as :meth:`set_month_used`: ``used`` becomes the authority plus what was
+        settled here but is not ingested yet, so the ingest lag never frees balance; reserved
+        (requests in flight) is never touched. Credited is rounded down, used up, so the limiter
+        never lets more through than Postgres would. Writing it is what makes the balance
+        present: until then a prepaid reserve fails closed as ``balance_unavailable``. The hash
+        has no expiry (a balance has no month)."""
+        if ingested_micros < 0:
+            raise ValueError("micro-unit counts must not be negative")
+        if used < 0:
+            raise ValueError("used must not be negative")
+        args = [
+            # A balance adjusted below zero admits nothing, as zero does.
+            to_micros(max(credited, Decimal(0)), rounding=ROUND_FLOOR),
+            to_micros(used),
+            ingested_micros,
+        ]
+        await self._call("set_balance", self._set_balance, [self._balance_key(org_id)], args)
 
     # -- plumbing ------------------------------------------------------------------------------
     async def _call(self, operation: str, script: Any, keys: list[str], args: list[Any]) -> Any:
