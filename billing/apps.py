@@ -10,4 +10,7 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         # Celery's autodiscovery imports only ``billing.tasks``; the beat tasks live apart.
-        from billing import periodic  # noqa: F401
+        from billing import (
+            periodic,  # noqa: F401
+            stripe_tasks,  # noqa: F401
+        )

@@ -25,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing import selectors, spend
+from billing import dunning, selectors, spend, stripe_sync
 from billing.models import Invoice, InvoiceAdjustment, InvoiceLine, InvoiceSequence, PlanPrice
 from tenants.audit import audit_record
 from tenants.models import Organization
@@ -99,6 +99,9 @@ def invoice_finalise(
                 "subtotal": invoice.subtotal,
             },
         )
+        # Stripe collects it: pushed by a task once this transaction commits (nothing without
+        # Stripe; beat retries what was not pushed). docs/billing.md, "Stripe".
+        stripe_sync.push_on_commit(invoice.pk)
         return FinaliseOutcome(invoice, created=True)
 
 
@@ -158,15 +161,34 @@ def _set_status(
         return invoice
 
 
-def invoice_mark_paid(*, invoice_id: Any, actor: Any) -> Invoice:
-    """An open invoice paid (by staff, or later by Stripe's webhook). Idempotent."""
-    return _set_status(
-        invoice_id=invoice_id,
-        actor=actor,
-        status=Invoice.Status.PAID,
-        allowed_from={Invoice.Status.OPEN},
-        action="invoice.paid",
-    )
+def invoice_mark_paid(
+    *, invoice_id: Any, actor: Any, paid_at: datetime | None = None, now: datetime | None = None
+) -> Invoice:
+    """An open or past-due invoice paid (by staff in the admin, with or without Stripe, or by
+    Stripe's ``invoice.paid`` webhook with ``paid_at`` from Stripe). Idempotent. Ends the
+    invoice's dunning and, in the same transaction, lifts the organisation's payment suspension
+    when nothing else is past due beyond the grace (docs/billing.md, "Dunning")."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        if invoice.status == Invoice.Status.PAID:
+            return invoice
+        if invoice.status not in (Invoice.Status.OPEN, Invoice.Status.PAST_DUE):
+            raise InvoiceImmutable(f"A {invoice.status} invoice cannot become paid.")
+        before = invoice.status
+        invoice.status = Invoice.Status.PAID
+        invoice.paid_at = paid_at or timezone.now()
+        invoice.payment_failed_at = None
+        invoice.save(update_fields=["status", "paid_at", "payment_failed_at"])
+        audit_record(
+            organization=invoice.organization,
+            actor=actor,
+            action="invoice.paid",
+            target=invoice,
+            before={"status": before},
+            after={"status": invoice.status},
+        )
+        dunning.reactivate_if_settled(invoice.organization_id, actor=actor, now=now)
+        return invoice
 
 
 def invoice_void(*, invoice_id: Any, actor: Any) -> Invoice:

@@ -46,6 +46,15 @@ ACTIONS: tuple[str, ...] = (
     "invoice.voided",
     "invoice.credit_created",
     "invoice.charge_created",
+    # Stripe, top-ups and dunning (docs/billing.md, "Stripe" and "Dunning")
+    "invoice.pushed",
+    "invoice.past_due",
+    "organization.payment_suspended",
+    "organization.payment_reactivated",
+    "stripe.customer_created",
+    "topup.started",
+    "topup.completed",
+    "topup.expired",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.
