@@ -2,6 +2,7 @@
 
 from django.urls import re_path
 
+from billing.api.document_views import DocumentViewSet
 from billing.api.invoice_views import InvoiceViewSet
 from billing.api.views import UsageViewSet
 from tenants.api.urls import ORG
@@ -20,4 +21,26 @@ urlpatterns = [
         InvoiceViewSet.as_view({"get": "retrieve"}),
         name="invoice-detail",
     ),
+    # --- Billing documents (docs/billing.md, "Documents") ---
+    re_path(
+        rf"^{ORG}/invoices/(?P<number>[0-9]+|upcoming)/pdf/$",
+        DocumentViewSet.as_view({"get": "invoice_pdf"}),
+        name="invoice-pdf",
+    ),
+    re_path(
+        rf"^{ORG}/invoices/(?P<number>[0-9]+|upcoming)/csv/$",
+        DocumentViewSet.as_view({"get": "invoice_csv"}),
+        name="invoice-csv",
+    ),
+    re_path(
+        rf"^{ORG}/statements/(?P<month>[^/]+)/csv/$",
+        DocumentViewSet.as_view({"get": "statement_csv"}),
+        name="statement-csv",
+    ),
+    re_path(
+        rf"^{ORG}/statements/(?P<month>[^/]+)/pdf/$",
+        DocumentViewSet.as_view({"get": "statement_pdf"}),
+        name="statement-pdf",
+    ),
+    # --- end of Billing documents ---
 ]
