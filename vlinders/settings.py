@@ -492,6 +492,37 @@ CELERY_BEAT_SCHEDULE["finalise-invoices"] = {
 }
 # --- end of Invoices -----------------------------------------------------------------------------
 
+# --- Stripe and dunning (docs/billing.md, "Stripe" and "Dunning") --------------------------------
+# Without a secret key nothing calls Stripe: invoices are still finalised and staff mark them paid.
+STRIPE_SECRET_KEY = _env("STRIPE_SECRET_KEY", "")
+# The signing secret of the webhook endpoint (whsec_...): /stripe/webhook/ refuses events without it.
+STRIPE_WEBHOOK_SECRET = _env("STRIPE_WEBHOOK_SECRET", "")
+# Seconds a webhook's signed timestamp may be old (replays older than this are refused).
+STRIPE_WEBHOOK_TOLERANCE_S = int(_env("STRIPE_WEBHOOK_TOLERANCE_S", "300"))
+# Stripe's API address; the tests point it at their local test double.
+STRIPE_API_BASE = _env("STRIPE_API_BASE", "https://api.stripe.com")
+# Days a pushed invoice gives the organisation to pay on Stripe's hosted page.
+STRIPE_INVOICE_DAYS_UNTIL_DUE = int(_env("STRIPE_INVOICE_DAYS_UNTIL_DUE", "14"))
+# Top-ups of prepaid organisations through Stripe Checkout: bounds of one top-up (USD).
+VLINDERS_TOPUP_MIN = _env("VLINDERS_TOPUP_MIN", "5.00")
+VLINDERS_TOPUP_MAX = _env("VLINDERS_TOPUP_MAX", "10000.00")
+# Seconds after a failed payment before the organisation's keys are suspended.
+VLINDERS_DUNNING_GRACE_S = int(_env("VLINDERS_DUNNING_GRACE_S", str(7 * 24 * 3600)))
+# Retry unpushed invoices and unprocessed webhook events; suspend past their grace.
+CELERY_BEAT_SCHEDULE["stripe-push-invoices"] = {
+    "task": "billing.stripe_push_pending",
+    "schedule": float(_env("VLINDERS_STRIPE_RETRY_SECONDS", "300")),
+}
+CELERY_BEAT_SCHEDULE["stripe-process-events"] = {
+    "task": "billing.stripe_process_pending_events",
+    "schedule": float(_env("VLINDERS_STRIPE_RETRY_SECONDS", "300")),
+}
+CELERY_BEAT_SCHEDULE["dunning-suspend"] = {
+    "task": "billing.dunning_suspend_due",
+    "schedule": float(_env("VLINDERS_DUNNING_CHECK_SECONDS", "900")),
+}
+# --- end of Stripe and dunning -------------------------------------------------------------------
+
 # --- Billing documents (docs/billing.md, "Documents") --------------------------------------------
 # The seller on invoices and statements. The address is multi-line: separate lines with "\n".
 VLINDERS_SELLER_NAME = _env("VLINDERS_SELLER_NAME", "Vlinders")
