@@ -13,9 +13,10 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from billing import services, spend
+from billing import prepaid_services, services, spend
 from billing.ingest import dead_letter_replay
 from billing.models import (
+    CreditEntry,
     DeadLetterBatch,
     Invoice,
     InvoiceAdjustment,
@@ -24,6 +25,8 @@ from billing.models import (
     UsageEvent,
     UsageRollup,
 )
+from tenants.admin import OrganizationAdmin
+from tenants.models import BillingMode, Organization
 from vlinders.admin_base import ReadOnlyAdmin
 
 
@@ -242,3 +245,91 @@ class InvoiceAdjustmentAdmin(admin.ModelAdmin[InvoiceAdjustment]):
         )
         obj.pk, obj.amount, obj.created_by = created.pk, created.amount, created.created_by
         obj._state.adding = False
+
+
+# --- Prepaid credit (docs/billing.md, "Prepaid") -------------------------------------------------
+class CreditAdjustmentForm(forms.ModelForm):  # type: ignore[type-arg]
+    """A staff adjustment: the organisation, a signed amount and the reason (``description``)."""
+
+    amount = forms.DecimalField(
+        max_digits=16,
+        decimal_places=6,
+        help_text="Signed, USD: positive credits the balance, negative debits it.",
+    )
+    description = forms.CharField(label="Reason", max_length=300)
+
+    class Meta:
+        model = CreditEntry
+        fields = ["organization", "amount", "description"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            prepaid_services.credit_adjust_check(
+                data.get("amount") or Decimal(0), data.get("description", "")
+            )
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from exc
+        return data
+
+
+@admin.register(CreditEntry)
+class CreditEntryAdmin(admin.ModelAdmin[CreditEntry]):
+    """The credit ledger: top-ups (written by the Stripe webhook) and adjustments. Entries are
+    never edited or deleted; staff add adjustments here, through the audited service
+    (``prepaid_services.credit_adjust``), which also republishes the gateway's balance."""
+
+    form = CreditAdjustmentForm
+    list_display = ["organization", "kind", "amount", "description", "reference", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["organization__slug", "reference"]
+    list_select_related = ["organization"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: CreditEntry, form: Any, change: bool) -> None:
+        created = prepaid_services.credit_adjust(
+            obj.organization, form.cleaned_data["amount"], obj.description, request.user
+        )
+        obj.pk, obj.kind, obj.reference = created.pk, created.kind, created.reference
+        obj.amount, obj.created_by = created.amount, created.created_by
+        obj._state.adding = False
+
+
+# The billing mode is switched by actions on the organisation's admin page (tenants.admin), added
+# from here because tenants must not import billing (the apps' layering); the mode field itself
+# is read-only there, so every switch goes through the audited service.
+def _set_mode(request: HttpRequest, queryset: QuerySet[Organization], mode: str) -> int:
+    changed = 0
+    for org in queryset:
+        before = org.billing_mode
+        prepaid_services.billing_mode_set(org, mode, request.user)
+        changed += before != mode
+    return changed
+
+
+@admin.action(description="Make selected organisations prepaid (they spend a credit balance)")
+def make_prepaid(
+    modeladmin: admin.ModelAdmin[Organization],
+    request: HttpRequest,
+    queryset: QuerySet[Organization],
+) -> None:
+    changed = _set_mode(request, queryset, BillingMode.PREPAID)
+    modeladmin.message_user(request, f"{changed} organisation(s) made prepaid.", messages.SUCCESS)
+
+
+@admin.action(description="Make selected organisations postpaid (invoiced monthly)")
+def make_postpaid(
+    modeladmin: admin.ModelAdmin[Organization],
+    request: HttpRequest,
+    queryset: QuerySet[Organization],
+) -> None:
+    changed = _set_mode(request, queryset, BillingMode.POSTPAID)
+    modeladmin.message_user(request, f"{changed} organisation(s) made postpaid.", messages.SUCCESS)
+
+
+OrganizationAdmin.actions = [*(OrganizationAdmin.actions or ()), make_prepaid, make_postpaid]

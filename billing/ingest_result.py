@@ -5,6 +5,7 @@ alerts, live dashboards). Only *newly inserted* events count here; duplicates ad
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 
@@ -30,6 +31,9 @@ class IngestResult:
     ``ingested`` maps ``(scope, id, month)`` (scope ``"org"`` or ``"key"``) to ``[tokens,
     micros]`` newly inserted, counted as the gateway's limiter settled them (prompt + completion
     tokens; each event's cost in micro-units rounded up), for ``Limiter.set_month_used``.
+    ``ingested_hours`` maps ``(org_id, hour)`` (the event's UTC hour, aware) to the micro-units
+    newly inserted in that hour, counted the same way: the prepaid balances count only the hours
+    from an organisation's ``prepaid_since`` (``billing.prepaid.ingested_since``).
     """
 
     received: int = 0
@@ -38,6 +42,7 @@ class IngestResult:
     keys: set[tuple[str, str]] = field(default_factory=set)
     months: set[str] = field(default_factory=set)
     ingested: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    ingested_hours: dict[tuple[str, datetime], int] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:

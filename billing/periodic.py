@@ -8,20 +8,24 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing import alerts, retention, services, spend
+from billing import alerts, prepaid, retention, services, spend
 
 
 @shared_task(name="billing.reconcile_spend", ignore_result=True)
 def reconcile_spend() -> dict[str, int]:
     """Rewrite the limiter's month counters of every organisation and key with usage this month
-    from Postgres (repairs a Redis that restarted empty, corrects reclaimed leases), check their
-    budget alerts (a lowered budget alerts without new usage), and retry unsent alert e-mails."""
+    from Postgres (repairs a Redis that restarted empty, corrects reclaimed leases), and the
+    balance of every prepaid organisation (so a lost balance hash is back within one interval),
+    check their budget alerts (a lowered budget alerts without new usage), and retry unsent
+    alert e-mails."""
     usage = spend.reconcile_active()
+    balances = prepaid.reconcile_balances()
     created = alerts.check(usage)
     sent = alerts.notify_pending()
     return {
         "organizations": len(usage.orgs),
         "keys": len(usage.keys),
+        "prepaid_balances": balances,
         "alerts": len(created),
         "emails_retried": sent,
     }

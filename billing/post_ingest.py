@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from billing import alerts, live, spend
+from billing import alerts, live, prepaid, spend
 from billing.ingest_result import IngestResult
 from billing.spend import MonthUsage
 
@@ -20,7 +20,8 @@ def after_batch(result: IngestResult) -> None:
     months its events fall in. The steps, each isolated from the others' failures:
 
     1. read those scopes' month-to-date usage from the rollups and write it to the limiter's
-       Redis counters (``billing.spend``);
+       Redis counters (``billing.spend``), and the prepaid balances of the prepaid organisations
+       in it, with what the batch inserted from each one's ``prepaid_since`` (``billing.prepaid``);
     2. check the current month's usage against budgets, creating alerts (``billing.alerts``);
     3. push live updates to the dashboards (``billing.live``).
     """
@@ -44,6 +45,12 @@ def after_batch(result: IngestResult) -> None:
         )
     except Exception:
         logger.exception("after_batch: reconciling the budget counters failed")
+    try:
+        ingested = prepaid.ingested_since(result.ingested_hours)
+        if ingested:
+            prepaid.reconcile_balances(ingested.keys(), ingested=ingested)
+    except Exception:
+        logger.exception("after_batch: reconciling the prepaid balances failed")
     if this_month is not None:
         try:
             alerts.check(this_month)

@@ -47,6 +47,8 @@ class OrganizationAdmin(admin.ModelAdmin[Organization]):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
     actions = ["suspend", "reactivate"]
+    # Switched by the billing app's actions, through its audited service (billing/admin.py).
+    readonly_fields = ["billing_mode"]
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
         """The admin's form writes the row itself; it is audited like the services' writes (the

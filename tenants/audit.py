@@ -55,6 +55,9 @@ ACTIONS: tuple[str, ...] = (
     "topup.started",
     "topup.completed",
     "topup.expired",
+    # Prepaid billing (docs/billing.md, "Prepaid")
+    "organization.billing_mode_changed",
+    "credit.adjusted",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.
