@@ -10,6 +10,14 @@ The parser is strict where money or identity is concerned (``cost`` must be a de
 that a ``numeric(24, 12)`` holds exactly, ids must be UUIDs, ``schema`` must be 1) and lenient
 where the contract allows it: unknown extra keys are ignored (a producer may add fields within a
 schema version), and the nullable fields may be missing as well as ``null``.
+
+The prices an event was served at (``price_input_per_mtok``/``price_output_per_mtok``) were added
+to schema 1 as nullable fields, by that rule: an event of an older gateway (or one replayed from
+a spool written before) has neither and is stored with ``NULL`` prices; a newer event has both or
+neither (no model ran). When it has them, its ``cost`` must be exactly what its token counts cost
+at them: that identity is what lets an invoice show "quantity times unit price" lines whose sum is
+the sum of the events' cost (``billing.selectors.invoice_draft``), so an event that breaks it is
+refused (parked in a dead letter) rather than stored with prices that do not explain its cost.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 from django.db.models import CharField
 
 from billing.models import UsageEvent
+from inference.serving.pricing import cost as cost_at
 
 SCHEMA_VERSION = 1
 ENDPOINTS = frozenset({"chat.completions", "completions", "embeddings"})
@@ -34,6 +43,10 @@ MIN_STATUS, MAX_STATUS = 100, 599
 # cost is numeric(24, 12): at most 12 decimal places and 12 integer digits, stored exactly.
 COST_PLACES = 12
 COST_LIMIT = Decimal(10) ** (24 - COST_PLACES)
+# Prices are numeric(12, 6): USD per million tokens, at most 6 decimal places and 6 integer digits.
+PRICE_PLACES = 6
+PRICE_LIMIT = Decimal(10) ** (12 - PRICE_PLACES)
+PRICE_FIELDS = ("price_input_per_mtok", "price_output_per_mtok")
 
 
 def _max_length(name: str) -> int:
@@ -70,6 +83,9 @@ class UsageRecord:
     ttft_ms: float | None
     started_at: dt.datetime
     http_request_id: str
+    # USD per million tokens the cost was computed at; both None for an event without them.
+    price_input_per_mtok: Decimal | None = None
+    price_output_per_mtok: Decimal | None = None
 
     @property
     def rollup_model(self) -> str:
@@ -153,22 +169,40 @@ def _uuid(event: Mapping[str, Any], name: str) -> uuid.UUID:
         raise InvalidEvent(f"{name}: {value[:80]!r} is not a UUID") from None
 
 
-def _cost(event: Mapping[str, Any]) -> Decimal:
-    value = event.get("cost")
-    # A string only: a JSON float has already lost the exact amount.
+def _decimal(event: Mapping[str, Any], name: str, places: int, limit: Decimal) -> Decimal:
+    """A non-negative decimal *string* that a column of ``places`` decimal places below ``limit``
+    holds exactly (a JSON float has already lost the exact amount)."""
+    value = event.get(name)
     if not isinstance(value, str):
-        raise InvalidEvent(f"cost: expected a decimal string, got {type(value).__name__}")
+        raise InvalidEvent(f"{name}: expected a decimal string, got {type(value).__name__}")
     try:
-        cost = Decimal(value)
+        amount = Decimal(value)
     except InvalidOperation:
-        raise InvalidEvent(f"cost: {value[:80]!r} is not a decimal") from None
-    if not cost.is_finite() or cost < 0 or cost >= COST_LIMIT:
-        raise InvalidEvent(f"cost: {value[:80]!r} is not in 0..{COST_LIMIT}")
-    exponent = cost.as_tuple().exponent
+        raise InvalidEvent(f"{name}: {value[:80]!r} is not a decimal") from None
+    if not amount.is_finite() or amount < 0 or amount >= limit:
+        raise InvalidEvent(f"{name}: {value[:80]!r} is not in 0..{limit}")
+    exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)  # finite
-    if exponent < -COST_PLACES and cost != cost.quantize(Decimal(1).scaleb(-COST_PLACES)):
-        raise InvalidEvent(f"cost: {value[:80]!r} has more than {COST_PLACES} decimal places")
-    return cost
+    if exponent < -places and amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise InvalidEvent(f"{name}: {value[:80]!r} has more than {places} decimal places")
+    return amount
+
+
+def _cost(event: Mapping[str, Any]) -> Decimal:
+    return _decimal(event, "cost", COST_PLACES, COST_LIMIT)
+
+
+def _prices(event: Mapping[str, Any]) -> tuple[Decimal | None, Decimal | None]:
+    """The two prices, both or neither (missing and ``null`` alike: an older gateway's event)."""
+    present = [event.get(name) is not None for name in PRICE_FIELDS]
+    if not any(present):
+        return None, None
+    if not all(present):
+        raise InvalidEvent("price_input_per_mtok, price_output_per_mtok: one without the other")
+    return (
+        _decimal(event, "price_input_per_mtok", PRICE_PLACES, PRICE_LIMIT),
+        _decimal(event, "price_output_per_mtok", PRICE_PLACES, PRICE_LIMIT),
+    )
 
 
 def _started_at(event: Mapping[str, Any]) -> dt.datetime:
@@ -199,6 +233,18 @@ def parse_event(raw: object) -> UsageRecord:
     stream = raw.get("stream")
     if not isinstance(stream, bool):
         raise InvalidEvent(f"stream: expected a boolean, got {type(stream).__name__}")
+    prompt_tokens = _int(raw, "prompt_tokens", 0, MAX_TOKENS)
+    completion_tokens = _int(raw, "completion_tokens", 0, MAX_TOKENS)
+    cost = _cost(raw)
+    price_in, price_out = _prices(raw)
+    if price_in is not None and price_out is not None:
+        expected = cost_at(
+            prompt_tokens, completion_tokens, input_per_mtok=price_in, output_per_mtok=price_out
+        )
+        if cost != expected:
+            raise InvalidEvent(
+                f"cost: {cost} is not what the tokens cost at the event's prices ({expected})"
+            )
     return UsageRecord(
         request_id=_text(raw, "request_id"),
         org_id=_uuid(raw, "org_id"),
@@ -210,14 +256,16 @@ def parse_event(raw: object) -> UsageRecord:
         status=_int(raw, "status", MIN_STATUS, MAX_STATUS),
         error_type=_text(raw, "error_type", nullable=True),
         finish_reason=_text(raw, "finish_reason", nullable=True),
-        prompt_tokens=_int(raw, "prompt_tokens", 0, MAX_TOKENS),
-        completion_tokens=_int(raw, "completion_tokens", 0, MAX_TOKENS),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         cached_tokens=_int(raw, "cached_tokens", 0, MAX_TOKENS),
-        cost=_cost(raw),
+        cost=cost,
         latency_ms=_number(raw, "latency_ms"),
         ttft_ms=_optional_number(raw, "ttft_ms"),
         started_at=_started_at(raw),
         http_request_id=_text(raw, "http_request_id", nullable=True),
+        price_input_per_mtok=price_in,
+        price_output_per_mtok=price_out,
     )
 
 

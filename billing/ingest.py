@@ -9,7 +9,9 @@ and tests all go through it. For one batch, in ONE database transaction:
 2. request ids repeated inside the batch are dropped (the first one counts);
 3. events are inserted with ``ON CONFLICT (request_id) DO NOTHING RETURNING request_id``, which
    tells exactly which ones are new (``billing.ingest_sql``);
-4. only those new events are added to the hourly rollups (one upsert row per group).
+4. only those new events are added to the hourly rollups (one upsert row per group: organisation,
+   hour, key, served model and the two prices the events were served at, ``NULL`` for events
+   that carried none).
 
 Since the events and their rollup increments commit together, and an event can be inserted only
 once, a redelivered batch (same or overlapping) adds nothing: either the first delivery committed
@@ -67,7 +69,14 @@ def store_records(records: Sequence[UsageRecord]) -> IngestResult:
     groups: dict[RollupKey, Totals] = {}
     for request_id in inserted_ids:
         record = unique[request_id]
-        key = (record.org_id, record.hour, record.key_id, record.rollup_model)
+        key = (
+            record.org_id,
+            record.hour,
+            record.key_id,
+            record.rollup_model,
+            record.price_input_per_mtok,
+            record.price_output_per_mtok,
+        )
         _add(groups.setdefault(key, Totals()), record)
         org = str(record.org_id)
         _add(result.by_org.setdefault(org, Totals()), record)

@@ -4,8 +4,11 @@
   the database itself says which rows it inserted (an event already stored, by an earlier
   delivery or by a concurrent worker, is simply not returned). That set, not the batch, is what
   the rollups get.
-* :func:`upsert_rollups` — ``INSERT … ON CONFLICT (organization_id, hour, api_key_id, model)
-  DO UPDATE SET col = col + excluded.col``: one row per distinct group, added to what is there.
+* :func:`upsert_rollups` — ``INSERT … ON CONFLICT (organization_id, hour, api_key_id, model,
+  price_input_per_mtok, price_output_per_mtok) DO UPDATE SET col = col + excluded.col``: one row
+  per distinct group, added to what is there. The prices are part of the key (an event without
+  them has ``NULL`` prices; the unique constraint is ``NULLS NOT DISTINCT`` so those rows conflict
+  too on Postgres; see migration billing 0004 for SQLite).
 
 Both must run inside the caller's transaction. Rows are written in a fixed order (events by
 request id, groups by key) so that two workers ingesting overlapping batches take their row locks
@@ -26,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -37,8 +41,8 @@ from billing.events import UsageRecord
 from billing.ingest_result import Totals
 from billing.models import UsageEvent, UsageRollup
 
-# (organization id, hour, api key id, rollup model)
-RollupKey = tuple[uuid.UUID, dt.datetime, uuid.UUID, str]
+# (organization id, hour, api key id, rollup model, input price, output price)
+RollupKey = tuple[uuid.UUID, dt.datetime, uuid.UUID, str, Decimal | None, Decimal | None]
 
 EVENT_FIELDS = (
     "request_id",
@@ -60,8 +64,17 @@ EVENT_FIELDS = (
     "started_at",
     "http_request_id",
     "received_at",
+    "price_input_per_mtok",
+    "price_output_per_mtok",
 )
-ROLLUP_KEY_FIELDS = ("organization", "hour", "api_key", "model")
+ROLLUP_KEY_FIELDS = (
+    "organization",
+    "hour",
+    "api_key",
+    "model",
+    "price_input_per_mtok",
+    "price_output_per_mtok",
+)
 ROLLUP_SUM_FIELDS = (
     "requests",
     "errors",
@@ -161,11 +174,27 @@ def insert_events(records: Sequence[UsageRecord], received_at: dt.datetime) -> s
             record.started_at,
             record.http_request_id,
             received_at,
+            record.price_input_per_mtok,
+            record.price_output_per_mtok,
         )
         for record in sorted(records, key=lambda record: record.request_id)
     ]
     tail = f"ON CONFLICT ({pk}) DO NOTHING RETURNING {pk}"
     return {row[0] for row in _insert(UsageEvent, EVENT_FIELDS, rows, tail)}
+
+
+def _lock_order(key: RollupKey) -> tuple[str, dt.datetime, str, str, Decimal, Decimal]:
+    """The order rows are upserted in (the same in every worker); no prices sort first."""
+    org_id, hour, key_id, model, price_in, price_out = key
+    none = Decimal(-1)
+    return (
+        str(org_id),
+        hour,
+        str(key_id),
+        model,
+        none if price_in is None else price_in,
+        none if price_out is None else price_out,
+    )
 
 
 def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
@@ -182,10 +211,7 @@ def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
     )
     rows = [
         (
-            org_id,
-            hour,
-            key_id,
-            model,
+            *key,
             totals.requests,
             totals.errors,
             totals.prompt_tokens,
@@ -193,10 +219,7 @@ def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
             totals.cached_tokens,
             totals.cost,
         )
-        for (org_id, hour, key_id, model), totals in sorted(
-            groups.items(),
-            key=lambda item: (str(item[0][0]), item[0][1], str(item[0][2]), item[0][3]),
-        )
+        for key, totals in sorted(groups.items(), key=lambda item: _lock_order(item[0]))
     ]
     tail = f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
     _insert(UsageRollup, ROLLUP_KEY_FIELDS + ROLLUP_SUM_FIELDS, rows, tail)

@@ -106,11 +106,32 @@ class UsageRollup(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
     cost = cost_field(default=0)
+    # The prices the requests were served at (USD per million tokens): part of the row's key, so
+    # a price change within an hour starts a new row and ``tokens * price`` stays exact per row.
+    # Empty for events that carried no prices (older gateways). Migration billing 0004.
+    price_input_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    price_output_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
 
     class Meta:
         constraints = [
+            # NULLS NOT DISTINCT (Postgres 15+): rows without prices share one row per group, and
+            # the ingest's ON CONFLICT finds it. SQLite ignores the option and may keep several
+            # such rows; every reader sums rollups (SUM over the group), so they still add up.
             models.UniqueConstraint(
-                fields=["organization", "hour", "api_key", "model"], name="usage_rollup_unique"
+                fields=[
+                    "organization",
+                    "hour",
+                    "api_key",
+                    "model",
+                    "price_input_per_mtok",
+                    "price_output_per_mtok",
+                ],
+                name="usage_rollup_unique",
+                nulls_distinct=False,
             )
         ]
         indexes = [models.Index(fields=["hour"], name="usage_rollup_hour")]

@@ -110,6 +110,11 @@ class UsageEvent:
     ttft_ms: float | None
     started_at: str
     http_request_id: str | None = None
+    # The prices ``cost`` was computed at (USD per million tokens, the requesting organisation's
+    # plan price of ``served_model``); ``None`` when no model was routed. Added to schema 1:
+    # consumers ignore keys they do not know, and read an event without them as price-less.
+    price_input_per_mtok: Decimal | None = None
+    price_output_per_mtok: Decimal | None = None
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,11 +136,17 @@ class UsageEvent:
             "cached_tokens": self.cached_tokens,
             # A decimal string, never a float, never exponent notation.
             "cost": format(self.cost, "f"),
+            "price_input_per_mtok": _decimal_text(self.price_input_per_mtok),
+            "price_output_per_mtok": _decimal_text(self.price_output_per_mtok),
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "started_at": self.started_at,
             "http_request_id": self.http_request_id,
         }
+
+
+def _decimal_text(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
 
 
 class UsageEmitter:

@@ -56,12 +56,22 @@ def make_gateway_event(rng: random.Random | None = None, **overrides: Any) -> Ga
         "completion_tokens": completion,
         "cached_tokens": prompt // 4,
         "cost": cost,
+        # The prices the cost is at (none where no model was routed), as the gateway sends them.
+        "price_input_per_mtok": Decimal("0.15") if status != 400 else None,
+        "price_output_per_mtok": Decimal("0.60") if status != 400 else None,
         "latency_ms": rng.uniform(5, 3000),
         "ttft_ms": rng.uniform(1, 200) if status == 200 else None,
         "started_at": utc_iso(started.timestamp()),
         "http_request_id": uuid.uuid4().hex,
     }
     fields.update(overrides)
+    if "price_input_per_mtok" not in overrides and fields["price_input_per_mtok"] is not None:
+        prompt, completion = fields["prompt_tokens"], fields["completion_tokens"]
+        at_prices = (prompt * Decimal("0.15") + completion * Decimal("0.60")) / 10**6
+        if Decimal(fields["cost"]) != at_prices:
+            # A test that set its own cost gets an event without prices (as a gateway from
+            # before the prices were in the event sent them): its cost stays what it said.
+            fields["price_input_per_mtok"] = fields["price_output_per_mtok"] = None
     return GatewayEvent(**fields)
 
 

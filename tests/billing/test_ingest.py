@@ -188,7 +188,8 @@ def test_replay_ingests_a_dead_letter_once() -> None:
 
 def test_replay_keeps_what_is_still_invalid_pending() -> None:
     events = make_events(4, seed=9)
-    bad = {**make_event(), "cost": 1.5}
+    # Without prices, so the fixed cost below need not be what the tokens cost at them.
+    bad = {**make_event(), "cost": 1.5, "price_input_per_mtok": None, "price_output_per_mtok": None}
     dead = DeadLetterBatch.objects.create(events=[*events, bad], error="x", attempts=1)
     outcome = dead_letter_replay(dead_letter_id=dead.pk)
     assert (outcome.result.inserted, outcome.still_invalid, outcome.replayed) == (4, 1, False)

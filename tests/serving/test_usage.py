@@ -189,6 +189,9 @@ def test_message_is_a_celery_task_by_name_with_every_field(spool: Path, queue: s
         completion_tokens=0,
         cached_tokens=4,
         ttft_ms=None,
+        cost=Decimal("0.0000055"),
+        price_input_per_mtok=Decimal("0.500000"),
+        price_output_per_mtok=Decimal("1.5"),
     )
     usage = emitter(spool, queue, flush_interval=0.05)
 
@@ -220,7 +223,10 @@ def test_message_is_a_celery_task_by_name_with_every_field(spool: Path, queue: s
         "prompt_tokens": 11,
         "completion_tokens": 0,
         "cached_tokens": 4,
-        "cost": "0.000012345678",
+        "cost": "0.0000055",
+        # The prices the cost is at, decimal strings as given (11 tokens x 0.5 / 1M).
+        "price_input_per_mtok": "0.500000",
+        "price_output_per_mtok": "1.5",
         "latency_ms": 12.5,
         "ttft_ms": None,
         "started_at": event.started_at,
