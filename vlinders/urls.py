@@ -7,6 +7,8 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from billing.webhooks import stripe_webhook
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers. (Readiness of Postgres/Redis is checked by ``check``.)"""
@@ -32,6 +34,8 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("healthz", healthz, name="healthz"),
+    # Stripe's signed webhooks (billing.webhooks; csrf-exempt, POST only).
+    path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("", include("console.urls")),
 ]
 

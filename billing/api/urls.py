@@ -4,6 +4,7 @@ from django.urls import re_path
 
 from billing.api.document_views import DocumentViewSet
 from billing.api.invoice_views import InvoiceViewSet
+from billing.api.topup_views import TopUpViewSet
 from billing.api.views import UsageViewSet
 from tenants.api.urls import ORG
 
@@ -20,6 +21,12 @@ urlpatterns = [
         rf"^{ORG}/invoices/(?P<number>[0-9]+)/$",
         InvoiceViewSet.as_view({"get": "retrieve"}),
         name="invoice-detail",
+    ),
+    # Top-ups of prepaid organisations (Stripe Checkout).
+    re_path(
+        rf"^{ORG}/topups/$",
+        TopUpViewSet.as_view({"get": "list", "post": "create"}),
+        name="topup-list",
     ),
     # --- Billing documents (docs/billing.md, "Documents") ---
     re_path(
