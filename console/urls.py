@@ -6,7 +6,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from console import views
-from console.pages import account, audit, keys, overview, people, playground, requests, usage
+from console.pages import (
+    account,
+    audit,
+    keys,
+    overview,
+    people,
+    playground,
+    requests,
+    staff_billing,
+    usage,
+)
 
 app_name = "console"
 
@@ -23,5 +33,6 @@ urlpatterns = [
     path("orgs/<slug:slug>/", include(people.urlpatterns)),
     path("orgs/<slug:slug>/", include(playground.urlpatterns)),
     path("staff/usage/", views.staff_usage, name="staff-usage"),
+    path("staff/", include(staff_billing.urlpatterns)),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

@@ -4,6 +4,7 @@ from django.urls import re_path
 
 from billing.api.document_views import DocumentViewSet
 from billing.api.invoice_views import InvoiceViewSet
+from billing.api.report_views import MarginReportView, RevenueReportView
 from billing.api.topup_views import TopUpViewSet
 from billing.api.views import UsageViewSet
 from tenants.api.urls import ORG
@@ -50,4 +51,8 @@ urlpatterns = [
         name="statement-pdf",
     ),
     # --- end of Billing documents ---
+    # --- Operator reports, staff only (docs/billing.md, "Operator reports") ---
+    re_path(r"^staff/reports/revenue/$", RevenueReportView.as_view(), name="staff-report-revenue"),
+    re_path(r"^staff/reports/margin/$", MarginReportView.as_view(), name="staff-report-margin"),
+    # --- end of Operator reports ---
 ]
