@@ -9,6 +9,7 @@ from console import views
 from console.pages import (
     account,
     audit,
+    billing,
     keys,
     overview,
     people,
@@ -32,6 +33,7 @@ urlpatterns = [
     path("orgs/<slug:slug>/", include(audit.urlpatterns)),
     path("orgs/<slug:slug>/", include(people.urlpatterns)),
     path("orgs/<slug:slug>/", include(playground.urlpatterns)),
+    path("orgs/<slug:slug>/", include(billing.urlpatterns)),
     path("staff/usage/", views.staff_usage, name="staff-usage"),
     path("staff/", include(staff_billing.urlpatterns)),
     path("invitations/<str:token>/", views.invitation, name="invitation"),

@@ -173,11 +173,7 @@ class InvoiceDocument:
 
     @property
     def payable(self) -> bool:
-        """Whether a "pay" link belongs on it: finalised, unpaid, with a payment page."""
-        return bool(self.invoice.payment_url) and self.invoice.status in (
-            Invoice.Status.OPEN,
-            Invoice.Status.PAST_DUE,
-        )
+        return is_payable(self.invoice)
 
     @property
     def filename_stem(self) -> str:
@@ -219,6 +215,21 @@ def is_past_due(invoice: Invoice, now: datetime | None = None) -> bool:
         return True
     now = now or timezone.now()
     return invoice.status == Invoice.Status.OPEN and bool(invoice.due_at and invoice.due_at < now)
+
+
+def is_payable(invoice: Invoice) -> bool:
+    """Whether a "pay" link belongs with it: finalised, unpaid, with a payment page."""
+    return bool(invoice.payment_url) and invoice.status in (
+        Invoice.Status.OPEN,
+        Invoice.Status.PAST_DUE,
+    )
+
+
+def status_label(invoice: Invoice, now: datetime | None = None) -> str:
+    """The status a tenant reads: past due as soon as ``is_past_due``."""
+    if is_past_due(invoice, now):
+        return STATUS_LABELS[Invoice.Status.PAST_DUE]
+    return STATUS_LABELS.get(Invoice.Status(invoice.status), invoice.status)
 
 
 def buyer_of(organization: Organization) -> Buyer:
