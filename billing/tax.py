@@ -1,6 +1,7 @@
-"""The tax rule of invoices, written once: every document (PDF, CSV, the console) and the Stripe
-push compute an invoice's tax with ``tax_of``, so what a tenant reads and what Stripe collects
-are the same amount.
+"""The tax rule of invoices, written once: the documents (PDF, CSV) and the console compute an
+invoice's tax with ``tax_of``, and the Stripe push is to charge it with the same function, so
+what a tenant reads and what Stripe collects are the same amount (docs/billing.md, "Tax": the
+push does not add tax yet).
 
 Tax is configured by ``VLINDERS_TAX_NAME`` and ``VLINDERS_TAX_RATE_PERCENT`` (default none: no
 tax line anywhere). It applies to an invoice's ``total`` (the exact subtotal already rounded once

@@ -531,7 +531,7 @@ VLINDERS_SELLER_ADDRESS = _env(
 )
 VLINDERS_SELLER_EMAIL = _env("VLINDERS_SELLER_EMAIL", "billing@vlinders.example")
 VLINDERS_SELLER_TAX_ID = _env("VLINDERS_SELLER_TAX_ID", "")
-# Tax on invoices (billing/tax.py, also what the Stripe push charges): none unless a rate is set.
+# Tax on invoices (billing/tax.py; docs/billing.md "Tax"): none unless a rate is set.
 VLINDERS_TAX_NAME = _env("VLINDERS_TAX_NAME", "")
 VLINDERS_TAX_RATE_PERCENT = _env("VLINDERS_TAX_RATE_PERCENT", "")
 # --- end of Billing documents --------------------------------------------------------------------
