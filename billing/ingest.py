@@ -87,6 +87,8 @@ def store_records(records: Sequence[UsageRecord]) -> IngestResult:
             counts = result.ingested.setdefault(counter, [0, 0])
             counts[0] += tokens
             counts[1] += micros
+        hour = (org, record.hour)
+        result.ingested_hours[hour] = result.ingested_hours.get(hour, 0) + micros
     upsert_rollups(groups)
     result.inserted = len(inserted_ids)
     return result

@@ -4,6 +4,7 @@ from django.urls import re_path
 
 from billing.api.document_views import DocumentViewSet
 from billing.api.invoice_views import InvoiceViewSet
+from billing.api.prepaid_views import PrepaidViewSet
 from billing.api.report_views import MarginReportView, RevenueReportView
 from billing.api.topup_views import TopUpViewSet
 from billing.api.views import UsageViewSet
@@ -51,6 +52,10 @@ urlpatterns = [
         name="statement-pdf",
     ),
     # --- end of Billing documents ---
+    # --- Prepaid balance (docs/billing.md, "Prepaid") ---
+    re_path(rf"^{ORG}/balance/$", PrepaidViewSet.as_view({"get": "balance"}), name="balance"),
+    re_path(rf"^{ORG}/ledger/$", PrepaidViewSet.as_view({"get": "ledger"}), name="ledger"),
+    # --- end of Prepaid balance ---
     # --- Operator reports, staff only (docs/billing.md, "Operator reports") ---
     re_path(r"^staff/reports/revenue/$", RevenueReportView.as_view(), name="staff-report-revenue"),
     re_path(r"^staff/reports/margin/$", MarginReportView.as_view(), name="staff-report-margin"),
