@@ -5,6 +5,7 @@ raw events within their retention period."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from django.conf import settings
-from django.db.models import F, Func, Q, QuerySet, Sum
+from django.db.models import F, Func, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
-from billing import spend
+from billing import prepaid, spend
 from billing.models import (
     BudgetAlert,
     Invoice,
@@ -27,6 +28,8 @@ from billing.models import (
     UsageRollup,
 )
 from tenants.models import ApiKey, Organization
+
+logger = logging.getLogger(__name__)
 
 Granularity = Literal["day", "hour"]
 # The dimensions a report may be grouped by, in their fixed column order, and their fields.
@@ -403,14 +406,120 @@ def plan_monthly_fee(plan: str) -> Decimal:
     return row if row is not None else Decimal(0)
 
 
+MILLION = Decimal(1_000_000)
+
+
+def _usage_lines(organization: Organization, start: datetime, end: datetime) -> list[InvoiceLine]:
+    """The usage lines of a month, from its hourly rollups grouped by served model and by the
+    prices the requests were served at (part of the rollup's key), models by name, a model's
+    prices in the order they were first charged in the month.
+
+    A group with prices gives an input-tokens line and an output-tokens line: quantity (tokens),
+    unit price (USD per million) and amount = quantity x price / 1,000,000, exact. Their sum is
+    the group's cost, the exact sum of its events' cost, because an event's cost *is* its tokens
+    at those prices (``billing.events`` refuses one whose cost is not). Should a group ever
+    disagree (it cannot through the ingest), it is billed as one line of its stored cost, logged:
+    the invoice's total always equals the sum of the events' cost.
+
+    Usage metered without prices (events of gateways before the prices were in the event) gives
+    one line per model with its amount and no unit price. A line of no tokens is left out, and so
+    are requests that never reached a model (no tokens, no cost).
+    """
+    groups = (
+        _rollups(organization, start, end)
+        .values("model", "price_input_per_mtok", "price_output_per_mtok")
+        .annotate(
+            requests=Sum("requests"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+            cost=Sum("cost"),
+            first_hour=Min("hour"),
+        )
+    )
+    rows = sorted(
+        groups,
+        key=lambda row: (
+            row["model"],
+            row["price_input_per_mtok"] is not None,
+            row["first_hour"],
+            row["price_input_per_mtok"] or 0,
+            row["price_output_per_mtok"] or 0,
+        ),
+    )
+    lines: list[InvoiceLine] = []
+    for row in rows:
+        model, cost = row["model"], row["cost"]
+        prompt, completion = int(row["prompt"]), int(row["completion"])
+        if not prompt and not completion and not cost:
+            continue  # requests that never reached a model: nothing to bill
+        usage = {
+            "kind": InvoiceLine.Kind.USAGE,
+            "model": model,
+            "requests": int(row["requests"]),
+            "cached_tokens": int(row["cached"]),
+        }
+        price_in, price_out = row["price_input_per_mtok"], row["price_output_per_mtok"]
+        if price_in is not None and price_out is not None:
+            priced = [
+                ("input_tokens", "input", prompt, price_in),
+                ("output_tokens", "output", completion, price_out),
+            ]
+            amounts = [quantity * price / MILLION for _, _, quantity, price in priced]
+            if sum(amounts, Decimal(0)) == cost:
+                for (unit, word, quantity, price), amount in zip(priced, amounts, strict=True):
+                    if not quantity:
+                        continue
+                    lines.append(
+                        InvoiceLine(
+                            **usage,
+                            description=f"{model or 'no model'}: {quantity:,} {word} tokens at "
+                            f"{price} USD per million",
+                            input_tokens=quantity if unit == "input_tokens" else 0,
+                            output_tokens=quantity if unit == "output_tokens" else 0,
+                            unit=unit,
+                            quantity=quantity,
+                            unit_price_per_mtok=price,
+                            amount=amount,
+                        )
+                    )
+                    # Requests and cached tokens are counted once, on the model's first line.
+                    usage |= {"requests": 0, "cached_tokens": 0}
+                continue
+            logger.error(
+                "invoice of %s: rollups of %s at %s/%s cost %s, their tokens %s; billed as one "
+                "line of the stored cost",
+                organization.pk,
+                model,
+                price_in,
+                price_out,
+                cost,
+                sum(amounts, Decimal(0)),
+            )
+        lines.append(
+            InvoiceLine(
+                **usage,
+                description=f"{model or 'no model'}: {prompt} input tokens, "
+                f"{completion} output tokens",
+                input_tokens=prompt,
+                output_tokens=completion,
+                amount=cost,
+            )
+        )
+    return lines
+
+
 def invoice_draft(*, organization: Organization, period: str) -> InvoiceDraft:
     """What ``organization``'s invoice for ``period`` holds from the data committed now.
 
-    Usage lines: one per served model, from the hourly rollups of the month (which keep the exact
-    sum of the events' cost, and outlive the raw events). Then the plan's base fee (if the
-    organisation existed before the month ended and the fee is not zero), then the pending
-    credit notes and one-off charges of the month, oldest first. The subtotal is the exact sum;
-    the total is rounded once to cents.
+    Usage lines (``_usage_lines``): per served model and price, input and output tokens with
+    their unit price, from the hourly rollups of the month (which keep the exact sum of the
+    events' cost and the prices they were served at, and outlive the raw events). Then the plan's
+    base fee (if the organisation existed before the month ended and the fee is not zero); then,
+    for a prepaid organisation, "Paid from prepaid credit": minus the month's usage charged to
+    its balance (``billing.prepaid.usage_in``: the hours from ``prepaid_since``); then the
+    pending credit notes and one-off charges of the month, oldest first. The subtotal is the
+    exact sum; the total is rounded once to cents.
     """
     start, end = spend.month_range(period)
     invoice = Invoice(
@@ -421,37 +530,9 @@ def invoice_draft(*, organization: Organization, period: str) -> InvoiceDraft:
         period_start=start,
         period_end=end,
     )
-    lines: list[InvoiceLine] = []
-    usage = (
-        UsageRollup.objects.filter(organization=organization, hour__gte=start, hour__lt=end)
-        .values("model")
-        .annotate(
-            requests=Sum("requests"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cached=Sum("cached_tokens"),
-            cost=Sum("cost"),
-        )
-        .order_by("model")
-    )
-    for row in usage:
-        prompt, completion, cost = int(row["prompt"]), int(row["completion"]), row["cost"]
-        if not prompt and not completion and not cost:
-            continue  # requests that never reached a model: nothing to bill
-        lines.append(
-            InvoiceLine(
-                invoice=invoice,
-                kind=InvoiceLine.Kind.USAGE,
-                description=f"{row['model'] or 'no model'}: {prompt} input tokens, "
-                f"{completion} output tokens",
-                model=row["model"],
-                requests=int(row["requests"]),
-                input_tokens=prompt,
-                output_tokens=completion,
-                cached_tokens=int(row["cached"]),
-                amount=cost,
-            )
-        )
+    lines = _usage_lines(organization, start, end)
+    for line in lines:
+        line.invoice = invoice
     fee = plan_monthly_fee(organization.plan)
     if fee and organization.created_at < end:
         lines.append(
@@ -460,6 +541,16 @@ def invoice_draft(*, organization: Organization, period: str) -> InvoiceDraft:
                 kind=InvoiceLine.Kind.BASE_FEE,
                 description=f"{organization.get_plan_display()} plan, {period}",
                 amount=fee,
+            )
+        )
+    charged_to_credit = prepaid.usage_in(organization, start, end)
+    if charged_to_credit:
+        lines.append(
+            InvoiceLine(
+                invoice=invoice,
+                kind=InvoiceLine.Kind.PREPAID,
+                description=f"Paid from prepaid credit, {period}",
+                amount=-charged_to_credit,
             )
         )
     adjustments = list(

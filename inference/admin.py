@@ -24,6 +24,7 @@ from inference.models import (
     DeploymentRevision,
     ModelAlias,
     ModelDeploymentStatus,
+    PlanModelPrice,
     ReplicaHours,
 )
 from vlinders.admin_base import ReadOnlyAdmin
@@ -107,9 +108,24 @@ class CatalogModelAdminForm(forms.ModelForm):  # type: ignore[type-arg]
             _add_service_errors(self, error)
 
 
+class PlanModelPriceInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The price book's overrides of this model's prices, one row per plan (docs/billing.md,
+    "Price book"). Like the catalog's own prices they reach the gateway with the next apply of
+    the deployment spec (its ``plan_prices``, applied in place: nothing restarts); requests
+    served before keep the prices their usage events carry."""
+
+    model = PlanModelPrice
+    extra = 0
+    fields = ("plan", "price_input_per_mtok", "price_output_per_mtok", "updated_at")
+    readonly_fields = ("updated_at",)
+    verbose_name = "plan price (USD per million tokens)"
+    verbose_name_plural = "plan prices: a plan listed here pays these instead of the catalog's"
+
+
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = CatalogModelAdminForm
+    inlines = (PlanModelPriceInline,)
     list_display = (
         "name",
         "engine_kind",
@@ -176,9 +192,15 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             _adopt(obj, services.catalog_model_create(organizations=organizations, **fields))
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        # The service already set the organisations; only inline formsets (none today) remain.
+        # The service already set the organisations; only the plan prices' formset remains.
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
+            if formset.has_changed():
+                self.message_user(
+                    request,
+                    "Plan prices saved: they apply to requests once the catalog is applied to "
+                    "the data plane (manage.py serve apply).",
+                )
 
     def delete_model(self, request: HttpRequest, obj: CatalogModel) -> None:
         services.catalog_model_delete(model=obj)

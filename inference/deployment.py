@@ -8,10 +8,10 @@ settings and writes nothing, so the same catalog always renders the same ``revis
 
 The config holds one application for the gateway and one per model, each split so that a change
 restarts only what it changes (``inference/serving/spec.py`` says how Serve decides): the
-gateway's routes and prices travel as its ``user_config`` and scaling as deployment options,
-both applied in place; a model's engine and resources are its application's ``args``. No secret
-is in any of it: upstream keys reach the model servers through Redis
-(``inference/upstream_secrets.py``).
+gateway's routes and prices (the catalog's, and each plan's overrides from the price book) travel
+as its ``user_config`` and scaling as deployment options, both applied in place; a model's engine
+and resources are its application's ``args``. No secret is in any of it: upstream keys reach the
+model servers through Redis (``inference/upstream_secrets.py``).
 """
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ def _source(model: CatalogModel) -> dict[str, str]:
     return {}
 
 
+def _plan_prices(model: CatalogModel) -> dict[str, dict[str, str]]:
+    """The price book's overrides of this model, by plan, sorted (``PlanModelPrice``; read from
+    ``plan_prices.all()`` so a prefetch serves it)."""
+    rows = sorted(model.plan_prices.all(), key=lambda row: row.plan)
+    return {
+        row.plan: {
+            "price_input_per_mtok": _price(row.price_input_per_mtok),
+            "price_output_per_mtok": _price(row.price_output_per_mtok),
+        }
+        for row in rows
+    }
+
+
 def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
     """One entry of ``models[]``."""
     return {
@@ -105,6 +118,7 @@ def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
         "context_length": model.context_length,
         "price_input_per_mtok": _price(model.price_input_per_mtok),
         "price_output_per_mtok": _price(model.price_output_per_mtok),
+        "plan_prices": _plan_prices(model),
         "aliases": sorted(aliases),
         "scaling": {
             "min_replicas": model.min_replicas,
@@ -125,7 +139,7 @@ def render_spec() -> dict[str, Any]:
     """The deployment spec (``args``): active catalog models only, sorted by name, each with its
     aliases; the revision last, computed over everything else."""
     models = CatalogModel.objects.filter(status=CatalogModel.Status.ACTIVE).prefetch_related(
-        "aliases"
+        "aliases", "plan_prices"
     )
     spec: dict[str, Any] = {
         "spec_version": SPEC_VERSION,

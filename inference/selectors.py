@@ -6,7 +6,7 @@ from typing import Literal
 
 from django.db.models import Q, QuerySet
 
-from inference.models import CatalogModel, EngineKind, ModelAlias, Visibility
+from inference.models import CatalogModel, EngineKind, ModelAlias, PlanModelPrice, Visibility
 from tenants.catalog import AvailableModel
 from tenants.models import Organization
 
@@ -36,29 +36,40 @@ def model_names_for_organization(organization: Organization) -> list[str]:
 
 def available_models_for_organization(organization: Organization) -> list[AvailableModel]:
     """The models and aliases the organisation may use, with the target's description, context
-    length and prices (an alias is sold at its target's price), sorted by name."""
+    length and prices (an alias is sold at its target's price), sorted by name. The prices are
+    the ones the organisation is charged: its plan's own prices of the model where the price
+    book has them (``PlanModelPrice``), else the catalog's (the gateway's rule,
+    ``RouteSpec.prices_for``)."""
+    own = {
+        row.catalog_model_id: row for row in PlanModelPrice.objects.filter(plan=organization.plan)
+    }
     rows = [
-        _available(model.name, "model", None, model)
+        _available(model.name, "model", None, model, own.get(model.pk))
         for model in models_for_organization(organization)
     ]
     rows += [
-        _available(alias.name, "alias", alias.target.name, alias.target)
+        _available(alias.name, "alias", alias.target.name, alias.target, own.get(alias.target_id))
         for alias in aliases_for_organization(organization)
     ]
     return sorted(rows, key=lambda row: row.name)
 
 
 def _available(
-    name: str, kind: Literal["model", "alias"], target: str | None, model: CatalogModel
+    name: str,
+    kind: Literal["model", "alias"],
+    target: str | None,
+    model: CatalogModel,
+    own: PlanModelPrice | None = None,
 ) -> AvailableModel:
+    prices: CatalogModel | PlanModelPrice = own if own is not None else model
     return AvailableModel(
         name=name,
         kind=kind,
         target=target,
         description=model.description,
         context_length=model.context_length,
-        price_input_per_mtok=model.price_input_per_mtok,
-        price_output_per_mtok=model.price_output_per_mtok,
+        price_input_per_mtok=prices.price_input_per_mtok,
+        price_output_per_mtok=prices.price_output_per_mtok,
     )
 
 

@@ -73,5 +73,6 @@ def model_names_for_organization(organization: Organization) -> list[str]:
 
 
 def available_models_for_organization(organization: Organization) -> list[AvailableModel]:
-    """The models and aliases ``organization`` may use, with prices, sorted by name."""
+    """The models and aliases ``organization`` may use, with the prices it is charged (its
+    plan's own prices where the price book has them, else the catalog's), sorted by name."""
     return _registered().available_models_for(organization)

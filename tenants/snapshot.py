@@ -133,6 +133,7 @@ def org_record(org: Organization, model_names: list[str], version: int) -> dict[
         "status": "suspended" if org.payment_suspended_at is not None else org.status,
         "suspended_reason": _suspended_reason(org),
         "billing_mode": org.billing_mode,
+        "plan": org.plan,  # the gateway charges this plan's prices (docs/billing.md, Price book)
         "priority": scheduling_priority(org.plan),
         "limits": _limits(org),
         "models": model_names,

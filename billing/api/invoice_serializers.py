@@ -15,7 +15,15 @@ def _exact() -> serializers.DecimalField:
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
+    """A line. A usage line of one token kind at one price has ``unit`` (``input_tokens`` or
+    ``output_tokens``), ``quantity`` (tokens) and ``unit_price_per_mtok`` (USD per million, a
+    decimal string with 6 places): ``amount`` = quantity x price / 1,000,000 exactly. Usage
+    metered without prices, and every other line, has an empty unit, quantity 0 and no price."""
+
     amount = _exact()
+    unit_price_per_mtok = serializers.DecimalField(
+        max_digits=12, decimal_places=6, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = InvoiceLine
@@ -28,6 +36,9 @@ class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
             "input_tokens",
             "output_tokens",
             "cached_tokens",
+            "unit",
+            "quantity",
+            "unit_price_per_mtok",
             "amount",
         ]
         read_only_fields = fields

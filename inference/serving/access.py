@@ -60,6 +60,7 @@ class Principal:
     org_models: frozenset[str]
     key_models: frozenset[str]  # empty: every name the organisation may use
     priority: int = 0  # the plan's engine scheduling priority (lower is served first)
+    plan: str = ""  # the organisation's plan: the price book's prices it is charged (spec.py)
 
     def may_use(self, name: str) -> bool:
         return name in self.org_models and (not self.key_models or name in self.key_models)
@@ -287,6 +288,7 @@ class AccessCache:
                 org_models=frozenset(org.get("models", [])),
                 key_models=frozenset(key.get("allowed_models", [])),
                 priority=int(org.get("priority") or 0),
+                plan=str(org.get("plan") or ""),
             )
         except (KeyError, TypeError, ValueError):
             # A record the control plane should never have written: refuse (fail closed), as

@@ -47,7 +47,7 @@ from inference.serving.access import AccessCache, Principal
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
 from inference.serving.logs import route_to_serve_logs
-from inference.serving.pricing import cost
+from inference.serving.pricing import Prices
 from inference.serving.settle_journal import SettleJournal
 from inference.serving.spec import GatewayArgs, GatewayConfig, RouteSpec
 from inference.serving.usage import UsageEmitter, UsageEvent
@@ -94,6 +94,7 @@ class Call:
     principal: Principal | None = None
     model: str = ""
     target: RouteSpec | None = None
+    prices: Prices | None = None  # what this request is charged at: decided once, when routed
     stream: bool = False
     reservation: Reservation | None = None
     prompt_tokens: int = 0
@@ -317,6 +318,7 @@ class Gateway:
             parsed = requests.parse(requests.parse_json(await self._read_body(request)), endpoint)
             call.model, call.stream = parsed.model, parsed.stream
             call.target = self._route(call, call.principal, parsed.model)
+            call.prices = call.target.prices_for(call.principal.plan)
             await self._reserve(call, parsed)
             plain, streamed = self.handles[call.target.deployment]
             metrics.IN_FLIGHT.labels(call.model).inc()
@@ -433,12 +435,8 @@ class Gateway:
         prompt, completion = requests.reserved_tokens(
             parsed, context_length=call.target.context_length
         )
-        spend = cost(
-            prompt,
-            completion,
-            input_per_mtok=call.target.price_input_per_mtok,
-            output_per_mtok=call.target.price_output_per_mtok,
-        )
+        assert call.prices is not None
+        spend = call.prices.cost(prompt, completion)
         decision = await self.limiter.reserve(
             key_id=call.principal.key_id,
             org_id=call.principal.org_id,
@@ -581,17 +579,12 @@ class Gateway:
             call.completion_tokens = (
                 call.reserved_completion if call.status == 200 else call.chunks_relayed
             )
-        target = call.target
         # One number for the bill (the event) and the budget (the settle): the price this replica
-        # served the request at.
+        # served the request at, the organisation's plan price (``call.prices``, as reserved).
+        prices = call.prices
         spend = (
-            cost(
-                call.prompt_tokens,
-                call.completion_tokens,
-                input_per_mtok=target.price_input_per_mtok,
-                output_per_mtok=target.price_output_per_mtok,
-            )
-            if target is not None
+            prices.cost(call.prompt_tokens, call.completion_tokens)
+            if prices is not None
             else Decimal(0)
         )
         self._emit(call, latency, spend)
@@ -666,6 +659,8 @@ class Gateway:
                 cached_tokens=call.cached_tokens,
                 cost=spend,
                 latency_ms=latency * 1000,
+                price_input_per_mtok=call.prices.input_per_mtok if call.prices else None,
+                price_output_per_mtok=call.prices.output_per_mtok if call.prices else None,
                 ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
                 started_at=call.started_at,
                 http_request_id=call.http_request_id,

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inference.serving.pricing import Prices
+
 SPEC_VERSION = 1
 
 
@@ -59,6 +61,13 @@ class ResourcesSpec(_Strict):
     accelerator_type: str | None = None
 
 
+class PlanPrice(_Strict):
+    """A plan's own prices of one model (the price book's override of the catalog price)."""
+
+    price_input_per_mtok: Decimal = Field(ge=0)
+    price_output_per_mtok: Decimal = Field(ge=0)
+
+
 class ModelSpec(_Strict):
     name: str
     deployment: str
@@ -68,6 +77,9 @@ class ModelSpec(_Strict):
     context_length: int = Field(ge=1)
     price_input_per_mtok: Decimal = Field(Decimal(0), ge=0)
     price_output_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    # Per plan name (``free``, ``standard``, ``premium``): that plan's prices of this model; a
+    # plan not listed pays the two prices above. Optional: a spec without it has no overrides.
+    plan_prices: dict[str, PlanPrice] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
     scaling: ScalingSpec = ScalingSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -96,8 +108,18 @@ class RouteSpec(_Strict):
     context_length: int = Field(ge=1)
     price_input_per_mtok: Decimal = Field(Decimal(0), ge=0)
     price_output_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    plan_prices: dict[str, PlanPrice] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
     request_timeout_s: float = Field(300.0, gt=0)
+
+    def prices_for(self, plan: str | None) -> Prices:
+        """The prices a request of an organisation on ``plan`` is charged: the plan's own prices
+        of this model if the price book has them, else the catalog's. The one rule: the
+        gateway reserves, settles and writes the usage event at what this returns."""
+        own = self.plan_prices.get(plan) if plan else None
+        if own is not None:
+            return Prices(own.price_input_per_mtok, own.price_output_per_mtok)
+        return Prices(self.price_input_per_mtok, self.price_output_per_mtok)
 
 
 def route_table(models: list[RouteSpec]) -> dict[str, RouteSpec]:

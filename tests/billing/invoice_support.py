@@ -24,14 +24,23 @@ MILLION = Decimal(10**6)
 
 
 def event_at(
-    rng: random.Random, org: Organization, key: ApiKey, started: dt.datetime, price_change: Any
+    rng: random.Random,
+    org: Organization,
+    key: ApiKey,
+    started: dt.datetime,
+    price_change: Any,
+    *,
+    legacy: bool = False,
 ) -> dict[str, Any]:
+    """An event as the gateway sends it, with the prices it was served at (``legacy``: as a
+    gateway from before the prices were in the event sent it, without them)."""
     model = rng.choice(sorted(PRICES))
     ok = rng.random() < 0.9
     prompt = rng.randint(1, 8000) if ok else 0
     completion = rng.randint(0, 2000) if ok and model != "minilm" else 0
     price_in, price_out = PRICES[model][0 if started < price_change else 1]
     cost = (prompt * price_in + completion * price_out) / MILLION if ok else Decimal(0)
+    priced = ok and not legacy
     return make_event(
         rng,
         org_id=str(org.pk),
@@ -44,6 +53,8 @@ def event_at(
         completion_tokens=completion,
         cached_tokens=prompt // 5,
         cost=cost,
+        price_input_per_mtok=price_in if priced else None,
+        price_output_per_mtok=price_out if priced else None,
         started_at=started.isoformat().replace("+00:00", "Z"),
     )
 
@@ -54,9 +65,11 @@ def month_of_events(
     month_start: dt.datetime,
     count: int,
     seed: int = 1,
+    legacy_share: float = 0.0,
 ) -> list[dict[str, Any]]:
     """``count`` events spread over the month and the organisations' keys, with each model's
-    price changing on the 15th at noon; a few in the neighbouring months."""
+    price changing on the 15th at noon; a few in the neighbouring months; ``legacy_share`` of
+    them without prices (an older gateway's, replayed from its spool)."""
     rng = random.Random(seed)
     next_month = (month_start + dt.timedelta(days=32)).replace(day=1)
     change = month_start.replace(day=15, hour=12)
@@ -68,7 +81,8 @@ def month_of_events(
             started = rng.choice([month_start - dt.timedelta(microseconds=1), next_month])
         else:
             started = month_start + dt.timedelta(seconds=rng.uniform(0, span - 1e-3))
-        events.append(event_at(rng, org, rng.choice(keys), started, change))
+        legacy = rng.random() < legacy_share
+        events.append(event_at(rng, org, rng.choice(keys), started, change, legacy=legacy))
     return events
 
 
@@ -94,3 +108,37 @@ def expected_by_model(
         row[1] += event["completion_tokens"]
         row[2] += Decimal(event["cost"])
     return {model: (a, b, c) for model, (a, b, c) in totals.items()}
+
+
+# (model, unit, unit price) -> [quantity, amount]; unit and price None for usage without prices.
+LineKey = tuple[str, str | None, Decimal | None]
+
+
+def expected_lines(
+    events: list[dict[str, Any]], org: Organization, start: dt.datetime, end: dt.datetime
+) -> dict[LineKey, list[Any]]:
+    """The usage lines ``org``'s invoice must have, from the events alone: per served model and
+    price an input-tokens and an output-tokens line (quantity, amount = quantity x price / 1M),
+    one line of the summed cost per model for events without prices; no line of no tokens."""
+    lines: dict[LineKey, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    for event in events:
+        started = dt.datetime.fromisoformat(event["started_at"].replace("Z", "+00:00"))
+        if event["org_id"] != str(org.pk) or not (start <= started < end):
+            continue
+        if not event["served_model"]:
+            continue
+        model = event["served_model"]
+        if event["price_input_per_mtok"] is None:
+            row = lines[(model, None, None)]
+            row[0] += event["prompt_tokens"] + event["completion_tokens"]
+            row[1] += Decimal(event["cost"])
+            continue
+        for unit, tokens, price in (
+            ("input_tokens", event["prompt_tokens"], Decimal(event["price_input_per_mtok"])),
+            ("output_tokens", event["completion_tokens"], Decimal(event["price_output_per_mtok"])),
+        ):
+            if tokens:
+                row = lines[(model, unit, price)]
+                row[0] += tokens
+                row[1] += tokens * price / MILLION
+    return dict(lines)

@@ -47,6 +47,9 @@ def form(**overrides: Any) -> dict[str, Any]:
         "replica_gpus": "0",
         "accelerator_type": "",
         "visibility": "public",
+        # The plan prices' inline formset (tests/inference/test_plan_prices.py): no rows.
+        "plan_prices-TOTAL_FORMS": "0",
+        "plan_prices-INITIAL_FORMS": "0",
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}

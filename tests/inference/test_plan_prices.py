@@ -1,0 +1,201 @@
+"""The price book's per-plan model prices (docs/billing.md, "Price book"): rendered into the
+deployment spec (contract 1) so the gateway charges them, applied in place (nothing restarts),
+edited by staff inline on the catalog model's admin page, shown to each organisation at its own
+plan's price, and the organisation's plan in its access-snapshot record (contract 2)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from inference.deployment import render_applications, render_spec
+from inference.models import PlanModelPrice
+from inference.serving.pricing import Prices
+from inference.serving.spec import DeploymentSpec
+from tenants import services as tenant_services
+from tenants.catalog import available_models_for_organization
+from tenants.snapshot import org_record_name
+from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _override(model: Any, plan: str, price_in: str, price_out: str) -> PlanModelPrice:
+    return PlanModelPrice.objects.create(
+        plan=plan,
+        catalog_model=model,
+        price_input_per_mtok=Decimal(price_in),
+        price_output_per_mtok=Decimal(price_out),
+    )
+
+
+def _spec_model(name: str) -> dict[str, Any]:
+    return next(model for model in render_spec()["models"] if model["name"] == name)
+
+
+def test_the_spec_carries_each_plans_prices_of_a_model() -> None:
+    llama = CatalogModelFactory(name="llama", price_input_per_mtok=Decimal("0.6"))
+    CatalogModelFactory(name="qwen")
+    _override(llama, "premium", "0.5", "0.7")
+    _override(llama, "free", "0.9", "1.2")
+    rendered = _spec_model("llama")
+    assert rendered["price_input_per_mtok"] == "0.600000"
+    # Sorted by plan, decimal strings with 6 places, like the catalog's prices.
+    assert list(rendered["plan_prices"]) == ["free", "premium"]
+    assert rendered["plan_prices"]["premium"] == {
+        "price_input_per_mtok": "0.500000",
+        "price_output_per_mtok": "0.700000",
+    }
+    assert _spec_model("qwen")["plan_prices"] == {}
+
+
+def test_the_gateways_route_charges_the_plans_price_else_the_catalogs() -> None:
+    llama = CatalogModelFactory(
+        name="llama", price_input_per_mtok=Decimal("0.6"), price_output_per_mtok=Decimal("0.8")
+    )
+    ModelAliasFactory(name="gpt-4", target=llama)
+    _override(llama, "premium", "0.5", "0.7")
+    routes = DeploymentSpec.model_validate(render_spec()).gateway_config().routes()
+    for name in ("llama", "gpt-4"):  # an alias is charged its target's prices
+        route = routes[name]
+        assert route.prices_for("premium") == Prices(Decimal("0.5"), Decimal("0.7"))
+        assert route.prices_for("standard") == Prices(Decimal("0.6"), Decimal("0.8"))
+        assert route.prices_for("") == Prices(Decimal("0.6"), Decimal("0.8"))
+    assert routes["llama"].prices_for("premium").cost(1000, 100) == Decimal("0.00057")
+
+
+def test_a_price_override_changes_the_gateways_config_only() -> None:
+    """A new revision to apply, in the gateway's user_config (applied in place by
+    ``reconfigure``): no application's args change, so nothing restarts."""
+    llama = CatalogModelFactory(name="llama")
+    before_spec = render_spec()
+    before = render_applications(before_spec)
+    _override(llama, "premium", "0.5", "0.7")
+    after_spec = render_spec()
+    after = render_applications(after_spec)
+    assert after_spec["revision"] != before_spec["revision"]
+    assert [app["args"] for app in after] == [app["args"] for app in before]
+    gateway = after[0]["deployments"][0]["user_config"]
+    assert gateway["models"][0]["plan_prices"]["premium"]["price_input_per_mtok"] == "0.500000"
+
+
+def test_a_spec_without_plan_prices_is_still_read() -> None:
+    spec = render_spec()
+    for model in spec["models"]:
+        model.pop("plan_prices", None)
+    DeploymentSpec.model_validate(spec)
+
+
+# --- the admin --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff() -> Client:
+    client = Client()
+    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    return client
+
+
+def _change_form(model: Any, rows: list[dict[str, str]], initial: int = 0) -> dict[str, str]:
+    data = {
+        "name": model.name,
+        "description": "",
+        "status": "active",
+        "engine_kind": "synthetic",
+        "source_path": "",
+        "upstream_base_url": "",
+        "upstream_model": "",
+        "upstream_api_key": "",
+        "engine_args": json.dumps(model.engine_args),
+        "context_length": str(model.context_length),
+        "price_input_per_mtok": str(model.price_input_per_mtok),
+        "price_output_per_mtok": str(model.price_output_per_mtok),
+        "min_replicas": "1",
+        "max_replicas": "1",
+        "target_ongoing_requests": "16",
+        "replica_cpus": "1",
+        "replica_gpus": "0",
+        "accelerator_type": "",
+        "visibility": "public",
+        "plan_prices-TOTAL_FORMS": str(len(rows)),
+        "plan_prices-INITIAL_FORMS": str(initial),
+    }
+    for i, row in enumerate(rows):
+        data |= {f"plan_prices-{i}-{field}": value for field, value in row.items()}
+    return data
+
+
+def test_staff_set_and_remove_a_plans_prices_inline(staff) -> None:  # type: ignore[no-untyped-def]
+    llama = CatalogModelFactory(name="llama")
+    url = f"/admin/inference/catalogmodel/{llama.pk}/change/"
+    page = staff.get(url)
+    assert page.status_code == 200
+    assert b"plan_prices-TOTAL_FORMS" in page.content
+    row = {"plan": "premium", "price_input_per_mtok": "0.5", "price_output_per_mtok": "0.7"}
+    response = staff.post(url, _change_form(llama, [row]), follow=True)
+    assert response.status_code == 200
+    assert "serve apply" in response.content.decode()  # staff are told how it takes effect
+    saved = PlanModelPrice.objects.get(catalog_model=llama)
+    assert (saved.plan, saved.price_input_per_mtok) == ("premium", Decimal("0.5"))
+    assert _spec_model("llama")["plan_prices"]["premium"]["price_output_per_mtok"] == "0.700000"
+
+    removal = _change_form(
+        llama, [{**row, "id": str(saved.pk), "catalog_model": str(llama.pk), "DELETE": "on"}], 1
+    )
+    assert staff.post(url, removal).status_code == 302
+    assert not PlanModelPrice.objects.exists()
+    assert _spec_model("llama")["plan_prices"] == {}
+
+
+def test_a_plan_twice_or_a_negative_price_is_a_form_error(staff) -> None:  # type: ignore[no-untyped-def]
+    llama = CatalogModelFactory(name="llama")
+    url = f"/admin/inference/catalogmodel/{llama.pk}/change/"
+    row = {"plan": "premium", "price_input_per_mtok": "0.5", "price_output_per_mtok": "0.7"}
+    twice = staff.post(url, _change_form(llama, [row, row]))
+    assert twice.status_code == 200  # the form again, with the error
+    negative = staff.post(url, _change_form(llama, [{**row, "price_input_per_mtok": "-1"}]))
+    assert negative.status_code == 200
+    assert not PlanModelPrice.objects.exists()
+
+
+# --- what tenants see, and the access snapshot ---------------------------------------------------
+
+
+def test_each_organisation_sees_the_price_it_is_charged() -> None:
+    llama = CatalogModelFactory(name="llama", price_input_per_mtok=Decimal("0.6"))
+    ModelAliasFactory(name="gpt-4", target=llama)
+    _override(llama, "premium", "0.5", "0.7")
+    premium = OrganizationFactory(slug="prem", plan="premium")
+    standard = OrganizationFactory(slug="std", plan="standard")
+    seen = {
+        (org.slug, row.name): (row.price_input_per_mtok, row.price_output_per_mtok)
+        for org in (premium, standard)
+        for row in available_models_for_organization(org)
+    }
+    assert seen[("prem", "llama")] == seen[("prem", "gpt-4")] == (Decimal("0.5"), Decimal("0.7"))
+    assert seen[("std", "llama")] == seen[("std", "gpt-4")] == (Decimal("0.6"), Decimal("1.5"))
+
+
+def test_the_models_api_shows_the_organisations_own_price(as_owner, org) -> None:  # type: ignore[no-untyped-def]
+    llama = CatalogModelFactory(name="llama", price_input_per_mtok=Decimal("0.6"))
+    org.plan = "premium"
+    org.save()
+    _override(llama, "premium", "0.5", "0.7")
+    rows = {row["name"]: row for row in as_owner.get(f"/api/v1/orgs/{org.slug}/models/").json()}
+    assert rows["llama"]["price_input_per_mtok"] == "0.500000"
+    assert rows["llama"]["price_output_per_mtok"] == "0.700000"
+
+
+def test_the_snapshot_tells_the_gateway_the_organisations_plan(org, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from tenants.models import Organization
+    from tenants.snapshot import publish_organizations
+
+    publish_organizations(Organization.objects.filter(pk=org.pk))
+    assert json.loads(redis_client.get(org_record_name(org.id)))["plan"] == org.plan
+    tenant_services.organization_set_plan(organization=org, plan="premium")
+    publish_organizations(Organization.objects.filter(pk=org.pk))
+    assert json.loads(redis_client.get(org_record_name(org.id)))["plan"] == "premium"
