@@ -357,7 +357,11 @@ local replay = held == 2
 local state, refused, reclaimed = {}, {}, 0
 for s = 0, 1 do
   local k, a = s * 7, 10 + s * 5
-  local n = reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now, s == 1 and KEYS[15] or nil)
+  -- Expired prepaid reservations leave the balance too (the org scope's, whatever this
+  -- request's own mode: the organisation may have switched since).
+  local bal = nil
+  if s == 1 then bal = KEYS[15] end
+  local n = reclaim(KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], month, now, bal)
   -- Counted in the org scope only: every reservation has exactly one organisation lease, and
   -- every reserve that touches its key also touches its organisation, so this counts each
   -- reclaimed reservation exactly once.

@@ -278,3 +278,18 @@ def test_an_expired_lease_is_counted_as_used_in_the_balance() -> None:
         assert not await lim.settle(crashed, prompt_tokens=1, completion_tokens=1, spend=Decimal(1))
 
     run(body, lease_seconds=60)
+
+
+def test_a_postpaid_reserve_reclaims_an_expired_prepaid_lease_into_the_balance() -> None:
+    """The organisation went back to postpaid while a prepaid request's gateway died: the next
+    reserve (postpaid now) still moves that reservation out of the balance's reserved."""
+
+    async def body(lim: Limiter, _: aioredis.Redis) -> None:
+        await lim.set_balance("o1", credited=Decimal(5), used=Decimal(0))
+        assert isinstance(await reserve(lim, "2", now=NOW), Reservation)
+        assert isinstance(await reserve(lim, "9", prepaid=False, now=NOW + 61), Reservation)
+        state = await lim.balance("o1")
+        assert state is not None
+        assert (state.used_micros, state.reserved_micros) == (2_000_000, 0)
+
+    run(body, lease_seconds=60)
