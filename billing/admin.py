@@ -333,3 +333,73 @@ def make_postpaid(
 
 
 OrganizationAdmin.actions = [*(OrganizationAdmin.actions or ()), make_prepaid, make_postpaid]
+
+# --- Stripe and dunning (docs/billing.md, "Stripe" and "Dunning") ---
+# Invoices show their payment state and Stripe id, and can be pushed to Stripe again; Stripe's
+# customers, top-ups and webhook events are read-only (Stripe and the webhook write them), and an
+# event that failed can be processed again once the cause is fixed.
+import stripe  # noqa: E402
+
+from billing import stripe_client, stripe_events, stripe_sync  # noqa: E402
+from billing.models import StripeCustomer, StripeEvent, TopUp  # noqa: E402
+
+InvoiceAdmin.list_display = [
+    *InvoiceAdmin.list_display,
+    "due_at",
+    "payment_failed_at",
+    "stripe_invoice_id",
+]
+
+
+@admin.action(description="Push the selected open invoices to Stripe")
+def push_to_stripe(
+    modeladmin: admin.ModelAdmin[Invoice], request: HttpRequest, queryset: QuerySet[Invoice]
+) -> None:
+    if not stripe_client.configured():
+        modeladmin.message_user(request, "Payments are not configured.", messages.ERROR)
+        return
+    pushed = 0
+    for invoice in queryset:
+        try:
+            if stripe_sync.invoice_push(invoice.pk).payment_url:
+                pushed += 1
+        except stripe.StripeError as exc:
+            modeladmin.message_user(request, f"{invoice}: {exc}", messages.ERROR)
+    modeladmin.message_user(request, f"{pushed} invoice(s) on Stripe.", messages.SUCCESS)
+
+
+InvoiceAdmin.actions = [*(InvoiceAdmin.actions or ()), push_to_stripe]
+
+
+@admin.register(StripeCustomer)
+class StripeCustomerAdmin(ReadOnlyAdmin):
+    list_display = ["organization", "customer_id", "email", "created_at"]
+    search_fields = ["organization__slug", "=customer_id", "email"]
+
+
+@admin.register(TopUp)
+class TopUpAdmin(ReadOnlyAdmin):
+    list_display = ["organization", "amount", "status", "created_at", "completed_at"]
+    list_filter = ["status"]
+    search_fields = ["organization__slug", "=stripe_session_id"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "type", "stripe_created", "received_at", "processed_at", "attempts"]
+    list_filter = ["type", ("processed_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=event_id", "type"]
+    actions = ["process_again"]
+
+    @admin.action(description="Process the selected unprocessed events now")
+    def process_again(self, request: HttpRequest, queryset: QuerySet[StripeEvent]) -> None:
+        done = 0
+        for event in queryset.filter(processed_at__isnull=True):
+            try:
+                done += int(stripe_events.process(event.event_id))
+            except Exception as exc:
+                self.message_user(request, f"{event.event_id}: {exc}", messages.ERROR)
+        self.message_user(request, f"{done} event(s) processed.", messages.SUCCESS)
+
+
+# --- end of Stripe and dunning ---

@@ -236,3 +236,26 @@ def test_without_stripe_nothing_is_pushed_and_staff_mark_paid(
     paid = services.invoice_mark_paid(invoice_id=invoice.pk, actor=UserFactory(is_staff=True))
     assert paid.status == Invoice.Status.PAID
     assert paid.paid_at is not None
+
+
+def test_staff_push_an_invoice_from_the_admin_and_see_stripe_rows(stripe_double, client):  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = services.invoice_finalise(
+        organization_id=org.pk, period=PERIOD, now=END + dt.timedelta(hours=2)
+    ).invoice
+    assert invoice is not None
+    client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    response = client.post(
+        "/admin/billing/invoice/",
+        {"action": "push_to_stripe", "_selected_action": [str(invoice.pk)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "1 invoice(s) on Stripe." in response.content.decode()
+    pushed = Invoice.objects.get(pk=invoice.pk)
+    assert pushed.payment_url
+    listing = client.get("/admin/billing/invoice/").content.decode()
+    assert pushed.stripe_invoice_id in listing
+    for page in ("stripecustomer", "topup", "stripeevent"):
+        assert client.get(f"/admin/billing/{page}/").status_code == 200
