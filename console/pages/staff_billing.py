@@ -66,6 +66,19 @@ class Table:
     rows: list[tuple[list[Any], str | None]]
     footer: list[Any] | None = None
 
+    @property
+    def columns(self) -> list[tuple[str, bool]]:
+        return list(zip(self.headers, self.numeric, strict=True))
+
+    @property
+    def shown(self) -> list[tuple[list[tuple[Any, bool]], str | None]]:
+        """The rows for the template: each cell with whether it is a number column."""
+        return [(list(zip(cells, self.numeric, strict=True)), link) for cells, link in self.rows]
+
+    @property
+    def shown_footer(self) -> list[tuple[Any, bool]]:
+        return list(zip(self.footer or [], self.numeric, strict=True))
+
 
 class Figure(str):
     """A number the page formatted itself (exact decimal text): written to the CSV as it is,
@@ -174,7 +187,7 @@ def models_table(period: reports.Period) -> Table:
                     row.completion_tokens,
                     _money(row.revenue),
                     _money(row.revenue_per_mtok),
-                    _money(row.replica_hours),
+                    _money(row.replica_hours) if row.in_catalog else "",
                     _money(row.cost_per_replica_hour),
                     _money(row.cost),
                     _money(row.cost_per_mtok),

@@ -5,6 +5,7 @@ catalog's ``cost_per_replica_hour`` through the staff API and the admin. Times a
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -196,3 +197,40 @@ def test_the_admin_shows_the_cost_and_the_replica_hours() -> None:
     assert b'name="cost_per_replica_hour"' in page.content
     ReplicaHours.objects.create(catalog_model=model, hour=T0.replace(minute=0, second=0))
     assert client.get("/admin/inference/replicahours/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_reconcilers_at_once_count_an_interval_once(unreachable) -> None:  # type: ignore[no-untyped-def]
+    """The status rows are locked before they are read: the second reconciler waits for the
+    first to commit, then starts from its observation (0 replicas now), adding nothing."""
+    from django.db import connection
+
+    model = CatalogModelFactory()
+    ModelDeploymentStatus.objects.create(
+        catalog_model=model, deployment="d", state="running", replicas_running=3
+    )
+    seen_at = datetime.now(UTC) - timedelta(seconds=12)
+    ModelDeploymentStatus.objects.filter(catalog_model=model).update(updated_at=seen_at)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            deployment_reconcile()
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    total = ReplicaHours.objects.filter(catalog_model=model).aggregate(s=Sum("replica_seconds"))
+    # One interval (from the old observation to the first reconciler's) at 3 replicas, not two:
+    # at most 3 x the time up to the last observation, which two counts would exceed.
+    last = ModelDeploymentStatus.objects.get(catalog_model=model).updated_at
+    assert 36.0 <= total["s"] <= 3 * (last - seen_at).total_seconds() + 1e-6
