@@ -5,10 +5,11 @@
   delivery or by a concurrent worker, is simply not returned). That set, not the batch, is what
   the rollups get.
 * :func:`upsert_rollups` — ``INSERT … ON CONFLICT (organization_id, hour, api_key_id, model,
-  price_input_per_mtok, price_output_per_mtok) DO UPDATE SET col = col + excluded.col``: one row
-  per distinct group, added to what is there. The prices are part of the key (an event without
-  them has ``NULL`` prices; the unique constraint is ``NULLS NOT DISTINCT`` so those rows conflict
-  too on Postgres; see migration billing 0004 for SQLite).
+  price_input_per_mtok, price_output_per_mtok) WHERE price_input_per_mtok IS NOT NULL DO UPDATE
+  SET col = col + excluded.col``: one row per distinct group and prices, added to what is there.
+  Usage without prices (events of older gateways) goes through a second statement of the same
+  shape on ``(organization_id, hour, api_key_id, model) WHERE price_input_per_mtok IS NULL``:
+  the two partial unique constraints of migration billing 0004, which SQLite has too.
 
 Both must run inside the caller's transaction. Rows are written in a fixed order (events by
 request id, groups by key) so that two workers ingesting overlapping batches take their row locks
@@ -67,14 +68,8 @@ EVENT_FIELDS = (
     "price_input_per_mtok",
     "price_output_per_mtok",
 )
-ROLLUP_KEY_FIELDS = (
-    "organization",
-    "hour",
-    "api_key",
-    "model",
-    "price_input_per_mtok",
-    "price_output_per_mtok",
-)
+ROLLUP_GROUP_FIELDS = ("organization", "hour", "api_key", "model")
+ROLLUP_PRICE_FIELDS = ("price_input_per_mtok", "price_output_per_mtok")
 ROLLUP_SUM_FIELDS = (
     "requests",
     "errors",
@@ -198,13 +193,28 @@ def _lock_order(key: RollupKey) -> tuple[str, dt.datetime, str, str, Decimal, De
 
 
 def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
-    """Add each group's totals to its hourly rollup row, creating the row if needed."""
-    if not groups:
-        return
+    """Add each group's totals to its hourly rollup row, creating the row if needed: first the
+    groups without prices, then the priced ones, each sorted (the same lock order in every
+    worker)."""
+    ordered = sorted(groups.items(), key=lambda item: _lock_order(item[0]))
+    unpriced = [(key[:4], totals) for key, totals in ordered if key[4] is None]
+    priced = [(key, totals) for key, totals in ordered if key[4] is not None]
+    if unpriced:
+        _upsert(ROLLUP_GROUP_FIELDS, "IS NULL", unpriced)
+    if priced:
+        _upsert(ROLLUP_GROUP_FIELDS + ROLLUP_PRICE_FIELDS, "IS NOT NULL", priced)
+
+
+def _upsert(
+    key_fields: tuple[str, ...], price_condition: str, groups: list[tuple[tuple[Any, ...], Totals]]
+) -> None:
+    """One upsert of ``groups`` (key in the order of ``key_fields``), its conflict target the
+    partial unique constraint whose predicate is ``price_input_per_mtok <price_condition>``."""
     db = connections[DEFAULT_DB_ALIAS]
     quote = db.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
-    conflict = ", ".join(quote(f.column) for f in _fields(UsageRollup, ROLLUP_KEY_FIELDS))
+    conflict = ", ".join(quote(f.column) for f in _fields(UsageRollup, key_fields))
+    price = quote(UsageRollup._meta.get_field("price_input_per_mtok").column)
     updates = ", ".join(
         f"{quote(f.column)} = {table}.{quote(f.column)} + EXCLUDED.{quote(f.column)}"
         for f in _fields(UsageRollup, ROLLUP_SUM_FIELDS)
@@ -219,7 +229,7 @@ def upsert_rollups(groups: dict[RollupKey, Totals]) -> None:
             totals.cached_tokens,
             totals.cost,
         )
-        for key, totals in sorted(groups.items(), key=lambda item: _lock_order(item[0]))
+        for key, totals in groups
     ]
-    tail = f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
-    _insert(UsageRollup, ROLLUP_KEY_FIELDS + ROLLUP_SUM_FIELDS, rows, tail)
+    tail = f"ON CONFLICT ({conflict}) WHERE {price} {price_condition} DO UPDATE SET {updates}"
+    _insert(UsageRollup, key_fields + ROLLUP_SUM_FIELDS, rows, tail)

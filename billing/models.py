@@ -118,9 +118,9 @@ class UsageRollup(models.Model):
 
     class Meta:
         constraints = [
-            # NULLS NOT DISTINCT (Postgres 15+): rows without prices share one row per group, and
-            # the ingest's ON CONFLICT finds it. SQLite ignores the option and may keep several
-            # such rows; every reader sums rollups (SUM over the group), so they still add up.
+            # Two partial constraints instead of one with NULLS NOT DISTINCT, which SQLite lacks
+            # (Django creates none there): one row per group and prices, and one per group for
+            # usage without prices. The ingest's upserts name one of them each (ingest_sql.py).
             models.UniqueConstraint(
                 fields=[
                     "organization",
@@ -130,11 +130,30 @@ class UsageRollup(models.Model):
                     "price_input_per_mtok",
                     "price_output_per_mtok",
                 ],
+                condition=models.Q(price_input_per_mtok__isnull=False),
                 name="usage_rollup_unique",
-                nulls_distinct=False,
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "hour", "api_key", "model"],
+                condition=models.Q(price_input_per_mtok__isnull=True),
+                name="usage_rollup_unique_unpriced",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    price_input_per_mtok__isnull=True, price_output_per_mtok__isnull=True
+                )
+                | models.Q(price_input_per_mtok__isnull=False, price_output_per_mtok__isnull=False),
+                name="usage_rollup_prices_both_or_neither",
+            ),
         ]
-        indexes = [models.Index(fields=["hour"], name="usage_rollup_hour")]
+        indexes = [
+            models.Index(fields=["hour"], name="usage_rollup_hour"),
+            # The readers' path (an organisation's hours, by key and model), which the partial
+            # unique indexes cannot serve: a query without a price condition may not use them.
+            models.Index(
+                fields=["organization", "hour", "api_key", "model"], name="usage_rollup_org_hour"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.organization_id} {self.hour:%Y-%m-%d %H}h {self.model}"

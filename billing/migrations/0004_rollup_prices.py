@@ -1,11 +1,15 @@
 """The hourly rollup's key gains the prices the requests were served at (docs/billing.md,
 "Invoices"): an invoice line is then "tokens times unit price" per model and price, exactly.
 
-Existing rows keep ``NULL`` prices (their events carried none) and stay one row per group: the
-unique constraint is ``NULLS NOT DISTINCT`` (Postgres 15+), which is also what lets the ingest's
-``ON CONFLICT`` on the six columns find a price-less row. SQLite ignores ``nulls_distinct``: there
-several price-less rows of one group can exist, which every reader adds up (they all SUM).
-The constraint is dropped and re-created under the same name in this migration's transaction.
+Existing rows keep ``NULL`` prices (their events carried none). Uniqueness is two partial
+constraints, as ``BudgetAlert``'s: (organisation, hour, key, model, prices) where priced, and
+(organisation, hour, key, model) where not, which is the old constraint for the old rows; each
+of the ingest's two upserts names one (``ON CONFLICT (…) WHERE …``). One constraint with NULLS
+NOT DISTINCT would do on Postgres 15, but SQLite (the single-machine default) has no such option
+and Django would create no constraint there at all, leaving the upsert without a conflict
+target. The readers' full index on (organisation, hour, key, model) is kept apart, since a query
+without a price condition cannot use a partial index. A check constraint keeps the two prices
+both set or both empty.
 """
 
 from django.db import migrations, models
@@ -32,9 +36,16 @@ class Migration(migrations.Migration):
             name="price_output_per_mtok",
             field=models.DecimalField(blank=True, decimal_places=6, max_digits=12, null=True),
         ),
+        migrations.AddIndex(
+            model_name="usagerollup",
+            index=models.Index(
+                fields=["organization", "hour", "api_key", "model"], name="usage_rollup_org_hour"
+            ),
+        ),
         migrations.AddConstraint(
             model_name="usagerollup",
             constraint=models.UniqueConstraint(
+                condition=models.Q(("price_input_per_mtok__isnull", False)),
                 fields=(
                     "organization",
                     "hour",
@@ -44,7 +55,31 @@ class Migration(migrations.Migration):
                     "price_output_per_mtok",
                 ),
                 name="usage_rollup_unique",
-                nulls_distinct=False,
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="usagerollup",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("price_input_per_mtok__isnull", True)),
+                fields=("organization", "hour", "api_key", "model"),
+                name="usage_rollup_unique_unpriced",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="usagerollup",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("price_input_per_mtok__isnull", True),
+                        ("price_output_per_mtok__isnull", True),
+                    ),
+                    models.Q(
+                        ("price_input_per_mtok__isnull", False),
+                        ("price_output_per_mtok__isnull", False),
+                    ),
+                    _connector="OR",
+                ),
+                name="usage_rollup_prices_both_or_neither",
             ),
         ),
     ]

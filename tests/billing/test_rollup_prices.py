@@ -1,7 +1,7 @@
 """The prices in the usage event and the rollup's key (contract 4, migration billing 0004): events
 keep the prices they were served at, a price change starts a new rollup row, events without
-prices (an older gateway's spool) still ingest, into one price-less row per group on Postgres,
-and an event whose cost its prices do not explain is parked, never stored."""
+prices (an older gateway's spool) still ingest, into one price-less row per group, and an event
+whose cost its prices do not explain is parked, never stored."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import IntegrityError, transaction
 
 from billing import selectors, spend
 from billing.ingest import ingest_events
@@ -103,7 +104,8 @@ def test_a_price_change_within_the_hour_starts_a_new_rollup_row(key) -> None:  #
 
 def test_events_without_prices_share_one_row_per_group(key) -> None:  # type: ignore[no-untyped-def]
     """An older gateway's events (no price keys at all) and ``null`` prices are the same: one
-    row with empty prices, found again by the next batch's upsert (NULLS NOT DISTINCT)."""
+    row with empty prices, found again by the next batch's upsert (the partial unique constraint
+    of usage without prices)."""
     legacy = _event(key, prompt=100, completion=10, prices=None)
     del legacy["price_input_per_mtok"], legacy["price_output_per_mtok"]
     nulls = _event(key, prompt=100, completion=10, prices=None)
@@ -154,3 +156,14 @@ def test_trailing_zeros_of_a_price_are_the_same_price(key) -> None:  # type: ign
     b = _event(key, prompt=1000, completion=10, prices=("0.600000", "0.8000000"))
     ingest_events([a, b])
     assert _rows() == [("llama", Decimal("0.6"), Decimal("0.8"), 2, Decimal("0.001216"))]
+
+
+def test_the_database_refuses_a_rollup_row_with_one_price(key) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        UsageRollup.objects.create(
+            organization_id=key.organization_id,
+            api_key=key,
+            hour=HOUR,
+            model="llama",
+            price_input_per_mtok=Decimal("0.6"),
+        )
