@@ -61,6 +61,13 @@ class Principal:
     key_models: frozenset[str]  # empty: every name the organisation may use
     priority: int = 0  # the plan's engine scheduling priority (lower is served first)
     plan: str = ""  # the organisation's plan: the price book's prices it is charged (spec.py)
+    # "prepaid": every request is also reserved against the organisation's credit balance
+    # (limits.py); absent from the record, or anything else: postpaid.
+    billing_mode: str = "postpaid"
+
+    @property
+    def prepaid(self) -> bool:
+        return self.billing_mode == "prepaid"
 
     def may_use(self, name: str) -> bool:
         return name in self.org_models and (not self.key_models or name in self.key_models)
@@ -270,6 +277,13 @@ class AccessCache:
         if not org or org.get("schema") != SCHEMA_VERSION:
             raise errors.unauthorized("Incorrect API key provided.")
         if org.get("status") != "active":
+            if org.get("suspended_reason") == "payment":
+                # Not the key's fault: 403 (the key is fine), with what to do about it.
+                raise errors.forbidden(
+                    "This organisation is suspended because an invoice is unpaid. Pay it on the "
+                    "billing page of the console to reactivate the API keys.",
+                    code="payment_suspended",
+                )
             raise errors.unauthorized(
                 "This API key's organisation is suspended.", code="organization_suspended"
             )
@@ -289,6 +303,7 @@ class AccessCache:
                 key_models=frozenset(key.get("allowed_models", [])),
                 priority=int(org.get("priority") or 0),
                 plan=str(org.get("plan") or ""),
+                billing_mode=str(org.get("billing_mode") or "postpaid"),
             )
         except (KeyError, TypeError, ValueError):
             # A record the control plane should never have written: refuse (fail closed), as

@@ -445,6 +445,7 @@ class Gateway:
             tokens=prompt + completion,
             spend=spend,
             request_id=call.request_id,
+            prepaid=call.principal.prepaid,
         )
         if isinstance(decision, Refusal):
             raise _rate_limited(decision)
@@ -658,9 +659,9 @@ class Gateway:
                 completion_tokens=call.completion_tokens,
                 cached_tokens=call.cached_tokens,
                 cost=spend,
-                latency_ms=latency * 1000,
                 price_input_per_mtok=call.prices.input_per_mtok if call.prices else None,
                 price_output_per_mtok=call.prices.output_per_mtok if call.prices else None,
+                latency_ms=latency * 1000,
                 ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
                 started_at=call.started_at,
                 http_request_id=call.http_request_id,
@@ -789,8 +790,25 @@ def _model_object(name: str, target: RouteSpec) -> dict[str, Any]:
 
 
 def _rate_limited(refusal: Refusal) -> errors.ApiError:
-    """429 for a refusal: ``insufficient_quota`` for budgets, ``rate_limit_exceeded`` otherwise,
-    with ``Retry-After`` when waiting can help (not when the request alone exceeds the limit)."""
+    """429 for a refusal: ``insufficient_quota`` for budgets and an exhausted prepaid balance,
+    ``rate_limit_exceeded`` otherwise, with ``Retry-After`` when waiting can help (not when the
+    request alone exceeds the limit, nor for the balance: a top-up helps, waiting does not).
+    A prepaid balance the limiter does not hold is the platform's fault: 503."""
+    if refusal.limit == "org.prepaid_balance":
+        return errors.ApiError(
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            None,
+            "insufficient_quota",
+            refusal.headers(),
+        )
+    if refusal.limit == "org.balance_unavailable":
+        error = errors.unavailable(
+            "The credit balance is temporarily unavailable; retry shortly.", "balance_unavailable"
+        )
+        error.headers = {**refusal.headers(), **error.headers}
+        return error
     budget = "budget" in refusal.limit
     what = refusal.limit.replace(".", " ").replace("_", " ")
     headers = refusal.headers()
