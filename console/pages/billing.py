@@ -37,6 +37,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from billing import prepaid, selectors, statements, stripe_client, topups
 from billing.documents import downloads
+from billing.documents import formatting as fmt
 from billing.documents.invoice_data import draft_document, is_past_due, is_payable, status_label
 from billing.models import Invoice
 from console.pages.account import add_service_error
@@ -113,10 +114,22 @@ def _page(
     }
     if organization.is_prepaid:
         today = now.astimezone(UTC).date()
-        context["balance"] = prepaid.summary(organization)
-        context["ledger"] = prepaid.ledger(
+        balance = prepaid.summary(organization)
+        ledger = prepaid.ledger(
             organization, today - timedelta(days=LEDGER_DAYS - 1), today + timedelta(days=1)
         )
+        # Exact figures, as on the documents: a balance is never rounded for display.
+        context["balance"] = balance
+        context["balance_labels"] = {
+            "balance": fmt.exact(balance.balance),
+            "credited": fmt.exact(balance.credited),
+            "usage": fmt.exact(balance.usage),
+        }
+        context["ledger"] = ledger
+        context["ledger_opening"] = fmt.exact(ledger.opening)
+        context["ledger_rows"] = [
+            (row, fmt.exact(row.amount), fmt.exact(row.balance)) for row in ledger.rows
+        ]
         context["ledger_days"] = LEDGER_DAYS
         context["topup_form"] = topup_form or TopUpForm()
         low, high = topups.limits()

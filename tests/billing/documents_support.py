@@ -34,13 +34,17 @@ ROLLUPS = [
     (31, 23, 0, "minilm", 9, 9000, 0, 0, "0.000090000009"),
 ]
 
+# Rollups metered with the prices they were served at (USD per million input, output tokens);
+# the others are usage of gateways that sent only the cost.
+PRICED = {(17, 23): (Decimal("0.150000"), Decimal("0.600000"))}
+
 
 def make_month(org: Organization) -> list[ApiKey]:
     """Two keys and the rollups above in October 2026 (plus one hour in September and one in
     November, which must stay off both the invoice and the statement)."""
     keys = [make_key(org, "production"), make_key(org, "=cmd|' /C calc'!A0")]
     for day, hour, k, model, requests, prompt, completion, cached, cost in ROLLUPS:
-        add_rollup(
+        row = add_rollup(
             keys[k],
             START.replace(day=day, hour=hour),
             model=model,
@@ -50,6 +54,9 @@ def make_month(org: Organization) -> list[ApiKey]:
             cached=cached,
             cost=cost,
         )
+        if (day, hour) in PRICED:  # metered with its prices: "quantity x unit price" lines
+            row.price_input_per_mtok, row.price_output_per_mtok = PRICED[(day, hour)]
+            row.save(update_fields=["price_input_per_mtok", "price_output_per_mtok"])
     add_rollup(keys[0], START - dt.timedelta(hours=1), model="llama-8b", cost="5", prompt=1)
     add_rollup(keys[0], START.replace(month=11), model="llama-8b", cost="7", prompt=1)
     return keys

@@ -121,6 +121,10 @@ def test_invoice_pdf_is_an_invoice_with_seller_buyer_lines_and_totals(
         "2026-10-01",
         "2026-10-31",
         "llama-8b",
+        "4,000,000 input tokens",  # the priced rollup: quantity and unit price
+        "0.15 / 1M tokens",
+        "1,000,000 output tokens",
+        "0.60 / 1M tokens",
         "qwen-0.5b",
         "minilm",
         "Standard plan",
