@@ -38,6 +38,13 @@ overspends by exactly that excess, and no further request is admitted until the 
 under the budget. Lowering a budget below what is already used or reserved refuses new requests; it
 takes nothing back. Redis restarted empty forgets ``used`` until reconciliation rewrites it.
 
+A prepaid organisation's credit balance is one more budget in the same scripts
+(``reserve(..., prepaid=True)``; docs/limits.md, "Prepaid balance"): a hash without months,
+``<prefix>limits:v1:org:<id>:balance``, where ``used + reserved + r <= credited`` is checked and
+recorded with every other limit, so the guarantee above holds for it too; settle and lease reclaim
+move a prepaid reservation there as they do in the month, and a missing hash fails closed as
+``balance_unavailable`` (not the tenant's fault). Reconciliation: :meth:`Limiter.set_balance`.
+
 Money is never a float: spend is kept as integer micro-units (1e-6 of the platform currency),
 exact in Lua's doubles up to 2**53 micro-units (~9e9 currency units). Amounts are rounded up
 (:func:`inference.serving.money.to_micros`, the one conversion, shared with billing), budgets
