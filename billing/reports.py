@@ -36,8 +36,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q, Sum
-from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from billing import spend
@@ -93,18 +93,6 @@ def month_period(month: str | None = None, *, now: datetime | None = None) -> Pe
     return Period(month=month, start=start, end=end, until=min(end, now))
 
 
-def _rollups(period: Period) -> Any:
-    return UsageRollup.objects.filter(hour__gte=period.start, hour__lt=period.end)
-
-
-_USAGE = {
-    "requests": Sum("requests", default=0),
-    "prompt_tokens": Sum("prompt_tokens", default=0),
-    "completion_tokens": Sum("completion_tokens", default=0),
-    "revenue": Sum("cost", default=ZERO),
-}
-
-
 def _usage(row: dict[str, Any]) -> dict[str, Any]:
     row["requests"] = int(row["requests"])
     row["prompt_tokens"] = int(row["prompt_tokens"])
@@ -113,18 +101,62 @@ def _usage(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class UsageGroups:
+    """A month's usage summed three ways, each a dict of rows (``_usage``) keyed by
+    organisation id, served model name, and UTC day (a midnight ``datetime``)."""
+
+    by_organization: dict[Any, dict[str, Any]]
+    by_model: dict[str, dict[str, Any]]
+    by_day: dict[datetime, dict[str, Any]]
+
+
+# One scan of the month's rollups for all three groupings (Postgres hashes each grouping set in
+# the same pass): the report pages read a month of every organisation's rollups, millions of
+# rows, so scanning them once rather than three times is most of their time.
+_GROUPED_SQL = """
+SELECT GROUPING(organization_id, model, day) AS grouping_set, organization_id, model, day,
+       SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost)
+FROM (SELECT organization_id, model, (hour AT TIME ZONE 'UTC')::date AS day, requests,
+             prompt_tokens, completion_tokens, cost
+      FROM {table} WHERE hour >= %s AND hour < %s) AS month
+GROUP BY GROUPING SETS ((organization_id), (model), (day))
+"""
+# GROUPING(a, b, c) has a bit set for each column *not* grouped by: 0b011 = by organisation.
+_BY_ORGANIZATION, _BY_MODEL, _BY_DAY = 0b011, 0b101, 0b110
+
+
+def usage_groups(period: Period) -> UsageGroups:
+    """The period's usage by organisation, by model and by day, in one query."""
+    table = connection.ops.quote_name(UsageRollup._meta.db_table)
+    groups = UsageGroups({}, {}, {})
+    with connection.cursor() as cursor:
+        cursor.execute(_GROUPED_SQL.format(table=table), [period.start, period.end])
+        for grouping_set, org_id, model, day, requests, prompt, completion, cost in cursor:
+            row = _usage(
+                {
+                    "requests": requests,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "revenue": cost if cost is not None else ZERO,
+                }
+            )
+            if grouping_set == _BY_ORGANIZATION:
+                groups.by_organization[org_id] = {"organization_id": org_id, **row}
+            elif grouping_set == _BY_MODEL:
+                groups.by_model[model] = {"model": model, **row}
+            elif grouping_set == _BY_DAY:
+                at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                groups.by_day[at] = {"day": at, **row}
+    return groups
+
+
 # --- revenue by day --------------------------------------------------------------------------
-def revenue_by_day(period: Period) -> list[dict[str, Any]]:
+def revenue_by_day(period: Period, usage: UsageGroups | None = None) -> list[dict[str, Any]]:
     """One row per UTC day of the period up to now (days without usage as zeros): ``day``,
-    ``requests``, ``prompt_tokens``, ``completion_tokens``, ``tokens``, ``revenue``."""
-    found = {
-        row["day"]: _usage(row)
-        for row in _rollups(period)
-        .annotate(day=TruncDay("hour", tzinfo=UTC))
-        .values("day")
-        .annotate(**_USAGE)
-        .order_by("day")
-    }
+    ``requests``, ``prompt_tokens``, ``completion_tokens``, ``tokens``, ``revenue``. ``usage``:
+    the period's ``usage_groups`` if already read."""
+    found = (usage or usage_groups(period)).by_day
     empty = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "revenue": ZERO}
     return [found.get(day) or _usage({"day": day, **empty}) for day in period.days]
 
@@ -180,21 +212,17 @@ def _plan_fees() -> dict[str, Decimal]:
     return {plan: plan_monthly_fee(plan) for plan in Plan.values}
 
 
-def revenue_by_organization(period: Period) -> list[OrganizationRevenue]:
+def revenue_by_organization(
+    period: Period, usage: UsageGroups | None = None
+) -> list[OrganizationRevenue]:
     """Every organisation with something in the month: usage, a finalised invoice, a pending
     adjustment, or a plan with a base fee (if it existed before the month ended and has no
     invoice yet: the fee its invoice will charge). Largest usage revenue first, then by name.
 
-    A constant number of queries: usage grouped by organisation, the month's invoices, their lines
-    grouped by invoice and kind, the pending adjustments grouped by organisation, the price book
-    and the organisations' names."""
-    usage = {
-        row["organization_id"]: _usage(row)
-        for row in _rollups(period)
-        .values("organization_id")
-        .annotate(**_USAGE)
-        .order_by("organization_id")
-    }
+    A constant number of queries: the usage (``usage_groups``, unless given), the month's
+    invoices, their lines grouped by invoice and kind, the pending adjustments grouped by
+    organisation, the price book and the organisations' names."""
+    used_by = (usage or usage_groups(period)).by_organization
     invoices = {
         invoice.organization_id: invoice
         for invoice in Invoice.objects.filter(period=period.month).exclude(
@@ -220,7 +248,7 @@ def revenue_by_organization(period: Period) -> list[OrganizationRevenue]:
     fees = _plan_fees()
     paying = [plan for plan, fee in fees.items() if fee]
     organizations = Organization.objects.filter(
-        Q(pk__in=[*usage, *invoices, *pending]) | Q(plan__in=paying, created_at__lt=period.end)
+        Q(pk__in=[*used_by, *invoices, *pending]) | Q(plan__in=paying, created_at__lt=period.end)
     ).values("id", "name", "slug", "plan", "billing_mode", "created_at")
     out: list[OrganizationRevenue] = []
     for org in organizations:
@@ -231,7 +259,7 @@ def revenue_by_organization(period: Period) -> list[OrganizationRevenue]:
             plan=org["plan"],
             billing_mode=org["billing_mode"],
         )
-        used: dict[str, Any] | None = usage.get(org["id"])
+        used = used_by.get(org["id"])
         if used:
             row.requests, row.tokens = used["requests"], used["tokens"]
             row.revenue = used["revenue"]
@@ -339,19 +367,19 @@ def replica_cost(seconds: int, cost_per_replica_hour: Decimal) -> Decimal:
     )
 
 
-def revenue_by_model(period: Period) -> list[ModelRevenue]:
+def revenue_by_model(period: Period, usage: UsageGroups | None = None) -> list[ModelRevenue]:
     """Every model with usage or replica-hours in the month (an idle deployment costs without
     earning): its usage revenue, tokens, replica-hours and cost, largest revenue first, then by
-    name. Three queries: rollups grouped by model, replica-hours grouped by catalog model, the
-    catalog's names and costs."""
+    name. Three queries: the usage (``usage_groups``, unless given), replica-hours grouped by
+    catalog model, the catalog's names and costs."""
     rows: dict[str, ModelRevenue] = {}
-    for usage in _rollups(period).values("model").annotate(**_USAGE).order_by("model"):
-        rows[usage["model"]] = ModelRevenue(
-            model=usage["model"],
-            requests=int(usage["requests"]),
-            prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=int(usage["completion_tokens"]),
-            revenue=usage["revenue"],
+    for name, used in (usage or usage_groups(period)).by_model.items():
+        rows[name] = ModelRevenue(
+            model=name,
+            requests=used["requests"],
+            prompt_tokens=used["prompt_tokens"],
+            completion_tokens=used["completion_tokens"],
+            revenue=used["revenue"],
         )
     hours = dict(
         ReplicaHours.objects.filter(hour__gte=period.start, hour__lt=period.end)

@@ -91,6 +91,8 @@ BUSINESS_RULES: dict[str, str] = {
     "`granularity=day` and 31 with `granularity=hour`; dates must exist in the calendar "
     "(`2026-02-30` does not); a JSON report may hold at most 10,000 rows.",
     "orgs_usage_csv": "As for the JSON report, without the row limit.",
+    "staff_reports_revenue": "`month` must not be after the current UTC month.",
+    "staff_reports_margin": "`month` must not be after the current UTC month.",
 }
 
 

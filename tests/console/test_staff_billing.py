@@ -277,3 +277,14 @@ def test_late_rows_outside_the_month_are_not_counted(as_staff) -> None:  # type:
         )
     body = as_staff.get(API_REVENUE, {"month": MONTH}).json()
     assert body["totals"]["usage_revenue"] == "0.000000000000"
+
+
+def test_the_page_reads_the_months_rollups_once(staff_client, march) -> None:  # type: ignore[no-untyped-def]
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert staff_client.get(REVENUE, {"month": MONTH}).status_code == 200
+    scans = [q["sql"] for q in queries if "billing_usagerollup" in q["sql"]]
+    assert len(scans) == 1
+    assert "GROUPING SETS" in scans[0]
