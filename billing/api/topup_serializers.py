@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
+from billing import topups
 from billing.models import TopUp
 
 
 class TopUpCreateSerializer(serializers.Serializer[TopUp]):
-    amount = serializers.DecimalField(
-        max_digits=12,
-        decimal_places=2,
-        help_text="USD, in whole cents, between VLINDERS_TOPUP_MIN and VLINDERS_TOPUP_MAX.",
-    )
+    """The bounds come from the settings when the serializer is built, so the schema states the
+    installation's own ``VLINDERS_TOPUP_MIN``/``MAX``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        low, high = topups.limits()
+        self.fields["amount"] = serializers.DecimalField(
+            max_digits=12,
+            decimal_places=2,
+            min_value=low,
+            max_value=high,
+            help_text=f"USD, in whole cents, from {low} to {high}.",
+        )
 
 
 class TopUpSerializer(serializers.ModelSerializer[TopUp]):

@@ -96,11 +96,11 @@ def test_a_viewer_gets_403_and_an_outsider_404(
 @pytest.mark.parametrize(
     ("amount", "message"),
     [
-        ("4.99", "between"),
-        ("10000.01", "between"),
+        ("4.99", "greater than or equal to 5.00"),
+        ("10000.01", "less than or equal to 10000.00"),
         ("12.345", "decimal places"),
         ("abc", "valid number"),
-        ("-5", "between"),
+        ("-5", "greater than or equal to 5.00"),
     ],
 )
 def test_a_bad_amount_is_a_400(stripe_double, prepaid_acme, as_owner, amount, message):  # type: ignore[no-untyped-def]
@@ -126,7 +126,7 @@ def test_a_postpaid_organisation_gets_409(stripe_double, org, as_owner) -> None:
 def test_without_stripe_top_ups_are_refused_clearly(settings, prepaid_acme, as_owner) -> None:  # type: ignore[no-untyped-def]
     settings.STRIPE_SECRET_KEY = ""
     response = as_owner.post(URL, {"amount": "25.00"}, format="json")
-    assert response.status_code == 503
+    assert response.status_code == 409
     assert response.json()["detail"] == "Payments are not configured on this installation."
     assert TopUp.objects.count() == 0
 
@@ -193,3 +193,15 @@ def test_from_the_api_to_the_credited_balance(
     assert prepaid.balance_of(prepaid_acme) == Decimal("25.00")
     listed = as_owner.get(URL).json()["results"]
     assert listed[0]["status"] == "completed"
+
+
+def test_the_service_checks_the_amount_too(settings) -> None:  # type: ignore[no-untyped-def]
+    from django.core.exceptions import ValidationError
+
+    from billing import topups
+
+    settings.VLINDERS_TOPUP_MIN, settings.VLINDERS_TOPUP_MAX = "10.00", "20.00"
+    assert topups.topup_check_amount("10.00") == Decimal("10.00")
+    for bad in ("9.99", "20.01", "10.001", "NaN", "ten"):
+        with pytest.raises(ValidationError):
+            topups.topup_check_amount(bad)
