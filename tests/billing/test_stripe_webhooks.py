@@ -337,3 +337,39 @@ def test_the_webhook_secret_is_the_one_configured(stripe_double, stripe_client_h
     assert WEBHOOK_SECRET.startswith("whsec_")
     payload, header = signed_event("customer.updated", {"id": "cus_1"})
     assert post(stripe_client_http, payload, header).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_processing_one_event_credit_once(stripe_double, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """The event row's lock serialises workers given the same event (a redelivered task, the
+    beat retry racing the first task): the second finds it processed."""
+    import threading
+
+    from django.db import connection
+
+    org = prepaid_org()
+    topup = TopUp.objects.create(organization=org, amount=Decimal("7.00"), stripe_session_id="cs_1")
+    payload, _ = signed_event("checkout.session.completed", session(topup), event_id="evt_race")
+    from billing.webhooks import event_store
+
+    event_store(json.loads(payload))
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            results.append(stripe_events.process("evt_race"))
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=str) == [False, False, False, True]
+    assert CreditEntry.objects.filter(organization=org).count() == 1
+    assert prepaid.balance_of(org) == Decimal("7.00")
