@@ -179,6 +179,7 @@ PAGES = [
     ("audit/", "08-audit"),
     ("playground/", "09-playground"),
     ("keys/new/", "10-key-create"),
+    ("billing/", "12-billing"),
 ]
 AXE = ROOT / "console" / "assets" / "node_modules" / "axe-core" / "axe.min.js"
 
