@@ -36,7 +36,7 @@ from console.pages.filters import (
     utc_today,
 )
 from console.scoping import OrgContext, org_page
-from tenants.catalog import available_models_for_organization
+from tenants.catalog import model_names_for_organization
 from tenants.models import ApiKey, Organization
 
 OUTCOMES = [("", "Any"), ("ok", "Succeeded"), ("error", "Failed")]
@@ -164,7 +164,7 @@ def requests_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
         "retention_days": (utc_today() - retention).days,
     }
     if not partial:  # the model filter's suggestions
-        context["models"] = [row.name for row in available_models_for_organization(organization)]
+        context["models"] = model_names_for_organization(organization)
     template = "console/usage/_requests_results.html" if partial else "console/usage/requests.html"
     if not form.is_valid():
         return render(request, template, context, status=invalid_status(request))
