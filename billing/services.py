@@ -162,12 +162,19 @@ def _set_status(
 
 
 def invoice_mark_paid(
-    *, invoice_id: Any, actor: Any, paid_at: datetime | None = None, now: datetime | None = None
+    *,
+    invoice_id: Any,
+    actor: Any,
+    paid_at: datetime | None = None,
+    now: datetime | None = None,
+    from_stripe: bool = False,
 ) -> Invoice:
     """An open or past-due invoice paid (by staff in the admin, with or without Stripe, or by
-    Stripe's ``invoice.paid`` webhook with ``paid_at`` from Stripe). Idempotent. Ends the
-    invoice's dunning and, in the same transaction, lifts the organisation's payment suspension
-    when nothing else is past due beyond the grace (docs/billing.md, "Dunning")."""
+    Stripe's ``invoice.paid`` webhook, ``from_stripe``, with ``paid_at`` from Stripe).
+    Idempotent. Ends the invoice's dunning and, in the same transaction, lifts the organisation's
+    payment suspension when nothing else is past due beyond the grace (docs/billing.md,
+    "Dunning"). Paid outside Stripe, an invoice that is on Stripe is marked paid there too after
+    commit, so Stripe stops collecting it."""
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         if invoice.status == Invoice.Status.PAID:
@@ -188,6 +195,8 @@ def invoice_mark_paid(
             after={"status": invoice.status},
         )
         dunning.reactivate_if_settled(invoice.organization_id, actor=actor, now=now)
+        if not from_stripe:
+            stripe_sync.paid_out_of_band_on_commit(invoice)
         return invoice
 
 

@@ -61,7 +61,7 @@ def invoice_paid(event: StripeEvent, obj: dict[str, Any]) -> None:
         return
     paid = (obj.get("status_transitions") or {}).get("paid_at")
     paid_at = datetime.fromtimestamp(paid, tz=UTC) if paid else _when(event)
-    services.invoice_mark_paid(invoice_id=invoice.pk, actor=None, paid_at=paid_at)
+    services.invoice_mark_paid(invoice_id=invoice.pk, actor=None, paid_at=paid_at, from_stripe=True)
 
 
 def invoice_payment_failed(event: StripeEvent, obj: dict[str, Any]) -> None:

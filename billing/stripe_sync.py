@@ -39,6 +39,7 @@ from tenants.models import Organization
 logger = logging.getLogger(__name__)
 
 PUSH_TASK = "billing.stripe_push_invoice"
+PAID_TASK = "billing.stripe_invoice_paid_out_of_band"
 
 
 def customer_for(organization: Organization) -> StripeCustomer:
@@ -209,3 +210,35 @@ def invoices_to_push() -> list[Any]:
         .order_by("issued_at")
         .values_list("pk", flat=True)
     )
+
+
+def paid_out_of_band_on_commit(invoice: Invoice) -> None:
+    """After commit, tell Stripe that an invoice staff marked paid was paid outside Stripe, so
+    Stripe stops asking the organisation for it (and cannot collect it twice)."""
+    if not stripe_client.configured() or not invoice.stripe_invoice_id:
+        return
+    invoice_id = invoice.pk
+
+    def enqueue() -> None:
+        try:
+            current_app.tasks[PAID_TASK].delay(str(invoice_id))
+        except Exception:
+            logger.exception("stripe: queueing paid-out-of-band of invoice %s failed", invoice_id)
+
+    transaction.on_commit(enqueue)
+
+
+def invoice_paid_out_of_band(invoice_id: Any) -> bool:
+    """Mark our paid invoice's Stripe invoice paid out of band (``POST /v1/invoices/<id>/pay``,
+    ``paid_out_of_band``; key ``vl-invoice-<id>-paid-out-of-band``). Returns whether Stripe took
+    it; a Stripe invoice that is already paid (the customer paid there meanwhile) raises
+    Stripe's ``InvalidRequestError``."""
+    invoice = Invoice.objects.get(pk=invoice_id)
+    if invoice.status != Invoice.Status.PAID or not invoice.stripe_invoice_id:
+        return False
+    stripe_client.client().v1.invoices.pay(
+        invoice.stripe_invoice_id,
+        params={"paid_out_of_band": True},
+        options={"idempotency_key": f"vl-invoice-{invoice.pk}-paid-out-of-band"},
+    )
+    return True

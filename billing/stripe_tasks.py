@@ -30,6 +30,25 @@ def stripe_push_invoice(invoice_id: str) -> bool:
     return bool(invoice.payment_url)
 
 
+@shared_task(
+    name="billing.stripe_invoice_paid_out_of_band",
+    ignore_result=True,
+    autoretry_for=(stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    max_retries=12,
+)
+def stripe_invoice_paid_out_of_band(invoice_id: str) -> bool:
+    """Tell Stripe that an invoice staff marked paid was paid outside Stripe (queued after the
+    staff's change commits); retried with backoff while Stripe is unreachable. An invoice Stripe
+    already has as paid is logged and left (nothing to do there)."""
+    try:
+        return stripe_sync.invoice_paid_out_of_band(invoice_id)
+    except stripe.InvalidRequestError:
+        logger.exception("stripe: invoice %s could not be marked paid out of band", invoice_id)
+        return False
+
+
 @shared_task(name="billing.stripe_push_pending", ignore_result=True)
 def stripe_push_pending() -> dict[str, int]:
     """Beat: push every open invoice that is not on Stripe yet (nothing without Stripe)."""

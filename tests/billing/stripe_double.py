@@ -4,7 +4,8 @@ A local HTTP server that speaks exactly the parts of Stripe's API that Vlinders 
 tests drive the official ``stripe`` SDK (``STRIPE_API_BASE`` pointed here) over real HTTP:
 
 - ``POST /v1/customers``
-- ``POST /v1/invoices``, ``POST /v1/invoiceitems``, ``POST /v1/invoices/<id>/finalize``
+- ``POST /v1/invoices``, ``POST /v1/invoiceitems``, ``POST /v1/invoices/<id>/finalize``,
+  ``POST /v1/invoices/<id>/pay`` (``paid_out_of_band``)
 - ``POST /v1/checkout/sessions``
 
 Bodies are form-encoded the way Stripe takes them (``metadata[k]=v``, ``line_items[0][…]``),
@@ -142,6 +143,8 @@ class StripeDouble:
             return self._item_create(params)
         if len(parts) == 4 and parts[:2] == ["v1", "invoices"] and parts[3] == "finalize":
             return self._invoice_finalize(parts[2], params)
+        if len(parts) == 4 and parts[:2] == ["v1", "invoices"] and parts[3] == "pay":
+            return self._invoice_pay(parts[2], params)
         if parts == ["v1", "checkout", "sessions"]:
             return self._session_create(params)
         raise StripeError(404, f"Unrecognized request URL (POST: {path}).")
@@ -221,6 +224,21 @@ class StripeDouble:
         invoice["hosted_invoice_url"] = f"{self.base}/pay/{invoice_id}"
         if invoice["days_until_due"] is not None:
             invoice["due_date"] = now + invoice["days_until_due"] * 86400
+        return _public(invoice)
+
+    def _invoice_pay(self, invoice_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            raise StripeError(404, f"No such invoice: '{invoice_id}'")
+        if invoice["status"] == "paid":
+            raise StripeError(400, "Invoice is already paid")
+        if invoice["status"] != "open":
+            raise StripeError(400, f"You cannot pay a {invoice['status']} invoice.")
+        if params.get("paid_out_of_band") != "true":
+            raise StripeError(400, "This double only knows paid_out_of_band=true.")
+        invoice["status"] = "paid"
+        invoice["paid_out_of_band"] = True
+        invoice["status_transitions"]["paid_at"] = int(time.time())
         return _public(invoice)
 
     def _session_create(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -259,3 +259,45 @@ def test_staff_push_an_invoice_from_the_admin_and_see_stripe_rows(stripe_double,
     assert pushed.stripe_invoice_id in listing
     for page in ("stripecustomer", "topup", "stripeevent"):
         assert client.get(f"/admin/billing/{page}/").status_code == 200
+
+
+def test_staff_paying_a_pushed_invoice_marks_it_paid_on_stripe_once(
+    stripe_double, eager_tasks, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = _finalise(org, django_capture_on_commit_callbacks)
+    staff = UserFactory(username="staff", is_staff=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.invoice_mark_paid(invoice_id=invoice.pk, actor=staff)
+        services.invoice_mark_paid(invoice_id=invoice.pk, actor=staff)  # idempotent
+    remote = stripe_double.invoices[invoice.stripe_invoice_id]
+    assert remote["status"] == "paid"
+    assert remote["paid_out_of_band"] is True
+    [call] = stripe_double.posts(f"/v1/invoices/{invoice.stripe_invoice_id}/pay")
+    assert call.idempotency_key == f"vl-invoice-{invoice.pk}-paid-out-of-band"
+
+
+def test_a_payment_reported_by_stripe_is_not_sent_back_to_stripe(
+    stripe_double, eager_tasks, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = _finalise(org, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.invoice_mark_paid(invoice_id=invoice.pk, actor=None, from_stripe=True)
+    assert stripe_double.posts(f"/v1/invoices/{invoice.stripe_invoice_id}/pay") == []
+
+
+def test_staff_paying_an_invoice_the_customer_paid_on_stripe_meanwhile(
+    stripe_double, eager_tasks, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = _finalise(org, django_capture_on_commit_callbacks)
+    stripe_double.pay_invoice(invoice.stripe_invoice_id)  # its webhook is still on the way
+    with django_capture_on_commit_callbacks(execute=True):
+        paid = services.invoice_mark_paid(invoice_id=invoice.pk, actor=None)
+    assert paid.status == Invoice.Status.PAID  # ours is paid; Stripe's refusal is only logged
+    [call] = stripe_double.posts(f"/v1/invoices/{invoice.stripe_invoice_id}/pay")
+    assert call.status == 400
