@@ -213,14 +213,15 @@ def measure(repeat: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         return get
 
     cases: list[tuple[str, Callable[[], Any]]] = [
+        ("usage_groups (the scan)", lambda: reports.usage_groups(period)),
         ("revenue_by_organization", lambda: reports.revenue_by_organization(period)),
-        ("revenue_by_model", lambda: reports.revenue_by_model(period)),
-        ("revenue_by_day", lambda: reports.revenue_by_day(period)),
         ("page /staff/revenue/", page("/staff/revenue/")),
         ("csv organizations", page("/staff/revenue/organizations.csv")),
         ("csv models", page("/staff/revenue/models.csv")),
         ("csv days", page("/staff/revenue/days.csv")),
         ("api revenue", page("/api/v1/staff/reports/revenue/")),
+        ("api margin", page("/api/v1/staff/reports/margin/")),
+        ("page /staff/invoices/", page("/staff/invoices/")),
     ]
     results = [{"case": name, **timed(work, repeat)} for name, work in cases]
 
