@@ -5,6 +5,9 @@ Nothing is fetched while rendering: the stylesheet is part of the HTML (the temp
 and the URL fetcher refuses every URL except inline ``data:`` ones, so a document can neither
 leak that it was opened nor hang on the network (a name or description a tenant typed that
 looks like a URL stays text). Refused URLs are logged by WeasyPrint and left out.
+
+Only the PDF functions import this module, when they are called: importing WeasyPrint loads Pango
+and parses its stylesheets, and a machine without Pango must still serve every other page.
 """
 
 from __future__ import annotations

@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import io
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing.documents import formatting as fmt
-from billing.documents.render import OfflineFetcher, render_pdf
 from billing.documents.seller import seller
 from billing.statements import Statement
 from vlinders.csv_export import cell
+
+if TYPE_CHECKING:
+    from billing.documents.render import OfflineFetcher
 
 TEMPLATE = "billing/documents/statement.html"
 HEADER = [
@@ -90,4 +92,7 @@ def statement_context(statement: Statement) -> dict[str, Any]:
 
 
 def statement_pdf(statement: Statement, *, fetcher: OfflineFetcher | None = None) -> bytes:
+    # WeasyPrint (Pango) loads on the first PDF, not with the URLs: billing/documents/render.py.
+    from billing.documents.render import render_pdf
+
     return render_pdf(TEMPLATE, statement_context(statement), fetcher=fetcher)
