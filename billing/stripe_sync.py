@@ -10,8 +10,9 @@ second object:
   the rounding item ``vl-invoice-<invoice id>-item-rounding``; ``vl-invoice-<invoice id>-finalize``.
 
 Each Stripe id is stored as soon as Stripe returns it (the invoice's in its own transaction), so a
-later retry continues from there. Stripe keeps idempotency keys for 24 hours; the beat task
-retries every few minutes, so a push interrupted half-way is completed well within that.
+later retry continues from there. Stripe forgets idempotency keys after 24 hours, so a retry of a
+push whose Stripe invoice exists reads it first: finalised already, only its URL is stored; still
+a draft, only the items it lacks (by the ``vl_item`` metadata of its lines) are created.
 
 **Amounts.** Stripe takes integer cents. Our lines are exact to 12 decimal places and only the
 total is rounded (docs/billing.md, "Totals"). Each line is pushed rounded half up to cents and,
@@ -146,8 +147,25 @@ def invoice_push(invoice_id: Any) -> Invoice:
         Invoice.objects.filter(pk=invoice.pk, stripe_invoice_id="").update(
             stripe_invoice_id=stripe_id
         )
+    already: set[str] = set()
+    if invoice.stripe_invoice_id:
+        # A retry of a push that got as far as creating the Stripe invoice, maybe hours later:
+        # read what Stripe has rather than rely on idempotency keys alone (Stripe forgets them
+        # after 24 hours).
+        remote = api.v1.invoices.retrieve(stripe_id)
+        if remote.status != "draft":
+            return _store_pushed(invoice, stripe_id, remote)
+        listed = api.v1.invoices.line_items.list(stripe_id, params={"limit": 100})
+        metadata = [_metadata(line) for line in listed.auto_paging_iter()]
+        already = {
+            meta.get("vl_item", "")
+            for meta in metadata
+            if meta.get("vl_invoice_id") == str(invoice.pk)
+        }
     lines = list(invoice.lines.order_by("position"))
     for item in stripe_items(invoice, lines):
+        if item.key in already:
+            continue
         api.v1.invoice_items.create(
             params={
                 "customer": customer.customer_id,
@@ -162,6 +180,16 @@ def invoice_push(invoice_id: Any) -> Invoice:
     finalized = api.v1.invoices.finalize_invoice(
         stripe_id, params={"auto_advance": True}, options={"idempotency_key": f"{key}-finalize"}
     )
+    return _store_pushed(invoice, stripe_id, finalized)
+
+
+def _metadata(obj: Any) -> dict[str, str]:
+    raw = getattr(obj, "metadata", None)
+    return {str(k): str(v) for k, v in raw.to_dict().items()} if raw else {}
+
+
+def _store_pushed(invoice: Invoice, stripe_id: str, finalized: Any) -> Invoice:
+    """Store what the finalised Stripe invoice says (payment URL, due date); audited once."""
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if locked.payment_url:

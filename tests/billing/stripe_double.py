@@ -4,6 +4,7 @@ A local HTTP server that speaks exactly the parts of Stripe's API that Vlinders 
 tests drive the official ``stripe`` SDK (``STRIPE_API_BASE`` pointed here) over real HTTP:
 
 - ``POST /v1/customers``
+- ``GET /v1/invoices/<id>``, ``GET /v1/invoices/<id>/lines`` (a retried push reads them)
 - ``POST /v1/invoices``, ``POST /v1/invoiceitems``, ``POST /v1/invoices/<id>/finalize``,
   ``POST /v1/invoices/<id>/pay`` (``paid_out_of_band``)
 - ``POST /v1/checkout/sessions``
@@ -132,9 +133,13 @@ class StripeDouble:
             return status, body
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        parts = path.strip("/").split("/")
+        if method == "GET" and parts[:2] == ["v1", "invoices"] and len(parts) == 3:
+            return _public(self._invoice(parts[2]))
+        if method == "GET" and parts[:2] == ["v1", "invoices"] and parts[3:] == ["lines"]:
+            return self._invoice_lines(parts[2])
         if method != "POST":
             raise StripeError(404, f"Unrecognized request URL ({method}: {path}).")
-        parts = path.strip("/").split("/")
         if parts == ["v1", "customers"]:
             return self._customer_create(params)
         if parts == ["v1", "invoices"]:
@@ -225,6 +230,38 @@ class StripeDouble:
         if invoice["days_until_due"] is not None:
             invoice["due_date"] = now + invoice["days_until_due"] * 86400
         return _public(invoice)
+
+    def _invoice(self, invoice_id: str) -> dict[str, Any]:
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            raise StripeError(404, f"No such invoice: '{invoice_id}'")
+        return invoice
+
+    def _invoice_lines(self, invoice_id: str) -> dict[str, Any]:
+        """The invoice's lines, one per invoice item, carrying the item's metadata (as Stripe's
+        invoice line items do); one page (the double's invoices are small)."""
+        invoice = self._invoice(invoice_id)
+        lines = [
+            {
+                "id": f"il_{item_id}",
+                "object": "line_item",
+                "amount": self.items[item_id]["amount"],
+                "description": self.items[item_id]["description"],
+                "metadata": self.items[item_id]["metadata"],
+            }
+            for item_id in invoice["_items"]
+        ]
+        return {
+            "object": "list",
+            "url": f"/v1/invoices/{invoice_id}/lines",
+            "has_more": False,
+            "data": lines,
+        }
+
+    def forget_idempotency_keys(self) -> None:
+        """What Stripe does to a key after 24 hours."""
+        with self._lock:
+            self._replies.clear()
 
     def _invoice_pay(self, invoice_id: str, params: dict[str, Any]) -> dict[str, Any]:
         invoice = self.invoices.get(invoice_id)

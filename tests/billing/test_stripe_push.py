@@ -301,3 +301,52 @@ def test_staff_paying_an_invoice_the_customer_paid_on_stripe_meanwhile(
     assert paid.status == Invoice.Status.PAID  # ours is paid; Stripe's refusal is only logged
     [call] = stripe_double.posts(f"/v1/invoices/{invoice.stripe_invoice_id}/pay")
     assert call.status == 400
+
+
+def test_a_push_retried_after_stripe_forgot_its_keys_duplicates_nothing(stripe_double, monkeypatch):  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = services.invoice_finalise(
+        organization_id=org.pk, period=PERIOD, now=END + dt.timedelta(hours=2)
+    ).invoice
+    assert invoice is not None
+    real = stripe_double.handle
+    budget = {"left": 4}  # customer, invoice, two items; then Stripe fails for a day
+
+    def flaky(method, path, params, key):  # type: ignore[no-untyped-def]
+        if budget["left"] == 0:
+            return 500, {"error": {"type": "api_error", "message": "Stripe had a problem."}}
+        budget["left"] -= 1
+        return real(method, path, params, key)
+
+    monkeypatch.setattr(stripe_double, "handle", flaky)
+    assert stripe_push_invoice(str(invoice.pk)) is False
+    monkeypatch.setattr(stripe_double, "handle", real)
+    stripe_double.forget_idempotency_keys()  # more than 24 hours later
+
+    assert stripe_push_invoice(str(invoice.pk)) is True
+    pushed = Invoice.objects.get(pk=invoice.pk)
+    remote = stripe_double.invoices[pushed.stripe_invoice_id]
+    assert len(remote["_items"]) == 4
+    assert stripe_double.invoice_total(pushed.stripe_invoice_id) == 1301
+    assert remote["status"] == "open"
+
+
+def test_a_push_whose_stripe_invoice_is_finalised_only_stores_its_url(stripe_double) -> None:  # type: ignore[no-untyped-def]
+    org = _org()
+    _usage(org, COSTS)
+    invoice = services.invoice_finalise(
+        organization_id=org.pk, period=PERIOD, now=END + dt.timedelta(hours=2)
+    ).invoice
+    assert invoice is not None
+    first = stripe_sync.invoice_push(invoice.pk)
+    # The worker died after Stripe finalised, before our row kept the URL; a day goes by.
+    Invoice.objects.filter(pk=invoice.pk).update(payment_url="")
+    stripe_double.forget_idempotency_keys()
+    calls = len(stripe_double.calls)
+    again = stripe_sync.invoice_push(invoice.pk)
+    assert again.payment_url == first.payment_url
+    assert [c.path for c in stripe_double.calls[calls:]] == [
+        f"/v1/invoices/{first.stripe_invoice_id}"
+    ]
+    assert len(stripe_double.items) == 4
