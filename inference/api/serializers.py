@@ -16,6 +16,7 @@ from inference.models import (
     DeploymentRevision,
     ModelAlias,
     ModelDeploymentStatus,
+    PlanModelPrice,
     model_name_validator,
 )
 from inference.services import CATALOG_MODEL_FIELDS
@@ -32,6 +33,16 @@ class _JSONObjectField(serializers.JSONField):
         if not isinstance(data, dict):
             raise serializers.ValidationError("Must be a JSON object.")
         return super().to_internal_value(data)
+
+
+class PlanPriceSerializer(StrictJSONTypes, serializers.ModelSerializer[PlanModelPrice]):
+    """A plan's own prices of the model (USD per million tokens), overriding the catalog's."""
+
+    class Meta:
+        model = PlanModelPrice
+        fields = ("plan", "price_input_per_mtok", "price_output_per_mtok")
+        # One row per plan is checked on the list (``validate_plan_prices``), not per row.
+        validators: list[Any] = []
 
 
 class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[CatalogModel]):
@@ -52,6 +63,12 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
     engine_args = _JSONObjectField(
         required=False, help_text="Arguments of the engine kind (`inference.engine_args`)."
     )
+    plan_prices = PlanPriceSerializer(
+        many=True,
+        required=False,
+        help_text="The price book's overrides of the two prices, one per plan; a write replaces "
+        "them all (plans left out pay the catalog's prices).",
+    )
 
     class Meta:
         model = CatalogModel
@@ -61,6 +78,7 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
             "has_upstream_api_key",
             "organizations",
             "aliases",
+            "plan_prices",
             "created_at",
             "updated_at",
         )
@@ -78,6 +96,12 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
 
     def get_has_upstream_api_key(self, obj: CatalogModel) -> bool:
         return bool(obj.upstream_api_key)
+
+    def validate_plan_prices(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        plans = [row["plan"] for row in rows]
+        if len(set(plans)) != len(plans):
+            raise serializers.ValidationError("Each plan may be listed once.")
+        return rows
 
 
 class ModelAliasSerializer(StrictJSONTypes, serializers.ModelSerializer[ModelAlias]):

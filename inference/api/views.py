@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, permissions, viewsets
 
-from inference import services
+from inference import plan_prices, services
 from inference.api.serializers import (
     CatalogModelSerializer,
     DeploymentRevisionSerializer,
@@ -40,17 +41,27 @@ NAME_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9._:/-]*"
 class CatalogModelViewSet(viewsets.ModelViewSet[CatalogModel]):
     permission_classes = [permissions.IsAdminUser]
     serializer_class = CatalogModelSerializer
-    queryset = CatalogModel.objects.prefetch_related("organizations", "aliases")
+    queryset = CatalogModel.objects.prefetch_related("organizations", "aliases", "plan_prices")
     lookup_field = "name"
     lookup_value_regex = NAME_IN_PATH
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = services.catalog_model_create(**serializer.validated_data)
+        data = dict(serializer.validated_data)
+        prices = data.pop("plan_prices", None)
+        with transaction.atomic():
+            serializer.instance = services.catalog_model_create(**data)
+            if prices is not None:
+                plan_prices.plan_prices_set(model=serializer.instance, prices=prices)
 
     def perform_update(self, serializer: Any) -> None:
-        serializer.instance = services.catalog_model_update(
-            model=serializer.instance, **serializer.validated_data
-        )
+        data = dict(serializer.validated_data)
+        prices = data.pop("plan_prices", None)
+        with transaction.atomic():
+            serializer.instance = services.catalog_model_update(model=serializer.instance, **data)
+            if prices is not None:
+                plan_prices.plan_prices_set(model=serializer.instance, prices=prices)
+        # The response reads the prices again, not the list prefetched before the write.
+        getattr(serializer.instance, "_prefetched_objects_cache", {}).pop("plan_prices", None)
 
     def perform_destroy(self, instance: CatalogModel) -> None:
         services.catalog_model_delete(model=instance)

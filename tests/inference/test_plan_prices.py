@@ -94,7 +94,7 @@ def test_a_spec_without_plan_prices_is_still_read() -> None:
 
 
 @pytest.fixture
-def staff() -> Client:
+def staff_admin() -> Client:
     client = Client()
     client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
     return client
@@ -129,14 +129,14 @@ def _change_form(model: Any, rows: list[dict[str, str]], initial: int = 0) -> di
     return data
 
 
-def test_staff_set_and_remove_a_plans_prices_inline(staff) -> None:  # type: ignore[no-untyped-def]
+def test_staff_set_and_remove_a_plans_prices_inline(staff_admin) -> None:  # type: ignore[no-untyped-def]
     llama = CatalogModelFactory(name="llama")
     url = f"/admin/inference/catalogmodel/{llama.pk}/change/"
-    page = staff.get(url)
+    page = staff_admin.get(url)
     assert page.status_code == 200
     assert b"plan_prices-TOTAL_FORMS" in page.content
     row = {"plan": "premium", "price_input_per_mtok": "0.5", "price_output_per_mtok": "0.7"}
-    response = staff.post(url, _change_form(llama, [row]), follow=True)
+    response = staff_admin.post(url, _change_form(llama, [row]), follow=True)
     assert response.status_code == 200
     assert "serve apply" in response.content.decode()  # staff are told how it takes effect
     saved = PlanModelPrice.objects.get(catalog_model=llama)
@@ -146,18 +146,18 @@ def test_staff_set_and_remove_a_plans_prices_inline(staff) -> None:  # type: ign
     removal = _change_form(
         llama, [{**row, "id": str(saved.pk), "catalog_model": str(llama.pk), "DELETE": "on"}], 1
     )
-    assert staff.post(url, removal).status_code == 302
+    assert staff_admin.post(url, removal).status_code == 302
     assert not PlanModelPrice.objects.exists()
     assert _spec_model("llama")["plan_prices"] == {}
 
 
-def test_a_plan_twice_or_a_negative_price_is_a_form_error(staff) -> None:  # type: ignore[no-untyped-def]
+def test_a_plan_twice_or_a_negative_price_is_a_form_error(staff_admin) -> None:  # type: ignore[no-untyped-def]
     llama = CatalogModelFactory(name="llama")
     url = f"/admin/inference/catalogmodel/{llama.pk}/change/"
     row = {"plan": "premium", "price_input_per_mtok": "0.5", "price_output_per_mtok": "0.7"}
-    twice = staff.post(url, _change_form(llama, [row, row]))
+    twice = staff_admin.post(url, _change_form(llama, [row, row]))
     assert twice.status_code == 200  # the form again, with the error
-    negative = staff.post(url, _change_form(llama, [{**row, "price_input_per_mtok": "-1"}]))
+    negative = staff_admin.post(url, _change_form(llama, [{**row, "price_input_per_mtok": "-1"}]))
     assert negative.status_code == 200
     assert not PlanModelPrice.objects.exists()
 
@@ -199,3 +199,69 @@ def test_the_snapshot_tells_the_gateway_the_organisations_plan(org, redis_client
     tenant_services.organization_set_plan(organization=org, plan="premium")
     publish_organizations(Organization.objects.filter(pk=org.pk))
     assert json.loads(redis_client.get(org_record_name(org.id)))["plan"] == "premium"
+
+
+# --- the management API --------------------------------------------------------------------------
+
+MODELS = "/api/v1/models/"
+
+
+def _body(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "api-llama",
+        "engine_kind": "synthetic",
+        "context_length": 4096,
+        "price_input_per_mtok": "0.6",
+        "price_output_per_mtok": "0.8",
+        **overrides,
+    }
+
+
+def test_staff_set_replace_and_clear_plan_prices_through_the_api(as_staff) -> None:  # type: ignore[no-untyped-def]
+    premium = {"plan": "premium", "price_input_per_mtok": "0.5", "price_output_per_mtok": "0.7"}
+    created = as_staff.post(MODELS, _body(plan_prices=[premium]), format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["plan_prices"] == [
+        {"plan": "premium", "price_input_per_mtok": "0.500000", "price_output_per_mtok": "0.700000"}
+    ]
+    url = f"{MODELS}api-llama/"
+    free = {"plan": "free", "price_input_per_mtok": "0.9", "price_output_per_mtok": "1.2"}
+    replaced = as_staff.patch(url, {"plan_prices": [free]}, format="json")
+    assert replaced.status_code == 200, replaced.json()
+    assert [row["plan"] for row in replaced.json()["plan_prices"]] == ["free"]
+    assert set(PlanModelPrice.objects.values_list("plan", flat=True)) == {"free"}
+    assert _spec_model("api-llama")["plan_prices"]["free"]["price_input_per_mtok"] == "0.900000"
+    # A write without plan_prices keeps them; an empty list clears them.
+    assert as_staff.patch(url, {"description": "x"}, format="json").json()["plan_prices"]
+    assert as_staff.patch(url, {"plan_prices": []}, format="json").json()["plan_prices"] == []
+    assert not PlanModelPrice.objects.exists()
+
+
+def _row(plan: str, price_in: Any, price_out: Any = "1") -> dict[str, Any]:
+    return {"plan": plan, "price_input_per_mtok": price_in, "price_output_per_mtok": price_out}
+
+
+@pytest.mark.parametrize(
+    ("rows", "status"),
+    [
+        ([_row("gold", "1")], 400),
+        ([_row("free", "-1")], 400),
+        ([_row("free", "0.1234567")], 400),
+        ([_row("free", "1"), _row("free", "2")], 400),
+        ([_row("free", 1.5)], 400),
+        ("premium", 400),
+    ],
+)
+def test_bad_plan_prices_are_a_400_naming_the_field(as_staff, rows, status) -> None:  # type: ignore[no-untyped-def]
+    response = as_staff.post(MODELS, _body(plan_prices=rows), format="json")
+    assert response.status_code == status
+    assert "plan_prices" in json.dumps(response.json())
+    assert not PlanModelPrice.objects.exists()
+
+
+def test_only_staff_edit_plan_prices(as_owner) -> None:  # type: ignore[no-untyped-def]
+    model = CatalogModelFactory(name="llama")
+    row = {"plan": "premium", "price_input_per_mtok": "0", "price_output_per_mtok": "0"}
+    response = as_owner.patch(f"{MODELS}{model.name}/", {"plan_prices": [row]}, format="json")
+    assert response.status_code == 403
+    assert not PlanModelPrice.objects.exists()
