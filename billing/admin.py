@@ -334,6 +334,7 @@ def make_postpaid(
 
 OrganizationAdmin.actions = [*(OrganizationAdmin.actions or ()), make_prepaid, make_postpaid]
 
+
 # --- Stripe and dunning (docs/billing.md, "Stripe" and "Dunning") ---
 # Invoices show their payment state and Stripe id, and can be pushed to Stripe again; Stripe's
 # customers, top-ups and webhook events are read-only (Stripe and the webhook write them), and an
