@@ -6,6 +6,7 @@ metered for what it received."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import openai
 import pytest
@@ -58,11 +59,18 @@ def test_one_event_per_authenticated_request(gateway, usage_broker, client, tena
     assert success["latency_ms"] > 0
     assert success["request_id"].startswith("req_")
     assert len({events[i][0]["request_id"] for i in wanted}) == 3
+    # The prices the cost is at: the catalog's (the test spec has no plan overrides).
+    prices = (success["price_input_per_mtok"], success["price_output_per_mtok"])
+    assert prices == ("1.000000", "2.000000")
+    assert Decimal(success["cost"]) == (8 * Decimal(1) + 3 * Decimal(2)) / 10**6
 
     failure = events[bad_id][0]
     assert failure["status"] == 400
     assert failure["error_type"] == "invalid_request_error"
     assert failure["completion_tokens"] == 0
+    # Refused before it was routed: no model, no prices, no cost.
+    assert (failure["price_input_per_mtok"], failure["price_output_per_mtok"]) == (None, None)
+    assert failure["cost"] == "0"
 
     stream = events[stream_id][0]
     assert stream["stream"] is True
