@@ -301,6 +301,11 @@ class Invoice(models.Model):
     subtotal = cost_field(help_text="Exact sum of the lines (12 decimal places).")
     total = money_field(help_text="The subtotal rounded once to cents (ROUND_HALF_UP).")
     rounding = cost_field(help_text="total - subtotal.")
+    # The tax in force when the invoice was built (billing/tax.py), kept on the invoice so a later
+    # change of the settings changes no finalised invoice. No rate: no tax line.
+    tax_name = models.CharField(max_length=32, blank=True)
+    tax_rate_percent = models.DecimalField(max_digits=7, decimal_places=4, null=True, blank=True)
+    tax = money_field(default=Decimal(0), help_text="On the total, rounded once to cents.")
     issued_at = models.DateTimeField(null=True, blank=True)
     due_at = models.DateTimeField(null=True, blank=True, help_text="Payment due by.")
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -332,6 +337,11 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.display_number} {self.organization_id} {self.period}"
+
+    @property
+    def total_due(self) -> Decimal:
+        """What the organisation pays: the total plus its tax."""
+        return self.total + self.tax
 
     @property
     def display_number(self) -> str:

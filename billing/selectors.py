@@ -17,7 +17,7 @@ from django.db.models import F, Func, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
-from billing import prepaid, spend
+from billing import prepaid, spend, tax
 from billing.models import (
     BudgetAlert,
     Invoice,
@@ -572,6 +572,7 @@ def invoice_draft(*, organization: Organization, period: str) -> InvoiceDraft:
     invoice.subtotal = sum((line.amount for line in lines), Decimal(0))
     invoice.total = invoice.subtotal.quantize(CENT, rounding=INVOICE_ROUNDING)
     invoice.rounding = invoice.total - invoice.subtotal
+    tax.apply_tax(invoice)  # the rate in force now; finalisation stores it with the invoice
     return InvoiceDraft(invoice=invoice, lines=lines, adjustments=adjustments)
 
 

@@ -7,7 +7,8 @@ second object:
 
 - customer ``vl-customer-<organisation id>``;
 - invoice ``vl-invoice-<invoice id>``; each line ``vl-invoice-<invoice id>-item-<position>``,
-  the rounding item ``vl-invoice-<invoice id>-item-rounding``; ``vl-invoice-<invoice id>-finalize``.
+  the rounding item ``vl-invoice-<invoice id>-item-rounding``, the tax item
+  ``vl-invoice-<invoice id>-item-tax``; ``vl-invoice-<invoice id>-finalize``.
 
 Each Stripe id is stored as soon as Stripe returns it (the invoice's in its own transaction), so a
 later retry continues from there. Stripe forgets idempotency keys after 24 hours, so a retry of a
@@ -17,7 +18,8 @@ a draft, only the items it lacks (by the ``vl_item`` metadata of its lines) are 
 **Amounts.** Stripe takes integer cents. Our lines are exact to 12 decimal places and only the
 total is rounded (docs/billing.md, "Totals"). Each line is pushed rounded half up to cents and,
 when those cents do not add up to our ``total``, one more item named "Rounding" carries the
-difference, so the Stripe invoice's total is exactly our ``total``.
+difference, so the Stripe invoice's total is exactly our ``total``; the invoice's tax (stored on it
+when it was built, ``billing/tax.py``) is one more item, so Stripe collects ``total_due``.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class StripeItem:
 
 def stripe_items(invoice: Invoice, lines: list[InvoiceLine]) -> list[StripeItem]:
     """The invoice items pushed for ``invoice``: each line in cents (half up), plus a "Rounding"
-    item when needed so that they sum to exactly ``invoice.total`` (see the module doc)."""
+    item when needed so that they sum to exactly ``invoice.total`` (see the module doc), plus the
+    invoice's own tax as one item: Stripe collects ``total_due``, what the PDF says."""
     items = [
         StripeItem(str(line.position), line.description, stripe_client.to_cents(line.amount))
         for line in lines
@@ -95,6 +98,10 @@ def stripe_items(invoice: Invoice, lines: list[InvoiceLine]) -> list[StripeItem]
     difference = stripe_client.to_cents(invoice.total) - sum(item.cents for item in items)
     if difference:
         items.append(StripeItem("rounding", "Rounding", difference))
+    if invoice.tax:
+        rate = invoice.tax_rate_percent.normalize() if invoice.tax_rate_percent else 0
+        label = f"{invoice.tax_name} {rate:f}%"
+        items.append(StripeItem("tax", label, stripe_client.to_cents(invoice.tax)))
     return items
 
 
@@ -103,7 +110,7 @@ def pushable(invoice: Invoice) -> bool:
     has nothing to collect and stays with staff."""
     return (
         invoice.status == Invoice.Status.OPEN
-        and invoice.total > 0
+        and invoice.total_due > 0
         and not invoice.payment_url
         and stripe_client.configured()
     )

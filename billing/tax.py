@@ -1,7 +1,8 @@
-"""The tax rule of invoices, written once: the documents (PDF, CSV) and the console compute an
-invoice's tax with ``tax_of``, and the Stripe push is to charge it with the same function, so
-what a tenant reads and what Stripe collects are the same amount (docs/billing.md, "Tax": the
-push does not add tax yet).
+"""The tax rule of invoices, written once. ``apply_tax`` sets an invoice's tax when it is built
+(the draft, and so the finalised invoice, which is the draft saved): the name, the rate and the
+amount are stored on the invoice, so the documents, the console, the API and the Stripe push all
+read the same amount, and a later change of the settings changes no finalised invoice
+(docs/billing.md, "Tax").
 
 Tax is configured by ``VLINDERS_TAX_NAME`` and ``VLINDERS_TAX_RATE_PERCENT`` (default none: no
 tax line anywhere). It applies to an invoice's ``total`` (the exact subtotal already rounded once
@@ -11,8 +12,12 @@ to cents) and is itself rounded once, to cents, ROUND_HALF_UP: 21 % of 0.05 is 0
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from billing.models import Invoice
 
 CENT = Decimal("0.01")
 
@@ -41,12 +46,22 @@ def tax_configured() -> bool:
     return tax_rate_percent() is not None
 
 
-def tax_of(total: Decimal) -> Decimal:
-    """The tax on an invoice's ``total``, rounded once to cents ROUND_HALF_UP; ``0.00`` when no
-    tax is configured. Negative totals (credits) give negative tax, symmetrically."""
+def tax_of(total: Decimal, rate: Decimal | None = None) -> Decimal:
+    """The tax on an invoice's ``total`` at ``rate`` percent (default: the configured rate),
+    rounded once to cents ROUND_HALF_UP; ``0.00`` without a rate. Negative totals (credits) give
+    negative tax, symmetrically."""
     if not isinstance(total, Decimal):
         raise TypeError("total must be a Decimal")
-    rate = tax_rate_percent()
+    if rate is None:
+        rate = tax_rate_percent()
     if rate is None:
         return Decimal("0.00")
     return (total * rate / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def apply_tax(invoice: Invoice) -> None:
+    """Set ``invoice``'s tax from the settings in force now; its ``total`` must be set."""
+    rate = tax_rate_percent()
+    invoice.tax_rate_percent = rate
+    invoice.tax_name = tax_name() if rate is not None else ""
+    invoice.tax = tax_of(invoice.total, rate)

@@ -1,5 +1,6 @@
 """Shapes of the invoice API. Money is a decimal string: amounts and the subtotal exactly (12
-decimal places, the sum of the events' cost), the total in cents, and the rounding between them."""
+decimal places, the sum of the events' cost), the total in cents, and the rounding between them;
+the tax stored on the invoice and ``total_due`` (total + tax), what is paid at ``payment_url``."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ class InvoiceSummarySerializer(serializers.ModelSerializer[Invoice]):
     subtotal = _exact()
     rounding = _exact()
     total = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+    tax_rate_percent = serializers.DecimalField(
+        max_digits=7, decimal_places=4, read_only=True, allow_null=True
+    )
+    tax = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+    total_due = serializers.DecimalField(
+        max_digits=14, decimal_places=2, read_only=True, help_text="total + tax: what is paid."
+    )
 
     class Meta:
         model = Invoice
@@ -64,9 +72,15 @@ class InvoiceSummarySerializer(serializers.ModelSerializer[Invoice]):
             "subtotal",
             "rounding",
             "total",
+            "tax_name",
+            "tax_rate_percent",
+            "tax",
+            "total_due",
             "issued_at",
+            "due_at",
             "paid_at",
             "voided_at",
+            "payment_url",
         ]
         read_only_fields = fields
 

@@ -4,8 +4,8 @@ and its stored lines, or from a draft (``billing.selectors.InvoiceDraft``: the u
 which is clearly marked as such.
 
 Amounts are the invoice's own: line amounts and the subtotal exact (12 decimal places), the total
-rounded once to cents as stored; the tax is ``billing.tax.tax_of(total)``, the rule the Stripe
-push uses too, and ``total_due = total + tax``.
+rounded once to cents as stored; the tax is the invoice's own (set by ``billing.tax.apply_tax``
+when it was built), the amount the Stripe push charges too, and ``total_due = total + tax``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from billing import tax
 from billing.documents import formatting as fmt
 from billing.documents.seller import Seller, seller
 from billing.models import Invoice, InvoiceLine
@@ -266,9 +265,9 @@ def _document(invoice: Invoice, lines: list[InvoiceLine], now: datetime | None) 
         seller=seller(),
         buyer=buyer_of(invoice.organization),
         lines=[_line(line) for line in lines],
-        tax_name=tax.tax_name(),
-        tax_rate_percent=tax.tax_rate_percent(),
-        tax=tax.tax_of(invoice.total),
+        tax_name=invoice.tax_name,
+        tax_rate_percent=invoice.tax_rate_percent,
+        tax=invoice.tax,
         past_due=is_past_due(invoice, now),
     )
 

@@ -301,12 +301,21 @@ def test_invoice_csv_totals_equal_the_invoice_exactly(as_owner, billed) -> None:
     assert credit["amount"] == "-2.500000000000"  # a minus sign is not a formula
 
 
-def test_invoice_csv_with_tax(as_owner, billed, settings) -> None:  # type: ignore[no-untyped-def]
+def test_invoice_csv_with_tax(as_owner, org, staff, settings) -> None:  # type: ignore[no-untyped-def]
     settings.VLINDERS_TAX_NAME = "VAT"
     settings.VLINDERS_TAX_RATE_PERCENT = "21"
+    org.created_at = START
+    org.save()
+    make_month(org)
+    billed = finalised_invoice(org, staff)
+    # The tax is the invoice's own, stored when it was finalised: a later change of the
+    # settings changes no finalised invoice.
+    settings.VLINDERS_TAX_NAME = "GST"
+    settings.VLINDERS_TAX_RATE_PERCENT = "10"
     rows = _csv_rows(as_owner.get(f"{BASE}/invoices/{billed.number}/csv/").content)
     totals = {row["kind"]: row for row in rows if not row["line"]}
-    expected_tax = tax.tax_of(billed.total)
+    expected_tax = tax.tax_of(billed.total, Decimal(21))
+    assert billed.tax == expected_tax
     assert totals["tax"]["description"] == "VAT 21%"
     assert Decimal(totals["tax"]["amount"]) == expected_tax
     assert Decimal(totals["total_due"]["amount"]) == billed.total + expected_tax

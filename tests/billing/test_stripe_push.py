@@ -122,6 +122,29 @@ def test_a_line_rounding_up_gets_a_negative_rounding_item(stripe_double):  # typ
     assert sum(amounts) == 302
 
 
+def test_the_invoices_tax_is_one_more_item_so_stripe_collects_the_total_due(
+    stripe_double, settings
+):  # type: ignore[no-untyped-def]
+    settings.VLINDERS_TAX_NAME = "VAT"
+    settings.VLINDERS_TAX_RATE_PERCENT = "21"
+    org = _org()
+    _usage(org, COSTS)
+    outcome = services.invoice_finalise(
+        organization_id=org.pk, period=PERIOD, now=END + dt.timedelta(hours=2)
+    )
+    settings.VLINDERS_TAX_RATE_PERCENT = "10"  # a later change: the invoice keeps its own tax
+    invoice = stripe_sync.invoice_push(outcome.invoice.pk)  # type: ignore[union-attr]
+    assert invoice.tax == Decimal("2.73")  # 21 % of 13.01 = 2.7321, rounded once
+    items = [
+        stripe_double.items[i] for i in stripe_double.invoices[invoice.stripe_invoice_id]["_items"]
+    ]
+    assert (items[-1]["description"], items[-1]["amount"]) == ("VAT 21%", 273)
+    assert stripe_double.invoice_total(invoice.stripe_invoice_id) == 1301 + 273
+    assert invoice.total_due == Decimal("15.74")
+    keys = [c.idempotency_key for c in stripe_double.calls]
+    assert f"vl-invoice-{invoice.pk}-item-tax" in keys
+
+
 def test_a_repeated_push_creates_nothing_twice(stripe_double):  # type: ignore[no-untyped-def]
     org = _org()
     _usage(org, COSTS)
