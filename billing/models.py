@@ -63,8 +63,8 @@ class UsageEvent(models.Model):
     completion_tokens = models.PositiveIntegerField()
     cached_tokens = models.PositiveIntegerField()
     cost = cost_field()
-    # The prices the request was served at (USD per million tokens; schema 2 of the event). Empty
-    # for events of schema 1, which carried only their cost.
+    # The prices the request was served at (USD per million tokens; added to schema 1 of the
+    # event, docs/usage-events.md). Empty for events of gateways that sent only their cost.
     price_input_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, null=True, blank=True
     )
