@@ -495,7 +495,7 @@ CELERY_BEAT_SCHEDULE["finalise-invoices"] = {
 # --- Stripe and dunning (docs/billing.md, "Stripe" and "Dunning") --------------------------------
 # Without a secret key nothing calls Stripe: invoices are still finalised and staff mark them paid.
 STRIPE_SECRET_KEY = _env("STRIPE_SECRET_KEY", "")
-# The signing secret of the webhook endpoint (whsec_...): /stripe/webhook/ refuses events without it.
+# The webhook endpoint's signing secret (whsec_...): /stripe/webhook/ refuses events without it.
 STRIPE_WEBHOOK_SECRET = _env("STRIPE_WEBHOOK_SECRET", "")
 # Seconds a webhook's signed timestamp may be old (replays older than this are refused).
 STRIPE_WEBHOOK_TOLERANCE_S = int(_env("STRIPE_WEBHOOK_TOLERANCE_S", "300"))
