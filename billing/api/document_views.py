@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -23,9 +23,21 @@ from tenants.api.scoping import OrganizationScopedViewSet
 from tenants.models import Organization
 from tenants.roles import MANAGE
 from vlinders import csv_export
+from vlinders.openapi import ValidationErrorSerializer
 
 _PDF = {(200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="PDF")}
 _CSV = {(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV")}
+# A statement's month is a path segment: one that is not YYYY-MM is a 400 naming ``month``.
+_MONTH = OpenApiParameter(
+    "month",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+    description="The UTC calendar month, YYYY-MM.",
+)
+_BAD_MONTH = {
+    400: OpenApiResponse(ValidationErrorSerializer, description="The month is not a YYYY-MM.")
+}
 
 
 class DocumentViewSet(OrganizationScopedViewSet):
@@ -64,12 +76,16 @@ class DocumentViewSet(OrganizationScopedViewSet):
             ) from exc
         return month
 
-    @extend_schema(operation_id="orgs_statements_pdf", responses=_PDF)
+    @extend_schema(
+        operation_id="orgs_statements_pdf", parameters=[_MONTH], responses={**_PDF, **_BAD_MONTH}
+    )
     def statement_pdf(self, request: Request, org_slug: str, month: str) -> HttpResponse:
         """The usage statement of a UTC month (``YYYY-MM``) as a PDF."""
         return downloads.statement_download(self.organization, self._month(month), "pdf")
 
-    @extend_schema(operation_id="orgs_statements_csv", responses=_CSV)
+    @extend_schema(
+        operation_id="orgs_statements_csv", parameters=[_MONTH], responses={**_CSV, **_BAD_MONTH}
+    )
     def statement_csv(self, request: Request, org_slug: str, month: str) -> HttpResponse:
         """The usage statement of a UTC month by day, model and key as CSV, with a total row."""
         return downloads.statement_download(self.organization, self._month(month), "csv")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.models import Invoice, InvoiceLine
@@ -57,6 +58,9 @@ class InvoiceSummarySerializer(serializers.ModelSerializer[Invoice]):
     total_due = serializers.DecimalField(
         max_digits=14, decimal_places=2, read_only=True, help_text="total + tax: what is paid."
     )
+    payment_url = serializers.SerializerMethodField(
+        help_text="Where the organisation pays (Stripe's hosted page); null until pushed."
+    )
 
     class Meta:
         model = Invoice
@@ -86,6 +90,10 @@ class InvoiceSummarySerializer(serializers.ModelSerializer[Invoice]):
 
     def get_number(self, invoice: Invoice) -> int | None:
         return invoice.number
+
+    @extend_schema_field(serializers.URLField(allow_null=True))
+    def get_payment_url(self, invoice: Invoice) -> str | None:
+        return invoice.payment_url or None
 
 
 class InvoiceSerializer(InvoiceSummarySerializer):
