@@ -1,19 +1,13 @@
 """A prepaid organisation through the real Ray Serve gateway: with a tiny balance it is served
 until the balance is spent, then refused with 429 ``insufficient_quota`` (the openai SDK's
 ``RateLimitError``), and a concurrent burst at the empty balance never takes it below zero.
-Run under ``flock /tmp/vl_ray.lock`` (one Ray cluster on the machine at a time).
-
-It deploys a small application of its own (the gateway and one synthetic model), not the
-package's ``gateway`` with its vLLM models: nothing here needs them, and on a busy 2-core machine
-they do not come up within the deploy's bound."""
+It uses the package's ``gateway`` deployment: a test module that deployed an application of its
+own would replace the session's, and every later test module would find its models gone."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -29,40 +23,13 @@ from inference.serving.money import to_micros
 from tenants import services, snapshot
 from tenants.models import ApiKey, BillingMode, Organization, Role
 from tests.factories import CatalogModelFactory, OrganizationFactory, UserFactory
-from tests.serving.conftest import (
-    SESSION_PREFIX,
-    SYNTHETIC_FAST,
-    USAGE_QUEUE,
-    _model,
-    deploy,
-    serve_config,
-)
+from tests.serving.conftest import SESSION_PREFIX
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
 MESSAGES = [{"role": "user", "content": "one two three"}]
 # syn-fast's prices in the test deployment (tests/serving/conftest.py): per million tokens.
 PRICE_IN, PRICE_OUT = Decimal(1), Decimal(2)
-
-
-@pytest.fixture(scope="module")
-def small_gateway(ray_cluster, serve_port, usage_broker) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    spool = tempfile.mkdtemp(prefix="vl-spool-")
-    spec = {
-        "spec_version": 1,
-        "revision": "prepaid",
-        "redis_url": settings.REDIS_URL,
-        "redis_prefix": SESSION_PREFIX,
-        "broker_url": usage_broker.url,
-        "usage_task": "billing.ingest_usage",
-        "usage_queue": USAGE_QUEUE,
-        "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25},
-        "models": [_model("syn-fast", SYNTHETIC_FAST)],
-    }
-    deploy(ray_cluster, serve_config(spec, serve_port), timeout=600)
-    yield f"http://127.0.0.1:{serve_port}"
-    shutil.rmtree(spool, ignore_errors=True)
 
 
 def _balance(org_id: str) -> Any:
@@ -84,7 +51,7 @@ def _ask(client: openai.OpenAI) -> Any:
 
 
 def test_a_tiny_balance_is_spent_then_refused_with_insufficient_quota(
-    small_gateway, django_capture_on_commit_callbacks
+    gateway, django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="syn-fast")
     org = OrganizationFactory()
@@ -98,7 +65,7 @@ def test_a_tiny_balance_is_spent_then_refused_with_insufficient_quota(
     credit = Decimal("0.000100")  # a request reserves about 0.000025: a handful of requests
     prepaid.credit(org, credit, kind="topup", reference=f"checkout:{uuid.uuid4().hex}")
     prepaid.publish_balance(org)
-    client = openai.OpenAI(base_url=f"{small_gateway}/v1", api_key=secret, max_retries=0)
+    client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=secret, max_retries=0)
 
     served: list[Any] = []
     refusal = None
