@@ -340,19 +340,28 @@ def test_the_webhook_secret_is_the_one_configured(stripe_double, stripe_client_h
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_workers_processing_one_event_credit_once(stripe_double, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_processing_one_event_credit_once(
+    stripe_double, redis_client, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """The event row's lock serialises workers given the same event (a redelivered task, the
     beat retry racing the first task): the second finds it processed."""
     import threading
 
+    from celery import current_app
     from django.db import connection
 
+    from billing.webhooks import PROCESS_TASK, event_store
+
+    # This test commits for real, so the store's on-commit enqueue would reach the machine's
+    # broker (and a worker of a local install would pick it up): record it instead.
+    queued: list[tuple[object, ...]] = []
+    monkeypatch.setattr(current_app.tasks[PROCESS_TASK], "delay", lambda *a: queued.append(a))
     org = prepaid_org()
     topup = TopUp.objects.create(organization=org, amount=Decimal("7.00"), stripe_session_id="cs_1")
     payload, _ = signed_event("checkout.session.completed", session(topup), event_id="evt_race")
-    from billing.webhooks import event_store
 
     event_store(json.loads(payload))
+    assert queued == [("evt_race",)]
     barrier = threading.Barrier(4)
     results: list[object] = []
 
