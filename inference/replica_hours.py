@@ -119,9 +119,14 @@ def _increment(model_id: Any, added: list[tuple[datetime, float]]) -> None:
         return
     table = connection.ops.quote_name(ReplicaHours._meta.db_table)
     values = ", ".join(["(%s, %s, %s)"] * len(added))
+    # Raw SQL gets values as the database takes them (SQLite binds neither a UUID nor an aware
+    # datetime): each field converts its own, as the ORM would.
+    model_field = ReplicaHours._meta.get_field("catalog_model").target_field
+    hour_field = ReplicaHours._meta.get_field("hour")
+    model_value = model_field.get_db_prep_value(model_id, connection)
     params: list[Any] = []
     for hour, seconds in added:
-        params += [model_id, hour, seconds]
+        params += [model_value, hour_field.get_db_prep_value(hour, connection), seconds]
     # Only the quoted table name and placeholders are interpolated; the values are parameters.
     sql = (
         f"INSERT INTO {table} (catalog_model_id, hour, replica_seconds) VALUES {values} "  # noqa: S608
