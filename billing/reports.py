@@ -38,6 +38,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from billing import spend
@@ -126,8 +127,31 @@ GROUP BY GROUPING SETS ((organization_id), (model), (day))
 _BY_ORGANIZATION, _BY_MODEL, _BY_DAY = 0b011, 0b101, 0b110
 
 
+def _usage_groups_orm(period: Period) -> UsageGroups:
+    """The same three groupings as three ORM queries: for SQLite (the single-machine default),
+    which has neither ``GROUPING SETS`` nor ``AT TIME ZONE``."""
+    month = UsageRollup.objects.filter(hour__gte=period.start, hour__lt=period.end)
+    sums = {
+        "requests": Sum("requests"),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "revenue": Coalesce(Sum("cost"), ZERO, output_field=UsageRollup._meta.get_field("cost")),
+    }
+    groups = UsageGroups({}, {}, {})
+    for row in month.values("organization_id").annotate(**sums):
+        groups.by_organization[row["organization_id"]] = _usage(row)
+    for row in month.values("model").annotate(**sums):
+        groups.by_model[row["model"]] = _usage(row)
+    days = month.annotate(day=TruncDay("hour", tzinfo=UTC)).values("day").annotate(**sums)
+    for row in days:
+        groups.by_day[row["day"]] = _usage(row)
+    return groups
+
+
 def usage_groups(period: Period) -> UsageGroups:
-    """The period's usage by organisation, by model and by day, in one query."""
+    """The period's usage by organisation, by model and by day, in one query (Postgres)."""
+    if connection.vendor != "postgresql":
+        return _usage_groups_orm(period)
     table = connection.ops.quote_name(UsageRollup._meta.db_table)
     groups = UsageGroups({}, {}, {})
     with connection.cursor() as cursor:

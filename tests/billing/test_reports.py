@@ -94,6 +94,20 @@ def test_revenue_by_organisation_model_and_day_equal_independent_sums() -> None:
     assert sum((row["revenue"] for row in by_day), Decimal(0)) == grand
 
 
+def test_the_sqlite_fallback_groups_exactly_as_the_single_postgres_scan() -> None:
+    """SQLite (the single-machine default) has no GROUPING SETS: its three ORM queries must give
+    the very rows the Postgres query gives."""
+    random_rollups(_orgs(4), per_org=40)
+    scan = reports.usage_groups(MARCH)
+    orm = reports._usage_groups_orm(MARCH)
+    assert scan.by_organization
+    assert scan.by_model
+    assert scan.by_day
+    assert orm.by_organization == scan.by_organization
+    assert orm.by_model == scan.by_model
+    assert orm.by_day == scan.by_day
+
+
 def test_the_revenue_queries_are_grouped_not_per_organisation() -> None:
     random_rollups(_orgs(3), per_org=20)
     with CaptureQueriesContext(connection) as few:
