@@ -35,44 +35,14 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_db import drop_database, setup_database  # noqa: E402  (bench/ is sys.path[0])
+
 RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vlinders_bench_reports"
 MONTH = "2026-10"
-
-
-def setup_database() -> None:
-    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    parts = urlsplit(base)
-    if not parts.scheme.startswith("postgres"):
-        raise SystemExit("the benchmark needs Postgres (DATABASE_URL=postgres://…)")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 def seed(orgs: int, keys: int, models: int, months: int) -> int:
@@ -254,14 +224,14 @@ def main() -> None:
     parser.add_argument("--out", default="billing_reports.json")
     args = parser.parse_args()
     try:
-        setup_database()
+        setup_database(BENCH_DB)
         t0 = time.perf_counter()
         rows = seed(args.orgs, args.keys, args.models, args.months)
         seed_s = time.perf_counter() - t0
         results, checks = measure(args.repeat)
     finally:
         if "DATABASE_URL" in os.environ and BENCH_DB in os.environ["DATABASE_URL"]:
-            drop_database()
+            drop_database(BENCH_DB)
     print(
         f"{args.orgs} organisations x {args.keys} keys x {args.models} models, {args.months} "
         f"month(s): {rows} rollup rows ({checks['month_rollup_rows']} in {MONTH}), "

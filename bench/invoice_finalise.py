@@ -30,44 +30,14 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench_db import drop_database, setup_database  # noqa: E402  (bench/ is sys.path[0])
+
 RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vlinders_bench_invoice"
 PERIOD = "2026-10"
-
-
-def setup_database() -> None:
-    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    parts = urlsplit(base)
-    if not parts.scheme.startswith("postgres"):
-        raise SystemExit("the benchmark needs Postgres (DATABASE_URL=postgres://…)")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 def seed(orgs: int, keys: int, models: int) -> int:
@@ -174,7 +144,7 @@ def main() -> None:
     runs = []
     try:
         for workers in [int(w) for w in args.workers.split(",")]:
-            setup_database()
+            setup_database(BENCH_DB)
             t0 = time.perf_counter()
             rows = seed(args.orgs, args.keys, args.models)
             seed_s = time.perf_counter() - t0
@@ -195,10 +165,10 @@ def main() -> None:
                     **checks,
                 }
             )
-            drop_database()
+            drop_database(BENCH_DB)
     finally:
         if "DATABASE_URL" in os.environ and BENCH_DB in os.environ["DATABASE_URL"]:
-            drop_database()
+            drop_database(BENCH_DB)
     header = f"{'workers':>7} {'orgs':>5} {'rollups':>9} {'finalise s':>10} {'ms/inv':>7} "
     header += f"{'rerun s':>8} {'1/org':>5} {'gapless':>7} {'exact':>5}"
     print(header)
