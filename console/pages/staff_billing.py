@@ -65,6 +65,7 @@ class Table:
     numeric: Sequence[bool]
     rows: list[tuple[list[Any], str | None]]
     footer: list[Any] | None = None
+    empty: str = "Nothing in this period."
 
     @property
     def columns(self) -> list[tuple[str, bool]]:
@@ -251,6 +252,7 @@ def days_table(period: reports.Period, usage: reports.UsageGroups | None = None)
 def invoices_table(rows: list[reports.OutstandingInvoice], name: str) -> Table:
     return Table(
         name=name,
+        empty="No invoices.",
         headers=(
             "Invoice",
             "Organisation",

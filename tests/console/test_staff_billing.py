@@ -288,3 +288,9 @@ def test_the_page_reads_the_months_rollups_once(staff_client, march) -> None:  #
     scans = [q["sql"] for q in queries if "billing_usagerollup" in q["sql"]]
     assert len(scans) == 1
     assert "GROUPING SETS" in scans[0]
+
+
+def test_with_nothing_outstanding_the_invoice_tables_say_so(staff_client) -> None:  # type: ignore[no-untyped-def]
+    page = staff_client.get(INVOICES).content.decode()
+    assert page.count("No invoices.") == 2  # past due, and open not yet due
+    assert "Nothing in this period." not in page
