@@ -16,6 +16,10 @@ from console.pages import (
     playground,
     requests,
     staff_billing,
+    staff_catalog,
+    staff_cluster,
+    staff_deploy,
+    staff_tenants,
     usage,
 )
 
@@ -35,6 +39,10 @@ urlpatterns = [
     path("orgs/<slug:slug>/", include(playground.urlpatterns)),
     path("orgs/<slug:slug>/", include(billing.urlpatterns)),
     path("staff/usage/", views.staff_usage, name="staff-usage"),
+    path("staff/", include(staff_tenants.urlpatterns)),
+    path("staff/", include(staff_catalog.urlpatterns)),
+    path("staff/", include(staff_deploy.urlpatterns)),
+    path("staff/", include(staff_cluster.urlpatterns)),
     path("staff/", include(staff_billing.urlpatterns)),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
 ]

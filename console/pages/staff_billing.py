@@ -23,10 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import wraps
 from typing import Any
 
-from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -34,24 +32,8 @@ from django.utils import timezone
 
 from billing import reports
 from billing.spend import month_of
+from console.staff import staff_page
 from vlinders.csv_export import cell
-
-View = Callable[..., HttpResponse]
-
-
-def staff_page(view: View) -> View:
-    """Staff only: anonymous -> the sign-in page; signed in but not staff -> 404."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        user = request.user
-        if not user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not (user.is_active and user.is_staff):
-            raise Http404("No such page.")
-        return view(request, *args, **kwargs)
-
-    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
