@@ -105,8 +105,9 @@ def _application(details: dict[str, Any] | None, name: str = APP_NAME) -> dict[s
     return app if isinstance(app, dict) else None
 
 
-def _deployed_revision(app: dict[str, Any] | None) -> str:
-    """The revision of the routing config Ray deployed to the gateway application."""
+def deployed_revision(app: dict[str, Any] | None) -> str:
+    """The revision of the routing config Ray deployed to the gateway application (``app``: the
+    gateway's entry of ``GET /api/serve/applications/``; empty when there is none)."""
     if not app:
         return ""
     return config_revision({"applications": [app.get("deployed_app_config") or {}]})
@@ -138,7 +139,7 @@ def _model_state(app: dict[str, Any] | None, name: str) -> tuple[str, int, int, 
 def _record_deploy_failure(details: dict[str, Any]) -> None:
     """Ray accepted a revision but could not deploy it (e.g. a builder raised): the newest
     record of that revision, if ``applied``, becomes ``failed`` with Ray's messages."""
-    revision = _deployed_revision(_application(details))
+    revision = deployed_revision(_application(details))
     latest = DeploymentRevision.objects.filter(revision=revision).first() if revision else None
     if latest is None or latest.outcome != DeploymentRevision.Outcome.APPLIED:
         return
@@ -164,7 +165,7 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
         details, error = None, _short(str(exc))
         logger.warning("Reconcile: %s", error)
 
-    revision = _deployed_revision(_application(details))
+    revision = deployed_revision(_application(details))
     rows = []
     with transaction.atomic():
         # The rows as last observed (locked): each model's replicas since then become
@@ -235,7 +236,7 @@ def _revision_status(details: dict[str, Any], revision: str, models: list[str]) 
     """One status for a revision's applications: the worst finished one once all finished,
     else the first unfinished one's (``ABSENT`` for one Ray does not list yet)."""
     gateway = _application(details)
-    if _deployed_revision(gateway) != revision:
+    if deployed_revision(gateway) != revision:
         return str(gateway.get("status") or "ABSENT") if gateway else "ABSENT"
     statuses = []
     for name in [APP_NAME, *models]:
