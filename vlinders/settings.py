@@ -114,7 +114,8 @@ SECRET_KEY = _secret("SECRET_KEY")
 # The pepper of API-key hashes. Kept apart from SECRET_KEY so that rotating the session secret
 # does not invalidate every API key. The gateway needs the same value to hash presented keys.
 VLINDERS_KEY_PEPPER = _secret("VLINDERS_KEY_PEPPER")
-# What Prometheus sends (Bearer) to read the gateway's /metrics, which names every tenant.
+# What Prometheus sends (Bearer) to read the gateway's and the control plane's /metrics, which
+# name tenants (docs/observability.md).
 VLINDERS_METRICS_TOKEN = _secret("VLINDERS_METRICS_TOKEN")
 # Fernet keys, comma-separated: the first encrypts, every one decrypts (rotation). They encrypt
 # the upstream API keys of the catalog at rest and on their way to the data plane, which is
@@ -141,6 +142,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_htmx",
     "csp",
+    "django_prometheus",
     "vlinders",
     "tenants",
     "inference",
@@ -148,7 +150,10 @@ INSTALLED_APPS = [
     "console",
 ]
 
+# django-prometheus' two middlewares wrap everything else, so its request metrics (count,
+# latency, status by view) time the whole stack. /metrics itself: vlinders/metrics.py.
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -159,6 +164,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "vlinders.urls"
@@ -413,6 +419,11 @@ VLINDERS_LEASE_S = float(_env("VLINDERS_LEASE_S", "600"))
 # "1" adds the organisation as a label of the gateway's request and token counters (one series
 # per tenant and model: off by default; the usage API has per-tenant figures). Passed to Ray.
 VLINDERS_METRICS_TENANT_LABELS = _env("VLINDERS_METRICS_TENANT_LABELS", "0")
+# The control plane's /metrics (vlinders/metrics.py, docs/observability.md): per-organisation
+# month-to-date gauges for the largest spenders only (the rest summed under org="(other)"), and
+# how long the month's figures (a scan of the month's rollups) are reused between scrapes.
+VLINDERS_METRICS_TOP_ORGS = int(_env("VLINDERS_METRICS_TOP_ORGS", "50"))
+VLINDERS_METRICS_MONTH_CACHE_S = float(_env("VLINDERS_METRICS_MONTH_CACHE_S", "60"))
 # The console's public address, for links in e-mails (invitations). Unset: built from the
 # request's host (as trustworthy as ALLOWED_HOSTS); set it in production.
 VLINDERS_CONSOLE_URL = _env("VLINDERS_CONSOLE_URL", "")

@@ -8,6 +8,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from billing.webhooks import stripe_webhook
+from vlinders.metrics import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -34,6 +35,8 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("healthz", healthz, name="healthz"),
+    # Prometheus text for the scraper holding VLINDERS_METRICS_TOKEN only (vlinders/metrics.py).
+    path("metrics", metrics_view, name="metrics"),
     # Stripe's signed webhooks (billing.webhooks; csrf-exempt, POST only).
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("", include("console.urls")),

@@ -129,7 +129,13 @@ class VLLMEngine:
         args = make_arg_parser(parser_cls()).parse_args([])
         args.model = self.path
         args.served_model_name = [self.model]
-        args.disable_log_stats = True
+        # Stats on: vLLM's PrometheusStatLogger records vllm:num_requests_running/_waiting,
+        # vllm:kv_cache_usage_perc, vllm:time_to_first_token_seconds, vllm:generation_tokens …
+        # in this replica's process. The Ray cluster sets PROMETHEUS_MULTIPROC_DIR, so they land
+        # in the node's multiprocess files and the gateway's /metrics serves them with its own
+        # (inference/serving/metrics.py). vLLM's periodic log line needs its HTTP server's loop,
+        # which is not run here, so nothing is logged.
+        args.disable_log_stats = False
         args.enable_log_requests = False
         on_cpu = _on_cpu()
         if on_cpu:
