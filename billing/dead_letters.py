@@ -58,3 +58,26 @@ def dead_letter_park(*, events: Any, task_id: str, error: str, attempts: int) ->
         error.splitlines()[0] if error else "",
     )
     return dead_letter
+
+
+# --- what an operator sees of a dead letter (the console's /staff/dead-letters/) -------------
+INVALID_EVENTS_HEADER = "invalid usage events:"
+
+
+def dead_letter_size(events: Any) -> int:
+    """How many events a dead letter holds (a message that was not even a list counts as one)."""
+    return len(events) if isinstance(events, list) else 1
+
+
+def dead_letter_reason(error: str, width: int = 160) -> str:
+    """One line saying why: for invalid events (``billing.events.describe_rejects``) how many and
+    the first reason; for a failed batch the last line of its traceback (the exception)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0] == INVALID_EVENTS_HEADER and len(lines) > 1:
+        count = len(lines) - 1
+        line = f"{count} invalid event{'s' if count != 1 else ''}: {lines[1]}"
+    else:
+        line = lines[-1]
+    return line if len(line) <= width else line[: width - 1] + "…"

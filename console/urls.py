@@ -18,8 +18,10 @@ from console.pages import (
     staff_billing,
     staff_catalog,
     staff_cluster,
+    staff_dead_letters,
     staff_deploy,
     staff_tenants,
+    staff_usage,
     usage,
 )
 
@@ -38,7 +40,8 @@ urlpatterns = [
     path("orgs/<slug:slug>/", include(people.urlpatterns)),
     path("orgs/<slug:slug>/", include(playground.urlpatterns)),
     path("orgs/<slug:slug>/", include(billing.urlpatterns)),
-    path("staff/usage/", views.staff_usage, name="staff-usage"),
+    path("staff/", include(staff_usage.urlpatterns)),
+    path("staff/", include(staff_dead_letters.urlpatterns)),
     path("staff/", include(staff_tenants.urlpatterns)),
     path("staff/", include(staff_catalog.urlpatterns)),
     path("staff/", include(staff_deploy.urlpatterns)),

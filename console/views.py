@@ -1,12 +1,11 @@
-"""Console pages: sign-in, a landing page, the platform's live usage dashboard (over the
-websocket of ``console.consumers``) and the page an invitation links to. An organisation's pages
-are in ``console/pages/``."""
+"""Console pages: sign-in, a landing page and the page an invitation links to. An
+organisation's pages, and platform staff's (``/staff/…``), are in ``console/pages/``."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth import login
-from django.contrib.auth.decorators import login_required, user_passes_test
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
@@ -40,12 +39,6 @@ def home(request: HttpRequest) -> HttpResponse:
     )
     rows = [(org, Role(roles[org.pk]).label if org.pk in roles else None) for org in page]
     return render(request, "console/home.html", {"page": page, "rows": rows})
-
-
-@user_passes_test(lambda user: user.is_active and user.is_staff)
-def staff_usage(request: HttpRequest) -> HttpResponse:
-    """Platform staff: every organisation's live usage (``ws/staff/usage/``)."""
-    return render(request, "console/staff_usage.html")
 
 
 def _invitation_error(request: HttpRequest, error: InvitationUnusable) -> HttpResponse:

@@ -1,4 +1,5 @@
-/* Platform staff: live usage of every organisation over ws/staff/usage/ (docs/usage-api.md). */
+/* Platform staff: live usage of every organisation over ws/staff/usage/ (docs/usage-api.md).
+   The per-model figures of the same page are refreshed by htmx (console/pages/staff_usage.py). */
 (function () {
   // One "usage.summary" per ingested batch (docs/usage-api.md); a row per organisation seen.
   var rows = {};
@@ -15,6 +16,8 @@
       m.organizations.forEach(function (o) {
         var tr = rows[o.org_id];
         if (!tr) {
+          var waiting = document.getElementById("orgs-waiting");
+          if (waiting) { waiting.remove(); }
           tr = document.createElement("tr");
           for (var i = 0; i < 5; i++) { tr.appendChild(document.createElement("td")); }
           var link = document.createElement("a");
