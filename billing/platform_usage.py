@@ -277,7 +277,9 @@ def _month_to_date(now: datetime) -> tuple[str, Decimal, int, int]:
         prompt=Coalesce(Sum("prompt_tokens"), 0),
         completion=Coalesce(Sum("completion_tokens"), 0),
     )
-    return month, row["revenue"], int(row["requests"]), int(row["prompt"] + row["completion"])
+    # To the column's 12 places: SQLite hands back its sum with as many as its float had.
+    revenue = Decimal(row["revenue"]).quantize(Decimal(1).scaleb(-cost.decimal_places or 0))
+    return month, revenue, int(row["requests"]), int(row["prompt"] + row["completion"])
 
 
 def platform_usage(

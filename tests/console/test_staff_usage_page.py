@@ -239,7 +239,7 @@ def test_an_empty_window_shows_zeros_not_errors(staff_client: Client) -> None:
     assert 'id="requests-per-second">0.00<' in html
     assert 'id="ttft-p50">\u2013<' in html
     assert "No requests in the window." in html
-    assert 'id="revenue-mtd">0<' in html
+    assert 'id="revenue-mtd">0.000000000000<' in html
 
 
 def test_the_portable_fallback_gives_the_figures_of_the_grouped_query(made: Made) -> None:
