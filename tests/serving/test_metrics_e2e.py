@@ -83,3 +83,29 @@ def test_histograms_and_error_counters_are_exposed(gateway, client):
         assert name in families, name
     # An unknown name is not a label value (clients cannot mint series): it counts under "-".
     assert gateway.metric("vlinders_errors_total", model="-", code="model_not_found") >= 1
+
+
+# vLLM's own metrics, as vLLM 0.32 names them, with the served model's name as ``model_name``.
+VLLM_METRICS = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:generation_tokens",
+)
+
+
+def test_vllm_records_its_own_metrics_into_the_gateway_page(gateway, client):
+    """The vLLM engine runs in its model server's replica process, which records into the
+    node's multiprocess files like the gateway: the gateway's /metrics serves vLLM's metrics."""
+    before = gateway.metric("vllm:generation_tokens_total", model_name="smollm2")
+    client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hi"}], max_tokens=4
+    )
+    families = _scrape(gateway)
+    for name in VLLM_METRICS:
+        assert name in families, name
+        assert any(s.labels.get("model_name") == "smollm2" for s in families[name].samples), name
+    assert gateway.metric("vllm:generation_tokens_total", model_name="smollm2") > before
