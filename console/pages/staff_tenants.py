@@ -185,20 +185,19 @@ def tenants_page(request: HttpRequest) -> HttpResponse:
         return render(request, template, context, status=invalid_status(request))
     sort, descending = form.order()
     search = form.cleaned_data["q"]
-    rows = tenant_usage.organizations_with_month_usage(
-        search=search, sort=sort, descending=descending, month=month
-    ).only("id", "name", "slug", "status", "plan", "billing_mode", "created_at")
+    rows = tenant_usage.TenantList(search=search, sort=sort, descending=descending, month=month)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
     query = {"q": search, "sort": form.cleaned_data["sort"]}
     context |= {
         "page": page,
         "rows": [
             {
-                "org": org,
-                "spend": money(org.mtd_spend),
-                "spend_exact": exact(org.mtd_spend),
+                "row": row,
+                "org": row.organization,
+                "spend": money(row.spend),
+                "spend_exact": exact(row.spend),
             }
-            for org in page.object_list
+            for row in page.object_list
         ],
         "headers": _headers(query, sort, descending),
         "query": query_string(query),
