@@ -5,6 +5,8 @@
   it changes anything: a refused config (400) leaves the running applications as they were.
 - ``GET /api/serve/applications/`` returns ``ServeInstanceDetails``: per application its status,
   message, the deployed config, and per deployment its status, message and replicas.
+- ``GET /nodes?view=summary`` and ``GET /api/cluster_status``: the nodes and the logical
+  resources in use, for the operator console's Cluster page (``inference.cluster``).
 
 Every request carries ``Authorization: Bearer <token>`` (Ray's token authentication). Errors are
 typed so callers can record them: :class:`RayUnreachable` (connection refused, DNS, timeout),
@@ -29,6 +31,11 @@ from typing import Any
 from django.conf import settings
 
 SERVE_APPLICATIONS_PATH = "/api/serve/applications/"
+# The dashboard's node summary (per node: hostname, IP, head or not, physical CPUs and memory,
+# GPUs, and Ray's logical ``resourcesTotal``) and the autoscaler's report (per node, the logical
+# resources in use and in total). Both are served with token authentication in Ray 2.60.
+NODES_SUMMARY_PATH = "/nodes?view=summary"
+CLUSTER_STATUS_PATH = "/api/cluster_status"
 # Ray's messages can be long (a pydantic repr, a traceback); records keep this much.
 MAX_MESSAGE_CHARS = 4000
 
@@ -114,7 +121,31 @@ class RayDashboardClient:
     def get_applications(self) -> dict[str, Any]:
         """``ServeInstanceDetails`` as a dict; ``applications`` is ``{}`` when Serve is not
         running."""
-        body = self._request("GET", SERVE_APPLICATIONS_PATH)
+        return self._get_object(SERVE_APPLICATIONS_PATH)
+
+    def get_nodes_summary(self) -> list[dict[str, Any]]:
+        """Every node Ray knows (alive or dead), as ``GET /nodes?view=summary`` lists them: the
+        reporter's physical figures (``hostname``, ``ip``, ``cpus`` = [logical, physical],
+        ``mem`` = [total, available, percent, used], ``gpus``) and ``raylet`` (``nodeId``,
+        ``state``, ``isHeadNode``, ``resourcesTotal``, ``metricsExportPort``)."""
+        data = self._get_object(NODES_SUMMARY_PATH).get("data") or {}
+        summary = data.get("summary") if isinstance(data, dict) else None
+        if not isinstance(summary, list):
+            raise RayDashboardError("Ray's dashboard answered the node summary without a list")
+        return [node for node in summary if isinstance(node, dict)]
+
+    def get_resource_usage(self) -> dict[str, dict[str, list[float]]]:
+        """Per node id, Ray's logical resources ``{"CPU": [used, total], "GPU": …}`` from the
+        autoscaler's load report (``GET /api/cluster_status``); ``{}`` before its first
+        report."""
+        data = self._get_object(CLUSTER_STATUS_PATH).get("data") or {}
+        status = (data.get("clusterStatus") or {}) if isinstance(data, dict) else {}
+        report = (status.get("loadMetricsReport") or {}) if isinstance(status, dict) else {}
+        usage = report.get("usageByNode") if isinstance(report, dict) else None
+        return usage if isinstance(usage, dict) else {}
+
+    def _get_object(self, path: str) -> dict[str, Any]:
+        body = self._request("GET", path)
         try:
             details = json.loads(body or "{}")
         except ValueError as exc:

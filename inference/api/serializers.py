@@ -1,4 +1,5 @@
-"""Serializers of the catalog administration API (platform staff only).
+"""Serializers of the catalog administration API (platform staff only): the catalog, its
+deployments and scaling.
 
 They are thin: they turn JSON into typed values (syntax, types, references) and back. Every
 business rule lives in ``inference.services``, which the views call.
@@ -19,6 +20,7 @@ from inference.models import (
     PlanModelPrice,
     model_name_validator,
 )
+from inference.scaling import MAX_REPLICAS_LIMIT
 from inference.services import CATALOG_MODEL_FIELDS
 from tenants.models import Organization
 from vlinders.strict_json import StrictJSONTypes
@@ -166,3 +168,49 @@ class ModelDeploymentStatusSerializer(serializers.ModelSerializer[ModelDeploymen
             "updated_at",
         )
         read_only_fields = fields
+
+
+class ScaleRequestSerializer(StrictJSONTypes, serializers.Serializer[Any]):
+    """A fixed replica count (``replicas``), or autoscaling bounds (``min_replicas`` and
+    ``max_replicas``, with ``scale_to_zero`` to allow ``min_replicas`` 0) — not both."""
+
+    replicas = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_REPLICAS_LIMIT,
+        help_text="A fixed count: min and max replicas both become it (no autoscaling).",
+    )
+    min_replicas = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_REPLICAS_LIMIT,
+        help_text="Autoscaling's lower bound (0: scale to zero, with `scale_to_zero`).",
+    )
+    max_replicas = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_REPLICAS_LIMIT,
+        help_text="Autoscaling's upper bound.",
+    )
+    scale_to_zero = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Confirms that `min_replicas` 0 is meant (idle: no replica, cold start).",
+    )
+
+
+class ScaleResultSerializer(serializers.Serializer[Any]):
+    """The scaling as stored, and how its apply to Ray went."""
+
+    model = serializers.CharField(help_text="The catalog model's name.")
+    min_replicas = serializers.IntegerField()
+    max_replicas = serializers.IntegerField()
+    scale_to_zero = serializers.BooleanField()
+    applied = serializers.BooleanField(
+        help_text="Whether Ray accepted the catalog with the new scaling. False: the scaling is "
+        "stored and goes out with the next apply; `revision.error` says why this one failed."
+    )
+    revision = DeploymentRevisionSerializer(help_text="The apply this scale recorded.")
+    capacity_note = serializers.CharField(
+        help_text="What `max_replicas` replicas ask for against the cluster's CPUs and GPUs."
+    )

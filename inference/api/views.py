@@ -5,6 +5,10 @@ the name clients put in ``model``; names may contain ``/``, ``.``, ``:`` and ``-
 trailing slash ends the name. Renaming changes the URL. Tenants read the models they may use
 through the organisation-scoped API, not here.
 
+``POST /api/v1/models/{name}/scale/`` scales a model and applies the catalog to Ray at once
+(``inference.scaling.catalog_model_scale``): the operator's answer to the seed's cluster scale
+API.
+
 Views are thin: serializers parse, ``inference.services`` validates and writes (and republishes
 the access snapshot); a service's ``ValidationError`` becomes a 400 naming the field.
 """
@@ -13,16 +17,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, permissions, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from inference import plan_prices, services
+from inference import plan_prices, scaling, services
 from inference.api.serializers import (
     CatalogModelSerializer,
     DeploymentRevisionSerializer,
     ModelAliasSerializer,
     ModelDeploymentStatusSerializer,
+    ScaleRequestSerializer,
+    ScaleResultSerializer,
 )
 from inference.models import CatalogModel, DeploymentRevision, ModelAlias, ModelDeploymentStatus
 
@@ -114,3 +123,58 @@ class ModelDeploymentStatusListView(generics.ListAPIView[ModelDeploymentStatus])
     permission_classes = [permissions.IsAdminUser]
     serializer_class = ModelDeploymentStatusSerializer
     queryset = ModelDeploymentStatus.objects.select_related("catalog_model")
+
+
+@extend_schema(
+    summary="Scale a catalog model and apply the catalog to Ray",
+    description="A fixed count (`replicas`) or autoscaling bounds (`min_replicas`, "
+    "`max_replicas`). The scaling is stored in the catalog, then the whole catalog is applied "
+    "to Ray Serve at once; `applied` says whether Ray accepted it (if not, the scaling stays "
+    "stored and goes out with the next apply).",
+    tags=["deploy"],
+    request=ScaleRequestSerializer,
+    responses={200: ScaleResultSerializer},
+)
+class CatalogModelScaleView(generics.GenericAPIView[CatalogModel]):
+    """Scale one model (``inference.scaling``); a bad request is a 400 naming the fields."""
+
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = ScaleRequestSerializer
+    queryset = CatalogModel.objects.all()
+    lookup_field = "name"
+
+    def post(self, request: Request, name: str) -> Response:
+        model = self.get_object()
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            outcome = scaling.catalog_model_scale(
+                model=model,
+                min_replicas=data.get("min_replicas"),
+                max_replicas=data.get("max_replicas"),
+                fixed=data.get("replicas"),
+                scale_to_zero=data.get("scale_to_zero", False),
+                actor=request.user,
+            )
+        except ValidationError as exc:
+            # The service calls the fixed count ``fixed``; this API calls it ``replicas``.
+            if not hasattr(exc, "error_dict"):
+                raise
+            raise ValidationError(
+                {
+                    ("replicas" if field == "fixed" else field): messages
+                    for field, messages in exc.message_dict.items()
+                }
+            ) from exc
+        stored = outcome.model
+        result = {
+            "model": stored.name,
+            "min_replicas": stored.min_replicas,
+            "max_replicas": stored.max_replicas,
+            "scale_to_zero": stored.scale_to_zero,
+            "applied": outcome.applied,
+            "revision": outcome.revision,
+            "capacity_note": outcome.capacity_note,
+        }
+        return Response(ScaleResultSerializer(result).data)
