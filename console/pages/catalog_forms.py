@@ -23,6 +23,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse_lazy
 
 from inference import services, upstream_secrets
+from inference.catalog_changes import LOAD_FIELDS
 from inference.models import CatalogModel, EngineKind, ModelAlias
 from tenants.models import Organization
 from tenants.plans import Plan
@@ -42,10 +43,40 @@ SCALING_FIELDS = (
     "replica_gpus",
     "accelerator_type",
 )
-# Model fields that ``catalog_model_create``/``catalog_model_update`` do not take as arguments
-# (they are not in ``services.CATALOG_MODEL_FIELDS``): the view sets them on the instance, which
-# ``catalog_model_update`` documents as allowed, and the service validates and saves the row.
-LOAD_FIELDS = ("max_queued_requests", "request_timeout_s")
+
+# Labels and help the model's fields lack (the rest come from the model).
+_LABELS = {
+    "context_length": (
+        "Context length (tokens)",
+        "What the model advertises; the gateway "
+        "reserves against it and vLLM's max_model_len may not exceed it.",
+    ),
+    "price_input_per_mtok": ("Input price", "USD per million prompt tokens."),
+    "price_output_per_mtok": ("Output price", "USD per million completion tokens."),
+    "min_replicas": ("Min replicas", "0 only together with “scale to zero”."),
+    "max_replicas": ("Max replicas", ""),
+    "scale_to_zero": (
+        "Scale to zero",
+        "No replica while idle: the first request waits for a cold start. Needs min replicas 0.",
+    ),
+    "target_ongoing_requests": (
+        "Target ongoing requests",
+        "Autoscaling target: requests in flight per replica.",
+    ),
+    "replica_cpus": ("CPUs per replica", ""),
+    "replica_gpus": ("GPUs per replica", "Fractions allowed for a single worker."),
+    "accelerator_type": ("Accelerator type", "Ray's accelerator type (e.g. H100); empty: any."),
+    "max_queued_requests": (
+        "Max queued requests",
+        "Per gateway replica; beyond it requests are refused at once with 503 and Retry-After.",
+    ),
+    "request_timeout_s": (
+        "Request timeout (seconds)",
+        "A request still running after it is cancelled and metered for what it produced.",
+    ),
+    "source_path": ("Source path", "The model's folder on the Ray nodes (vLLM)."),
+    "upstream_model": ("Upstream model", "The model name the upstream server knows."),
+}
 
 _MODEL_FORM_FIELDS = (
     *GENERAL_FIELDS,
@@ -93,8 +124,13 @@ class CatalogModelForm(forms.Form):
         self.model = model
         generated = [name for name in _MODEL_FORM_FIELDS if name != "upstream_base_url"]
         self.fields.update(forms.fields_for_model(CatalogModel, fields=generated))
+        for name, (label, help_text) in _LABELS.items():
+            self.fields[name].label = label
+            self.fields[name].help_text = help_text or self.fields[name].help_text
+        self.fields["description"].widget.attrs["rows"] = 2
         self.fields["upstream_base_url"] = forms.URLField(
             required=False,
+            label="Upstream base URL",
             max_length=1024,
             assume_scheme="https",
             help_text="OpenAI-compatible upstream, e.g. https://api.example.com/v1.",
@@ -102,6 +138,7 @@ class CatalogModelForm(forms.Form):
         self.fields["upstream_api_key"] = forms.CharField(
             required=False,
             max_length=upstream_secrets.MAX_KEY_CHARS,
+            label="Upstream API key",
             widget=forms.PasswordInput(render_value=False),
             help_text=(
                 f"{'A key is set' if model is not None and model.upstream_api_key else 'No key'}"

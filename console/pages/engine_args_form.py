@@ -121,6 +121,8 @@ class ExtraArgsField(forms.JSONField):
     def prepare_value(self, value: Any) -> Any:
         if value is None or value == {}:
             return ""
+        if isinstance(value, str):  # text as typed (a form redrawn for another engine kind)
+            return value
         return super().prepare_value(value)
 
     def to_python(self, value: Any) -> Any:

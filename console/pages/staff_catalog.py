@@ -16,9 +16,10 @@ catalog").
 Contract: views are thin. Models and aliases are written only by ``inference.services``
 (``catalog_model_*``, ``model_alias_*``; the management API and the admin call the same ones),
 plan prices by ``inference.plan_prices.plan_prices_set`` in the same transaction as the model, as
-the API does. A POST that fails validation answers 400 with every error next to its field and
-writes nothing. Catalog edits reach the data plane with the next apply of the deployment spec
-(``staff-deploy``): each page says so.
+the API does; ``inference.catalog_changes`` calls them and writes the audit record of each change
+(platform-level: no organisation). A POST that fails validation answers 400 with every error
+next to its field and writes nothing. Catalog edits reach the data plane with the next apply of
+the deployment spec (``staff-deploy``): each page says so.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from uuid import UUID
 from django import forms as django_forms
 from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -46,7 +46,7 @@ from console.pages.catalog_forms import (
 from console.pages.engine_args_form import EngineArgsForm
 from console.pages.staff_billing import Table
 from console.staff import staff_page
-from inference import plan_prices, services
+from inference import catalog_changes
 from inference.models import CatalogModel, ModelAlias, ModelDeploymentStatus
 
 SWITCH_ENGINE = "_switch_engine"
@@ -79,7 +79,7 @@ def models_table(models: list[CatalogModel]) -> Table:
             (
                 [
                     model.name,
-                    model.get_engine_kind_display(),
+                    model.engine_kind,
                     "enabled" if model.status == CatalogModel.Status.ACTIVE else "disabled",
                     "public"
                     if model.visibility == "public"
@@ -205,27 +205,20 @@ def _redrawn(data: QueryDict, model: CatalogModel | None) -> ModelForms:
     return ModelForms(form, engine)
 
 
-def _save(forms: ModelForms, model: CatalogModel | None) -> CatalogModel:
-    """Write through the services in one transaction: the model, then its plan prices (as the
-    management API does). Raises the services' ``ValidationError``; nothing is written then."""
-    form, data = forms.form, forms.form.cleaned_data
-    fields = form.service_fields() | {"engine_args": forms.engine.cleaned_data["engine_args"]}
-    organizations = list(data["organizations"])
-    with transaction.atomic():
-        if model is None:
-            model = services.catalog_model_create(
-                name=data["name"], organizations=organizations, **fields
-            )
-            fields = {}  # written; only the load fields below remain
-        else:
-            fields["name"] = data["name"]
-        # Not arguments of the services (catalog_forms.LOAD_FIELDS): set on the row, which
-        # ``catalog_model_update`` validates (full_clean) and saves with the rest.
-        for name, value in form.load_fields().items():
-            setattr(model, name, value)
-        model = services.catalog_model_update(model=model, organizations=organizations, **fields)
-        plan_prices.plan_prices_set(model=model, prices=form.plan_prices())
-    return model
+def _save(request: HttpRequest, forms: ModelForms, model: CatalogModel | None) -> CatalogModel:
+    """Write through the catalog's services, audited (``inference.catalog_changes``), in one
+    transaction: the model, its load fields and its plan prices. Raises the services'
+    ``ValidationError``; nothing is written then."""
+    form = forms.form
+    return catalog_changes.catalog_model_save(
+        actor=request.user,
+        model=model,
+        name=form.cleaned_data["name"],
+        fields=form.service_fields() | {"engine_args": forms.engine.cleaned_data["engine_args"]},
+        organizations=list(form.cleaned_data["organizations"]),
+        load=form.load_fields(),
+        prices=form.plan_prices(),
+    )
 
 
 def _show_errors(forms: ModelForms, error: ValidationError) -> None:
@@ -279,7 +272,7 @@ def _model_form_view(request: HttpRequest, model: CatalogModel | None) -> HttpRe
         return _model_page(request, model, forms, 200)
     if forms.is_valid():
         try:
-            saved = _save(forms, model)
+            saved = _save(request, forms, model)
         except ValidationError as error:
             _show_errors(forms, error)
         else:
@@ -370,7 +363,7 @@ def model_status(request: HttpRequest, pk: UUID) -> HttpResponse:
             messages.info(request, f"“{model.name}” is already {model.get_status_display()}.")
             return redirect("console:staff-model-edit", model.pk)
         try:
-            services.catalog_model_update(model=model, status=wanted)
+            catalog_changes.catalog_model_status_set(actor=request.user, model=model, status=wanted)
         except ValidationError as error:
             context["errors"] = error.messages
             return _confirm_page(request, context, status=400)
@@ -391,7 +384,7 @@ def model_delete(request: HttpRequest, pk: UUID) -> HttpResponse:
     aliases = sorted(model.aliases.values_list("name", flat=True))
     if request.method == "POST" and ConfirmForm(request.POST).is_valid():
         name = model.name
-        services.catalog_model_delete(model=model)
+        catalog_changes.catalog_model_remove(actor=request.user, model=model)
         messages.success(
             request,
             f"Deleted “{name}”. Its replicas stop with the next apply (Deploy).",
@@ -441,7 +434,9 @@ def alias_create(request: HttpRequest) -> HttpResponse:
     form = ModelAliasForm(request.POST)
     if form.is_valid():
         try:
-            alias = services.model_alias_create(**form.cleaned_data)
+            alias = catalog_changes.model_alias_save(
+                actor=request.user, alias=None, **form.cleaned_data
+            )
         except ValidationError as error:
             show_service_errors(form, error)
         else:
@@ -463,7 +458,9 @@ def alias_edit(request: HttpRequest, pk: UUID) -> HttpResponse:
     form = ModelAliasForm(request.POST, alias=alias)
     if form.is_valid():
         try:
-            alias = services.model_alias_update(alias=alias, **form.cleaned_data)
+            alias = catalog_changes.model_alias_save(
+                actor=request.user, alias=alias, **form.cleaned_data
+            )
         except ValidationError as error:
             show_service_errors(form, error)
         else:
@@ -482,7 +479,7 @@ def alias_delete(request: HttpRequest, pk: UUID) -> HttpResponse:
     alias = get_object_or_404(ModelAlias.objects.select_related("target"), pk=pk)
     if request.method == "POST" and ConfirmForm(request.POST).is_valid():
         name = alias.name
-        services.model_alias_delete(alias=alias)
+        catalog_changes.model_alias_remove(actor=request.user, alias=alias)
         messages.success(request, f"Deleted the alias “{name}” (with the next apply).")
         return redirect("console:staff-models")
     return _confirm_page(

@@ -7,16 +7,19 @@ edited price is in the Serve config the next apply sends."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from decimal import Decimal
 from html import unescape
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
+from inference import catalog_changes
 from inference.deployment import gateway_config_of, render_serve_config, render_spec
 from inference.engine_args import SCHEMAS
 from inference.models import (
@@ -26,6 +29,8 @@ from inference.models import (
     ModelDeploymentStatus,
     PlanModelPrice,
 )
+from tenants import audit
+from tenants.models import AuditEvent
 from tests.factories import CatalogModelFactory, ModelAliasFactory, OrganizationFactory
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +40,26 @@ NEW = "/staff/models/new/"
 ENGINE_FIELDS = "/staff/models/engine-fields/"
 NEW_ALIAS = "/staff/models/aliases/new/"
 
+# As tenants.audit has them (read before any test adds to them).
+REGISTERED_ACTIONS = audit.ACTIONS
 NON_STAFF = {role: 404 for role in ("owner", "admin", "member", "viewer", "outsider")}
+
+
+@pytest.fixture(autouse=True)
+def _catalog_actions(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The catalog's audit actions, until ``tenants.audit.ACTIONS`` lists them itself
+    (``test_catalog_audit_actions_are_registered`` fails until then)."""
+    missing = tuple(a for a in catalog_changes.ACTIONS if a not in audit.ACTIONS)
+    if missing:
+        monkeypatch.setattr(audit, "ACTIONS", audit.ACTIONS + missing)
+
+
+def test_catalog_audit_actions_are_registered() -> None:
+    assert set(catalog_changes.ACTIONS) <= set(REGISTERED_ACTIONS)
+
+
+def audited(action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=action).order_by("id"))
 
 
 def matrix(staff_status: int) -> dict[str, int]:
@@ -210,6 +234,7 @@ def test_every_action_is_staff_only(assert_matrix) -> None:  # type: ignore[no-u
     data = valid_create_data(name="meta/llama-3.1-8b", description="edited")
     assert_matrix(edit, matrix(302), method="post", data=data)
     assert CatalogModel.objects.get(pk=model.pk).description == "edited"
+    assert [e.after["description"] for e in audited("catalog_model.updated")] == ["edited"]
     assert_matrix(ENGINE_FIELDS, matrix(200), method="post", data={"engine_kind": "synthetic"})
     assert_matrix(
         NEW_ALIAS, matrix(302), method="post", data={"name": "new-alias", "target": model.pk}
@@ -243,6 +268,18 @@ def test_every_action_is_staff_only(assert_matrix) -> None:  # type: ignore[no-u
         data={"confirm": "yes"},
     )
     assert not CatalogModel.objects.filter(pk=other.pk).exists()
+    # Each action, done once (by staff), has one platform-level audit record naming staff.
+    events = list(AuditEvent.objects.order_by("id"))
+    assert [e.action for e in events] == [
+        "catalog_model.created",
+        "catalog_model.updated",
+        "model_alias.created",
+        "model_alias.updated",
+        "model_alias.deleted",
+        "catalog_model.updated",
+        "catalog_model.deleted",
+    ]
+    assert {(e.organization_id, e.actor_username) for e in events} == {(None, "staff")}
 
 
 # --- the list ------------------------------------------------------------------------------
@@ -270,7 +307,7 @@ def test_list_shows_models_deployment_prices_and_aliases(staff_client: Client) -
     rows = {row[0]: row for row in _rows(html, "models-table")}
     assert rows["meta/llama-3.1-8b"] == [
         "meta/llama-3.1-8b",
-        "vLLM",
+        "vllm",
         "enabled",
         "public",
         "Running",
@@ -400,14 +437,18 @@ _EXPECTED_INPUT = {"integer": "number", "number": "number", "boolean": "select",
 def test_engine_args_form_renders_the_schema_of_each_engine_kind(
     staff_client: Client, kind: str
 ) -> None:
-    fragment = staff_client.post(ENGINE_FIELDS, {"engine_kind": kind})  # what htmx asks for
-    page = staff_client.post(NEW, {"engine_kind": kind, "_switch_engine": "1"})  # no JavaScript
+    # What htmx posts (the whole form, here with the previous kind's empty fields), and the
+    # button a browser without JavaScript has.
+    posted = {"engine_kind": kind, "ea-extra": "", "ea-dtype": ""}
+    fragment = staff_client.post(ENGINE_FIELDS, posted)
+    page = staff_client.post(NEW, posted | {"_switch_engine": "1"})
     for response, form_id in ((fragment, None), (page, "model-form")):
         assert response.status_code == 200
         html = response.content.decode()
         if form_id is None:
             html, form_id = f'<form id="f">{html}</form>', "f"
-        _, types = form_of(html, form_id)
+        data, types = form_of(html, form_id)
+        assert data["ea-extra"] == ""
         properties = SCHEMAS[kind]["properties"]
         shown = {name.removeprefix("ea-") for name in types if name.startswith("ea-")}
         assert shown == {*properties, "extra"}
@@ -652,6 +693,44 @@ def test_upstream_key_is_write_only_kept_and_cleared(staff_client: Client) -> No
     )
 
 
+def test_audit_records_hold_before_and_after_but_no_key(staff_client: Client) -> None:
+    data = valid_create_data(
+        name="upstream",
+        engine_kind="openai",
+        source_path="",
+        upstream_base_url="https://api.example.test/v1",
+        upstream_model="gpt-x",
+        upstream_api_key="sk-secret-value",
+    )
+    data = {k: v for k, v in data.items() if not k.startswith("ea-")}
+    assert staff_client.post(NEW, data).status_code == 302
+    model = CatalogModel.objects.get(name="upstream")
+    url = reverse("console:staff-model-edit", args=[model.pk])
+    page, _ = form_of(staff_client.get(url).content.decode())
+    assert staff_client.post(url, page | {"price_output_per_mtok": "2"}).status_code == 302
+    # Saved unchanged: nothing to record.
+    page, _ = form_of(staff_client.get(url).content.decode())
+    assert staff_client.post(url, page).status_code == 302
+
+    created, updated = audited("catalog_model.created"), audited("catalog_model.updated")
+    assert len(created) == 1
+    assert len(updated) == 1
+    assert created[0].before is None
+    assert created[0].target_id == str(model.pk)
+    assert created[0].after["has_upstream_api_key"] is True
+    assert created[0].after["plan_prices"] == {"premium": ["0.200000", "1.000000"]}
+    assert (
+        updated[0].before["price_output_per_mtok"],
+        updated[0].after["price_output_per_mtok"],
+    ) == (
+        "1.250000",
+        "2.000000",
+    )
+    for event in (*created, *updated):
+        assert "sk-secret-value" not in json.dumps([event.before, event.after])
+        assert model.upstream_api_key not in json.dumps([event.before, event.after])
+
+
 # --- disable, enable, delete -------------------------------------------------------------------
 
 
@@ -749,3 +828,64 @@ def test_alias_crud(staff_client: Client) -> None:
     assert staff_client.post(delete, {"confirm": "yes"}).status_code == 302
     assert not ModelAlias.objects.exists()
     assert CatalogModel.objects.filter(pk=other.pk).exists()
+
+
+# --- in a browser: the engine kind switch (htmx, under the CSP) -----------------------------
+
+CHROMIUM = os.environ.get("VLINDERS_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(
+    os.environ.get(
+        "VLINDERS_SCREENSHOTS_DIR",
+        Path(__file__).resolve().parents[2] / "artifacts" / "screenshots",
+    )
+)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_switching_engine_kind_redraws_the_fields(live_server, staff) -> None:  # type: ignore[no-untyped-def]
+    """Chromium: choosing another engine kind swaps in that engine's fields (htmx posts the form
+    to ``staff-model-engine-fields``); the model is created with typed arguments."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop, our ORM
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.goto(f"{live_server.url}/login/")
+        page.locator("[name=username]").fill("staff")
+        page.locator("[name=password]").fill("correct horse battery staple")
+        page.locator("main form [type=submit]").click()
+        page.goto(f"{live_server.url}{NEW}")
+        expect(page.locator("[name=source_path]")).to_be_visible()
+        expect(page.locator("[name=ea-max_model_len]")).to_be_visible()
+        page.locator("[name=name]").fill("browser/synthetic")
+        page.locator("[name=engine_kind]").select_option("synthetic")
+        expect(page.locator("[name=ea-ttft_ms]")).to_be_visible()
+        expect(page.locator("[name=source_path]")).to_have_count(0)
+        expect(page.locator("[name=ea-max_model_len]")).to_have_count(0)
+        page.locator("[name=ea-ttft_ms]").fill("0")
+        page.locator("[name=ea-tpot_ms]").fill("1.5")
+        page.locator("[name=ea-default_max_tokens]").fill("8")
+        page.locator("[name=context_length]").fill("4096")
+        page.locator("[name=plan_premium_price_input_per_mtok]").fill("0.1")
+        page.locator("[name=plan_premium_price_output_per_mtok]").fill("0.2")
+        page.screenshot(path=SCREENSHOTS / "staff-catalog-new.png", full_page=True)
+        page.locator("#model-save").click()
+        expect(page.locator(".messages")).to_contain_text("next apply")
+        page.screenshot(path=SCREENSHOTS / "staff-catalog-edit.png", full_page=True)
+        page.goto(f"{live_server.url}{LIST}")
+        expect(page.locator("#models-table")).to_contain_text("browser/synthetic")
+        page.screenshot(path=SCREENSHOTS / "staff-catalog-list.png", full_page=True)
+        browser.close()
+    model = CatalogModel.objects.get(name="browser/synthetic")
+    assert model.engine_args == {"ttft_ms": 0, "tpot_ms": 1.5, "default_max_tokens": 8}
+    assert model.plan_prices.get().plan == "premium"
+    assert problems == []  # no CSP refusal, no script error
