@@ -28,6 +28,7 @@ import io
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -513,6 +514,41 @@ def test_web_tier_probes_autoscaling_and_disruption_budget(client, settings) -> 
         "name": "vlinders-web",
     }
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_the_configmap_is_a_production_configuration(tmp_path: Path) -> None:
+    """A process started with the ConfigMap and a filled-in Secret (as every control-plane pod
+    is) is in production mode, passes `manage.py check --deploy` with no warning, and writes
+    nothing to VLINDERS_VAR_DIR (the root file system is read-only)."""
+    import secrets as random
+
+    from cryptography.fernet import Fernet
+
+    var_dir = tmp_path / "var"
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    env.update(_configmap())
+    env.update(
+        VLINDERS_VAR_DIR=str(var_dir),
+        SECRET_KEY=random.token_urlsafe(50),
+        VLINDERS_KEY_PEPPER=random.token_urlsafe(50),
+        VLINDERS_METRICS_TOKEN=random.token_urlsafe(50),
+        VLINDERS_SECRETS_KEY=Fernet.generate_key().decode(),
+        VLINDERS_RAY_AUTH_TOKEN=random.token_urlsafe(50),
+        DATABASE_URL="postgres://vlinders:unused@postgres.example.internal:5432/vlinders",
+        REDIS_URL=_secret_example()["redis_url"],
+    )
+    assert env["VLINDERS_ENV"] == "production"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not var_dir.exists(), "a production process wrote to VLINDERS_VAR_DIR"
 
 
 @pytest.mark.xfail(
