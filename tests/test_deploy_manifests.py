@@ -475,8 +475,13 @@ def test_pods_are_non_root_read_only_and_bounded() -> None:
         assert {"cpu", "memory"} <= set(container["resources"]["requests"]), where
         assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], where
-    for container in _all_containers([_one(docs, "RayService", "vlinders")]):
-        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    rayservice = _one(docs, "RayService", "vlinders")
+    for where, spec in _pod_specs([rayservice]):
+        (container,) = spec["containers"]
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
+        # Shared memory for Ray's object store and vLLM (not the container's 64 MiB default).
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in spec["volumes"], where
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"], where
 
 
 def test_web_tier_probes_autoscaling_and_disruption_budget(client, settings) -> None:
