@@ -159,12 +159,15 @@ class CatalogModelForm(forms.Form):
                 ("price_input_per_mtok", "input"),
                 ("price_output_per_mtok", "output"),
             ):
+                text = f"{label}: {what} price (USD per million tokens)"
                 self.fields[plan_field(plan, price)] = forms.DecimalField(
                     required=False,
                     max_digits=12,
                     decimal_places=6,
                     min_value=Decimal(0),
-                    label=f"{label}: {what} (USD per million tokens)",
+                    label=text,
+                    # Shown in a table without its label: the label is the input's name.
+                    widget=forms.NumberInput(attrs={"aria-label": text}),
                 )
         engine = self.fields["engine_kind"]
         engine.widget.attrs.update(
@@ -176,7 +179,9 @@ class CatalogModelForm(forms.Form):
                 "hx-include": "closest form",
             }
         )
-        if model is not None:
+        if model is None:
+            self.initial.setdefault("engine_kind", EngineKind.VLLM)  # the fields shown first
+        else:
             self.initial = {
                 **{name: getattr(model, name) for name in _MODEL_FORM_FIELDS},
                 "organizations": list(model.organizations.all()),
