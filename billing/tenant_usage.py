@@ -62,10 +62,19 @@ class TenantRow:
     spend: Decimal
 
 
+# The cost field's precision (12 places): a sum is exact to it.
+_EXACT = Decimal(1).scaleb(-UsageRollup._meta.get_field("cost").decimal_places)
+
+
 def _decimal(value: Any) -> Decimal:
+    """A sum of costs as a ``Decimal``. Postgres sums ``numeric`` exactly; SQLite (the
+    single-machine default) sums in floating point, so its result is rounded to the field's 12
+    places, as Django's own converter does for an ORM ``Sum``."""
     if value is None:
         return Decimal(0)
-    return value if isinstance(value, Decimal) else Decimal(str(value))
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(str(value)).quantize(_EXACT)
 
 
 def month_figures(org_ids: Iterable[Any], *, month: str | None = None) -> dict[Any, MonthFigures]:

@@ -34,6 +34,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import models
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -42,7 +43,7 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors as usage
 from billing import spend, tenant_usage
-from console.pages.audit import TARGET_TYPES, change_summary
+from console.pages.audit import TARGET_TYPES, _target_name, _usernames, change_summary
 from console.pages.filters import PAGE_SIZE, invalid_status, query_string
 from console.pages.keys import LIMIT_LABELS, _status
 from console.staff import staff_page
@@ -107,15 +108,22 @@ class TenantFilterForm(_Form):
 
 class LimitsForm(_Form):
     """The organisation's rate limits and monthly budgets, as the model's fields validate them
-    (empty: no limit). Only the changed fields are sent to the service."""
+    (empty: no limit), with the integer ranges Postgres stores whatever the database (SQLite
+    would take larger ones). Only the changed fields are sent to the service."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in Limits.LIMIT_FIELDS:
             model_field = Organization._meta.get_field(name)
             assert isinstance(model_field, models.Field)
-            field = model_field.formfield()
-            assert field is not None
+            kind = model_field.get_internal_type()
+            if kind in BaseDatabaseOperations.integer_field_ranges:
+                low, high = BaseDatabaseOperations.integer_field_ranges[kind]
+                field: forms.Field = forms.IntegerField(min_value=low, max_value=high)
+            else:
+                formfield = model_field.formfield()
+                assert formfield is not None
+                field = formfield
             field.label = LIMIT_LABELS[name]
             field.required = False
             field.help_text = "Empty: no limit."
@@ -212,12 +220,15 @@ def _organization(slug: str) -> Organization:
 
 
 def _audit_rows(organization: Organization) -> list[dict[str, Any]]:
+    """The latest records, shown as the audit page shows them (user ids as usernames)."""
     events: list[AuditEvent] = list(selectors.audit_events(organization)[:AUDIT_ROWS])
+    users = _usernames(events)
     return [
         {
             "event": event,
             "type": TARGET_TYPES.get(event.target_type, event.target_type),
-            "changes": change_summary(event.before, event.after),
+            "name": _target_name(event, users),
+            "changes": change_summary(event.before, event.after, users),
         }
         for event in events
     ]

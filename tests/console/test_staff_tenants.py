@@ -644,3 +644,52 @@ def test_key_revoke_asks_first_then_revokes_audits_and_the_gateway_refuses(
     assert f"keys/{key.pk}/revoke/" not in html
     staff_client.post(url, {"confirm": "yes"})
     assert AuditEvent.objects.filter(organization=org, action="api_key.revoked").count() == 1
+
+
+def _tenant_queries(client: Client, **params: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(_page_url(), params).status_code == 200
+    return len(queries)
+
+
+def test_the_tenant_page_pages_its_keys_in_a_constant_number_of_queries(
+    staff_client, org, owner, member
+) -> None:  # type: ignore[no-untyped-def]
+    def create(name: str, user: Any) -> ApiKey:
+        return services.api_key_create(
+            organization=org, name=name, created_by=user, actor_role=Role.OWNER
+        )[0]
+
+    create("first", owner)
+    few = _tenant_queries(staff_client)
+    keys = [create(f"key {i:02d}", member if i % 2 else owner) for i in range(60)]
+    assert _tenant_queries(staff_client) == few
+    first = staff_client.get(_page_url()).content.decode()
+    assert "61 keys, newest first." in _text(staff_client.get(_page_url()))
+    assert f'id="key-{keys[-1].pk}"' in first
+    assert "/staff/tenants/acme/?keys_page=2#keys" in first
+    second = staff_client.get(_page_url(), {"keys_page": 2}).content.decode()
+    assert second.count('<tr id="key-') == 11
+    assert 'id="key-' + str(keys[0].pk) + '"' in second
+
+
+def test_the_audit_rows_name_people_and_link_to_the_whole_log(
+    staff_client, org, owner, key, staff
+) -> None:  # type: ignore[no-untyped-def]
+    response = staff_client.get(_page_url())
+    row = re.search(r'<tr data-action="api_key.created">.*?</tr>', response.content.decode(), re.S)
+    assert row is not None
+    assert "created_by:</span> owner" in row.group(0)
+    assert "<strong>prod</strong>" in row.group(0)
+    # Members are managed on the organisation's own members page, where staff act as owners.
+    assert "/orgs/acme/members/" in response.content.decode()
+    assert staff_client.get("/orgs/acme/members/").status_code == 200
+    assert staff_client.get("/orgs/acme/audit/").status_code == 200
+
+
+def test_the_confirmation_for_a_revoked_key_says_so(staff_client, org, key, staff) -> None:  # type: ignore[no-untyped-def]
+    services.api_key_revoke(api_key=key, actor_role=Role.OWNER, actor=staff)
+    response = staff_client.get(_page_url(tail=f"keys/{key.pk}/revoke/"))
+    assert response.status_code == 200
+    assert "is already revoked" in _text(response)
+    assert 'name="confirm"' not in response.content.decode()
