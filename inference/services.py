@@ -76,6 +76,8 @@ CATALOG_MODEL_FIELDS = (
     "replica_cpus",
     "replica_gpus",
     "accelerator_type",
+    "max_queued_requests",
+    "request_timeout_s",
     "status",
     "visibility",
 )
@@ -87,7 +89,7 @@ _REQUIRED_SOURCE: dict[str, tuple[str, ...]] = {
     EngineKind.OPENAI: ("upstream_base_url", "upstream_model"),
     EngineKind.SYNTHETIC: (),
 }
-_ALLOWED_SOURCE: dict[str, tuple[str, ...]] = {
+ALLOWED_SOURCE: dict[str, tuple[str, ...]] = {
     EngineKind.VLLM: ("source_path",),
     EngineKind.OPENAI: ("upstream_base_url", "upstream_model", "upstream_api_key"),
     EngineKind.SYNTHETIC: (),
@@ -177,7 +179,7 @@ def catalog_model_validate(
             if not getattr(model, field) and field not in errors.by_field:
                 errors.add(field, f"Required for the {kind} engine.")
         for field in _SOURCE_FIELDS:
-            if field not in _ALLOWED_SOURCE[kind] and getattr(model, field):
+            if field not in ALLOWED_SOURCE[kind] and getattr(model, field):
                 errors.add(field, f"Not used by the {kind} engine; leave it empty.")
         if kind == EngineKind.VLLM and "engine_args" not in errors.by_field:
             _check_vllm_parallelism(model, errors)

@@ -58,6 +58,14 @@ ACTIONS: tuple[str, ...] = (
     # Prepaid billing (docs/billing.md, "Prepaid")
     "organization.billing_mode_changed",
     "credit.adjusted",
+    # The model catalog, changed by platform staff (no organisation: docs/operator-console.md)
+    "catalog_model.created",
+    "catalog_model.updated",
+    "catalog_model.deleted",
+    "catalog_model.scaled",
+    "model_alias.created",
+    "model_alias.updated",
+    "model_alias.deleted",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.

@@ -99,12 +99,12 @@ def plan_field(plan: str, price: str) -> str:
 def source_fields_for(engine_kind: str) -> tuple[str, ...]:
     """The source fields the engine kind uses (the catalog service's rule, which also says that
     every other source field must be empty)."""
-    allowed = services._ALLOWED_SOURCE.get(engine_kind, ())  # the rule, kept in one place
+    allowed = services.ALLOWED_SOURCE.get(engine_kind, ())  # the rule, kept in one place
     return tuple(name for name in SOURCE_FIELDS if name in allowed)
 
 
 def uses_upstream_key(engine_kind: str) -> bool:
-    return "upstream_api_key" in services._ALLOWED_SOURCE.get(engine_kind, ())
+    return "upstream_api_key" in services.ALLOWED_SOURCE.get(engine_kind, ())
 
 
 def show_service_errors(form: forms.Form, error: ValidationError) -> None:
