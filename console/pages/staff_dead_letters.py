@@ -132,10 +132,12 @@ def _report(request: HttpRequest, outcome: ReplayOutcome, reason: str) -> None:
     if outcome.already_replayed:
         messages.info(request, "Already replayed: nothing was done.")
     elif outcome.still_invalid:
+        valid = result.received
+        head = f"Ingested the {valid} valid events: {counted}; " if valid else "No valid event; "
         messages.warning(
             request,
-            f"Replayed the valid events ({counted}); {outcome.still_invalid} still invalid, so "
-            f"the dead letter stays pending. {reason}",
+            f"{head}{outcome.still_invalid} still invalid, so the dead letter stays pending. "
+            f"{reason}",
         )
     else:
         messages.success(request, f"Replayed: {counted}.")

@@ -167,7 +167,7 @@ def test_events_still_invalid_stay_dead_lettered_and_the_page_says_why(
 
     response = staff_client.post(_replay(dead), {"confirm": "yes"}, follow=True)
     html = _text(response)
-    assert "Replayed the valid events (3 new, 0 already ingested (not counted again)); " in html
+    assert "Ingested the 3 valid events: 3 new, 0 already ingested (not counted again); " in html
     assert "1 still invalid, so the dead letter stays pending." in html
     assert stored_totals() == expected_totals(valid)
     dead.refresh_from_db()
@@ -184,7 +184,7 @@ def test_events_still_invalid_stay_dead_lettered_and_the_page_says_why(
 
     # Replaying it again ingests nothing twice and still says why.
     again = staff_client.post(_replay(dead), {"confirm": "yes"}, follow=True)
-    assert "1 still invalid" in _text(again)
+    assert "No valid event; 1 still invalid, so the dead letter stays pending." in _text(again)
     assert stored_totals() == expected_totals(valid)
     assert UsageEvent.objects.count() == 3
 
