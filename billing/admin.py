@@ -105,7 +105,7 @@ class DeadLetterBatchAdmin(admin.ModelAdmin[DeadLetterBatch]):
         inserted = replayed = pending = 0
         for dead_letter_id in queryset.order_by("created_at").values_list("pk", flat=True):
             try:
-                outcome = dead_letter_replay(dead_letter_id=dead_letter_id)
+                outcome = dead_letter_replay(dead_letter_id=dead_letter_id, actor=request.user)
             except Exception as exc:
                 self.message_user(
                     request, f"{dead_letter_id}: replay failed: {exc}", messages.ERROR

@@ -28,6 +28,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -39,6 +40,7 @@ from billing.ingest_result import IngestResult, Totals
 from billing.ingest_sql import RollupKey, insert_events, upsert_rollups
 from billing.models import DeadLetterBatch
 from inference.serving.money import to_micros
+from tenants.audit import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +153,16 @@ class ReplayOutcome:
         return not self.already_replayed and not self.still_invalid
 
 
-def dead_letter_replay(*, dead_letter_id: uuid.UUID) -> ReplayOutcome:
+def dead_letter_replay(*, dead_letter_id: uuid.UUID, actor: Any = None) -> ReplayOutcome:
     """Ingest a dead letter's events through :func:`store_records`, in one transaction with
     the update of the dead letter itself (locked, so two operators cannot replay it at once).
 
     Idempotent: events already ingested count as duplicates, a replayed dead letter is left
     alone. Events that are still invalid replace the dead letter's events (the valid ones are
     in), with the reasons as its error, and it stays pending for an operator to fix or discard.
-    Database errors propagate with nothing changed.
+    Database errors propagate with nothing changed. A replay that did something is audited
+    (``dead_letter.replayed``, platform-level) in the same transaction, with ``actor`` (the
+    operator; ``None`` for the system, e.g. the management command).
     """
     outcome = ReplayOutcome(dead_letter_id=dead_letter_id)
     with transaction.atomic():
@@ -166,6 +170,7 @@ def dead_letter_replay(*, dead_letter_id: uuid.UUID) -> ReplayOutcome:
         if dead_letter.status == DeadLetterBatch.Status.REPLAYED:
             outcome.already_replayed = True
             return outcome
+        before = {"status": dead_letter.status, "attempts": dead_letter.attempts}
         raw = dead_letter.events
         records, rejected = parse_batch(raw if isinstance(raw, list) else [raw])
         outcome.result = store_records(records)
@@ -178,5 +183,19 @@ def dead_letter_replay(*, dead_letter_id: uuid.UUID) -> ReplayOutcome:
             dead_letter.status = DeadLetterBatch.Status.REPLAYED
             dead_letter.replayed_at = dt.datetime.now(dt.UTC)
         dead_letter.save(update_fields=["events", "error", "attempts", "status", "replayed_at"])
+        audit_record(
+            organization=None,
+            actor=actor,
+            action="dead_letter.replayed",
+            target=dead_letter,
+            before=before,
+            after={
+                "status": dead_letter.status,
+                "attempts": dead_letter.attempts,
+                "inserted": outcome.result.inserted,
+                "duplicates": outcome.result.duplicates,
+                "still_invalid": outcome.still_invalid,
+            },
+        )
     notify_after_batch(outcome.result)
     return outcome

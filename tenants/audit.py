@@ -66,6 +66,8 @@ ACTIONS: tuple[str, ...] = (
     "model_alias.created",
     "model_alias.updated",
     "model_alias.deleted",
+    # Usage dead letters (billing.dead_letters): an operator's replay (platform-level)
+    "dead_letter.replayed",
 )
 
 # Field names that hold secrets, or data derived from them; never in ``before``/``after``.

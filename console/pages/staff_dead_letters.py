@@ -10,7 +10,7 @@
   the very code of ``manage.py usage_dead_letters replay`` and the admin action, so replaying is
   idempotent (events already ingested count as duplicates, a replayed dead letter is left
   alone) and events that are still invalid keep it pending with the reasons. The outcome is
-  shown on the dead letter's page.
+  shown on the dead letter's page, and the replay is audited (``dead_letter.replayed``).
 
 Every view is wrapped in ``console.staff.staff_page`` (anonymous → sign-in, non-staff → 404).
 """
@@ -149,7 +149,7 @@ def dead_letter_replay_view(request: HttpRequest, pk: UUID) -> HttpResponse:
     dead = get_object_or_404(DeadLetterBatch, pk=pk)
     if request.method == "POST" and request.POST.get("confirm") == "yes":
         try:
-            outcome = dead_letter_replay(dead_letter_id=dead.pk)
+            outcome = dead_letter_replay(dead_letter_id=dead.pk, actor=request.user)
         except Exception as exc:  # a database error: nothing changed (one transaction)
             logger.exception("replaying dead letter %s failed", dead.pk)
             messages.error(request, f"Replay failed, nothing changed: {exc}")

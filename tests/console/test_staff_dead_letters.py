@@ -11,6 +11,7 @@ import pytest
 from django.test import Client
 
 from billing.models import DeadLetterBatch, UsageEvent
+from tenants.models import AuditEvent
 from tests.billing.metering_support import (
     expected_totals,
     make_event,
@@ -140,8 +141,20 @@ def test_replay_ingests_the_events_once_and_twice_counts_nothing_twice(
     assert "Replayed: 8 new, 0 already ingested (not counted again)." in _text(done)
     assert stored_totals() == expected_totals(events[:8])
 
+    audit = AuditEvent.objects.get(action="dead_letter.replayed", target_id=str(first.pk))
+    assert (audit.organization_id, audit.actor_username) == (None, "staff")
+    assert audit.before == {"status": "pending", "attempts": 0}
+    assert audit.after == {
+        "status": "replayed",
+        "attempts": 1,
+        "inserted": 8,
+        "duplicates": 0,
+        "still_invalid": 0,
+    }
+
     again = staff_client.post(_replay(first), {"confirm": "yes"}, follow=True)
     assert "Already replayed: nothing was done." in _text(again)
+    assert AuditEvent.objects.filter(target_id=str(first.pk)).count() == 1  # nothing done
     assert stored_totals() == expected_totals(events[:8])
 
     overlap = staff_client.post(_replay(second), {"confirm": "yes"}, follow=True)
