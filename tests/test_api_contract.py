@@ -108,6 +108,15 @@ def _contract_config() -> SchemathesisConfig:
 
 
 @pytest.fixture(autouse=True)
+def _no_ray(settings) -> None:  # type: ignore[no-untyped-def]
+    """Endpoints that apply the catalog (scale) talk to a dashboard where nothing listens: the
+    contract run must never change a Ray cluster that happens to run on this machine."""
+    from tests.ray_fixtures import free_port
+
+    settings.VLINDERS_RAY_DASHBOARD_URL = f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
 def _requests_in_test_transaction() -> Iterator[None]:
     """Django closes "old" connections at the start and end of each request; inside the test's
     transaction that would end it. Django's own test client disconnects the same handler."""

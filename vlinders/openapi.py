@@ -87,6 +87,9 @@ BUSINESS_RULES: dict[str, str] = {
     "`min_replicas` may not exceed `max_replicas`.",
     "models_update": "As when adding a model.",
     "models_partial_update": "As when adding a model.",
+    "models_scale_create": "Either `replicas` or `min_replicas` and `max_replicas`, not both; "
+    "`min_replicas` may not exceed `max_replicas`; `min_replicas` 0 needs `scale_to_zero`, which "
+    "a fixed count or a non-zero minimum may not set.",
     "orgs_usage_retrieve": "`to` must be after `from`; a range may span at most 366 days with "
     "`granularity=day` and 31 with `granularity=hour`; dates must exist in the calendar "
     "(`2026-02-30` does not); a JSON report may hold at most 10,000 rows.",
