@@ -40,7 +40,6 @@ from django.contrib.auth.models import User
 from django.db import connections
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from inference import services as catalog_services
 from inference.deploy_services import deployed_revision
 from inference.deployment import APP_NAME, deployment_name
 from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
@@ -59,13 +58,6 @@ PREFIX = f"vltest:opconsole:{uuid.uuid4().hex[:8]}:"
 USAGE_QUEUE = f"vltest-opconsole-usage-{uuid.uuid4().hex[:8]}"
 MODEL = "syn-ops"
 SETTLE_MS = 180_000
-# Whether the catalog page (console/pages/staff_catalog.py, built beside this test) can add and
-# edit the model; if not, steps 1 and 2 change the catalog through its service instead and
-# everything else still happens in the browser.
-CATALOG_PAGE = False
-# The same for the Cluster page's scale form (console/pages/staff_cluster.py): if not usable,
-# step 3 stores the scaling through the catalog service and applies on the Deploy page.
-CLUSTER_PAGE = False
 
 
 @pytest.fixture(scope="module")
@@ -256,17 +248,7 @@ def running_count(page: Page) -> str:
 
 
 def add_model(page: Page, console: ConsoleServer) -> CatalogModel:
-    """Step 1's catalog change: a synthetic model at 1/2 USD per million tokens."""
-    if not CATALOG_PAGE:
-        return catalog_services.catalog_model_create(
-            name=MODEL,
-            engine_kind="synthetic",
-            context_length=4096,
-            engine_args={"ttft_ms": 0, "tpot_ms": 1, "default_max_tokens": 8},
-            price_input_per_mtok=Decimal(1),
-            price_output_per_mtok=Decimal(2),
-            replica_cpus=Decimal("0.5"),
-        )
+    """Step 1 on the catalog page: a synthetic model at 1/2 USD per million tokens."""
     page.goto(f"{console.url}/staff/models/new/")
     page.locator("[name=name]").fill(MODEL)
     page.locator("[name=engine_kind]").select_option("synthetic")
@@ -285,10 +267,7 @@ def add_model(page: Page, console: ConsoleServer) -> CatalogModel:
 
 
 def reprice(page: Page, console: ConsoleServer, model: CatalogModel) -> None:
-    """Step 2's catalog change: the output price becomes 5."""
-    if not CATALOG_PAGE:
-        catalog_services.catalog_model_update(model=model, price_output_per_mtok=Decimal(5))
-        return
+    """Step 2 on the model's catalog page: the output price becomes 5."""
     page.goto(f"{console.url}/staff/models/{model.pk}/")
     page.locator("[name=price_output_per_mtok]").fill("5")
     shoot(page, "operator-catalog-edit")
@@ -296,36 +275,28 @@ def reprice(page: Page, console: ConsoleServer, model: CatalogModel) -> None:
     expect(page.locator(".messages")).to_be_visible()
 
 
-def scale(page: Page, console: ConsoleServer, model: CatalogModel) -> None:
-    """Step 3: two replicas, applied; then the Deploy page's rollout settles."""
-    if CLUSTER_PAGE:
-        page.goto(f"{console.url}/staff/cluster/")
-        page.locator("#scale-form [name=model]").select_option(MODEL)
-        page.locator("#scale-form [name=replicas]").fill("2")
-        page.locator("#scale-form button[type=submit]").click()
-        expect(page.locator(".messages")).to_contain_text("scaled to 2 replicas")
-        shoot(page, "operator-cluster")
-        page.goto(f"{console.url}/staff/deploy/")
-        watch(page)
-    else:
-        catalog_services.catalog_model_update(
-            model=CatalogModel.objects.get(pk=model.pk), min_replicas=2, max_replicas=2
-        )
-        apply_and_watch(page, console)
+def scale(page: Page, console: ConsoleServer) -> None:
+    """Step 3: two replicas on the Cluster page (which stores and applies at once); then the
+    Deploy page's rollout settles."""
+    page.goto(f"{console.url}/staff/cluster/")
+    page.locator("#scale-form [name=model]").select_option(MODEL)
+    page.locator("#scale-form [name=replicas]").fill("2")
+    page.locator("#scale-form button[type=submit]").click()
+    expect(page.locator(".messages")).to_contain_text("scaled to 2 replicas")
+    shoot(page, "operator-cluster")
+    page.goto(f"{console.url}/staff/deploy/")
+    watch(page)
 
 
 # --- the operator's day ------------------------------------------------------------------------
 
 
 def test_add_apply_reprice_scale_and_roll_back(
-    operator_page, console, people, dashboard, serve_port, settings
+    operator_page, console, people, dashboard, serve_port
 ) -> None:
     page = operator_page
     _, org, secret = people
     gateway = f"http://127.0.0.1:{serve_port}"
-
-    # Whatever the test process publishes goes where the console's gateway reads.
-    settings.VLINDERS_REDIS_PREFIX = PREFIX
 
     # 1. Add a model on the catalog page, apply, watch it come up, call it.
     model = add_model(page, console)
@@ -359,7 +330,7 @@ def test_add_apply_reprice_scale_and_roll_back(
     assert model_replicas(dashboard) == replicas_before
 
     # 3. Scale to two replicas on the Cluster page; both run.
-    scale(page, console, model)
+    scale(page, console)
     expect(page.locator(f'#rollout tr[data-model="{MODEL}"] td.num').first).to_have_text(
         "2 / 2", timeout=SETTLE_MS
     )
