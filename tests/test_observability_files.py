@@ -343,3 +343,19 @@ def test_a_failing_part_is_reported_not_fatal(client, fresh_collector) -> None: 
     assert _value(families, "vlinders_platform_collector_up", part="usage_queue") == 0
     assert _value(families, "vlinders_platform_collector_up", part="dead_letters") == 1
     assert _value(families, "vlinders_usage_queue_backlog_messages") is None
+
+
+@pytest.mark.django_db
+def test_a_pod_scraped_by_its_ip_over_http_answers(client, settings) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus scrapes a web pod by IP over in-cluster HTTP: /metrics answers despite
+    ALLOWED_HOSTS and SECURE_SSL_REDIRECT (its token guards it); every other URL still gets
+    Django's host validation."""
+    settings.ALLOWED_HOSTS = ["console.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    settings.VLINDERS_METRICS_TOKEN = "scrape-token"
+    pod = {"HTTP_HOST": "10.1.2.3:8000"}
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token", **pod)
+    assert response.status_code == 200
+    assert b"vlinders_platform_collector_up" in response.content
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong", **pod).status_code == 404
+    assert client.get("/healthz", **pod).status_code == 400

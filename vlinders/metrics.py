@@ -44,6 +44,7 @@ import redis
 from django.conf import settings
 from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -69,6 +70,22 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"detail": "Not found."}, status=404)
     body = generate_latest(REGISTRY) + generate_latest(platform_registry())
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class MetricsEndpointMiddleware(MiddlewareMixin):
+    """Answers ``/metrics`` (and nothing else) before the rest of the stack, first in
+    ``MIDDLEWARE``.
+
+    Prometheus scrapes each web pod by its IP, so the request's Host is ``<pod IP>:<port>``,
+    which ``ALLOWED_HOSTS`` refuses (400), and in production ``SECURE_SSL_REDIRECT`` would send
+    the plain-HTTP in-cluster scrape to https. Neither protects this endpoint: it builds no URL
+    from the Host header and is guarded by its own token (:func:`metrics_view`), so it is
+    answered here, before host validation and the redirect. This is its only route."""
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if request.path_info == "/metrics":
+            return metrics_view(request)
+        return None
 
 
 _REGISTRY: CollectorRegistry | None = None

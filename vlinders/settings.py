@@ -150,9 +150,12 @@ INSTALLED_APPS = [
     "console",
 ]
 
+# /metrics is answered first, before host validation and the HTTPS redirect (Prometheus scrapes
+# pods by IP, in-cluster over HTTP; the endpoint has its own token): vlinders/metrics.py.
 # django-prometheus' two middlewares wrap everything else, so its request metrics (count,
-# latency, status by view) time the whole stack. /metrics itself: vlinders/metrics.py.
+# latency, status by view) time the whole stack.
 MIDDLEWARE = [
+    "vlinders.metrics.MetricsEndpointMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

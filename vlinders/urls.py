@@ -1,5 +1,6 @@
 """Top-level URLs: the console, the management API under /api/v1/, its schema and docs, the
-Django admin for platform staff, and a health check."""
+Django admin for platform staff, and a health check. (``/metrics`` is answered by
+``vlinders.metrics.MetricsEndpointMiddleware``, before host validation.)"""
 
 from csp.decorators import csp_exempt
 from django.contrib import admin
@@ -8,7 +9,6 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from billing.webhooks import stripe_webhook
-from vlinders.metrics import metrics_view
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -35,8 +35,6 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("healthz", healthz, name="healthz"),
-    # Prometheus text for the scraper holding VLINDERS_METRICS_TOKEN only (vlinders/metrics.py).
-    path("metrics", metrics_view, name="metrics"),
     # Stripe's signed webhooks (billing.webhooks; csrf-exempt, POST only).
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("", include("console.urls")),
