@@ -263,7 +263,13 @@ VLINDERS_REDIS_PREFIX = _env("VLINDERS_REDIS_PREFIX", "vl:")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{VLINDERS_REDIS_PREFIX}channels:"},
+        # A read timeout longer than channels_redis's blocking BZPOPMIN (brpop_timeout, 5 s):
+        # redis-py 8 reads with a 5 s socket_timeout by default, which dropped every idle
+        # websocket after five seconds.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "prefix": f"{VLINDERS_REDIS_PREFIX}channels:",
+        },
     }
 }
 

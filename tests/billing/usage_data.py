@@ -118,7 +118,8 @@ def channel_layer(settings, redis_client):  # type: ignore[no-untyped-def]
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [settings.REDIS_URL],
+                # As settings.py: a read timeout longer than the layer's 5 s blocking read.
+                "hosts": [{"address": settings.REDIS_URL, "socket_timeout": 15}],
                 "prefix": f"{settings.VLINDERS_REDIS_PREFIX}channels:",
             },
         }

@@ -159,3 +159,22 @@ def test_a_foreign_origin_is_refused(org, viewer):
         return connected
 
     assert async_to_sync(go)() is False
+
+
+def test_a_dashboard_stays_connected_past_the_channel_layers_blocking_read(org, staff):
+    """channels_redis waits for messages with a blocking BZPOPMIN of ``brpop_timeout`` (5 s);
+    the Redis client's read timeout must be longer, or every idle dashboard is dropped after
+    five seconds (redis-py 8 reads with a 5 s ``socket_timeout`` by default)."""
+    result = _batch(org, requests=1, prompt=1, completion=1, cost="0.1")
+    headers = _headers(staff)
+
+    async def scenario():
+        socket = _socket("/ws/staff/usage/", headers)
+        assert (await socket.connect())[0]
+        assert await socket.receive_nothing(timeout=7)  # idle past one blocking read
+        await sync_to_async(after_batch)(result)
+        summary = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return summary
+
+    assert async_to_sync(scenario)()["requests"] == 1
