@@ -258,7 +258,8 @@ def revision_history(
     *, page: int | str = 1, per_page: int = 20
 ) -> tuple[Page[Any], list[HistoryEntry]]:
     """One page of recorded revisions, newest first, each with its diff from the revision
-    recorded just before it (the diff of the oldest is against nothing: everything added)."""
+    recorded just before it (the diff of the oldest is against nothing: everything added).
+    A fixed number of queries per page, whatever its length."""
     queryset = DeploymentRevision.objects.select_related("applied_by").order_by(
         "-created_at", "-id"
     )
@@ -266,15 +267,24 @@ def revision_history(
     shown = paginator.get_page(page)
     rows: list[DeploymentRevision] = list(shown.object_list)
     current = latest_applied()
+    before_page = _recorded_before(rows[-1]) if rows else None
+    # Every revision sharing a config with one of the page's (slim rows), newest first.
+    peers = list(
+        DeploymentRevision.objects.filter(config_hash__in={row.config_hash for row in rows})
+        .only("id", "created_at", "config_hash", "revision", "outcome")
+        .order_by("-created_at", "-id")
+    )
     entries = []
     for index, revision in enumerate(rows):
-        previous = rows[index + 1] if index + 1 < len(rows) else _recorded_before(revision)
-        same_as = (
-            DeploymentRevision.objects.filter(config_hash=revision.config_hash)
-            .filter(created_at__lt=revision.created_at)
-            .exclude(pk=revision.pk)
-            .order_by("-created_at", "-id")
-            .first()
+        previous = rows[index + 1] if index + 1 < len(rows) else before_page
+        key = (revision.created_at, revision.pk)
+        same_as = next(
+            (
+                peer
+                for peer in peers
+                if peer.config_hash == revision.config_hash and (peer.created_at, peer.pk) < key
+            ),
+            None,
         )
         entries.append(
             HistoryEntry(

@@ -386,3 +386,29 @@ def test_rollback_to_a_failed_or_current_revision_is_refused(
     assert "is what Ray runs now" in response.content.decode()
     assert DeploymentRevision.objects.count() == count
     assert staff_client.get("/staff/deploy/revisions/999999/rollback/").status_code == 404
+
+
+def test_history_pages_take_a_fixed_number_of_queries(staff_client, unreachable) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    model = CatalogModelFactory(name="syn-a")
+
+    def page_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert staff_client.get(PAGE).status_code == 200
+        return len(queries)
+
+    for price in range(3):
+        model.price_input_per_mtok = Decimal(price)
+        model.save()
+        record(render_serve_config())
+    few = page_queries()
+    for price in range(3, 30):
+        model.price_input_per_mtok = Decimal(price % 5)  # configs repeat: "same config as"
+        model.save()
+        record(render_serve_config())
+    assert page_queries() == few
+    text = staff_client.get(PAGE + "?page=2").content.decode()
+    assert "Page 2 of 2" in text
+    assert "Same config as revision" in text
