@@ -263,6 +263,9 @@ def add_model(page: Page, console: ConsoleServer) -> CatalogModel:
     shoot(page, "operator-catalog-new")
     page.locator("#model-save").click()
     expect(page.locator(".messages")).to_be_visible()
+    page.goto(f"{console.url}/staff/models/")
+    expect(page.get_by_role("link", name=MODEL, exact=True).first).to_be_visible()
+    shoot(page, "operator-catalog")
     return CatalogModel.objects.get(name=MODEL)
 
 
