@@ -255,6 +255,9 @@ def _targets(prometheus: Prometheus) -> list[dict[str, Any]]:
     return prometheus.api("targets", state="active")["data"]["activeTargets"]
 
 
+# Reads nothing of the database: the mark makes pytest-django create the test database when this
+# module runs alone (its other tests use it only through module fixtures).
+@pytest.mark.django_db
 def test_every_target_is_up(prometheus):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + SETTLE_S
     while True:
@@ -291,8 +294,22 @@ def test_every_alert_rule_evaluates(prometheus):  # type: ignore[no-untyped-def]
             break
         time.sleep(1)
     assert len(loaded) == len(rules)
+    assert evaluated, [(r["name"], r["lastEvaluation"]) for r in loaded]
     errors = [(r["name"], r.get("lastError")) for r in loaded if r["health"] == "err"]
     assert not errors, errors
+
+
+def test_the_control_plane_reads_every_part_of_its_gauges(prometheus):  # type: ignore[no-untyped-def]
+    """Against the real broker, Postgres and limiter Redis, no part of the platform collector
+    fails (a failing part would leave its alerts blind)."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        result = prometheus.query("vlinders_platform_collector_up")["data"]["result"]
+        parts = {r["metric"]["part"]: r["value"][1] for r in result}
+        if len(parts) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert parts == dict.fromkeys(("usage_queue", "dead_letters", "ingest", "month"), "1")
 
 
 def _panel_queries(org: str) -> list[tuple[str, str, str]]:
