@@ -556,15 +556,6 @@ def test_the_configmap_is_a_production_configuration(tmp_path: Path) -> None:
     assert not var_dir.exists(), "a production process wrote to VLINDERS_VAR_DIR"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Needs a change in vlinders/settings.py (not deploy/'s): Prometheus scrapes a web pod by "
-        "its IP, so the Host header is <pod IP>:8000, which ALLOWED_HOSTS refuses (400), and "
-        "SECURE_SSL_REDIRECT redirects /metrics to https (only ^healthz$ is exempt). Exempt "
-        "/metrics from both (it has its own bearer token), then drop this mark."
-    ),
-)
 def test_prometheus_can_scrape_a_web_pod(client, settings) -> None:
     """The web ServiceMonitor's request, as Prometheus sends it to one pod, under the
     ConfigMap's production settings, answers 200."""
