@@ -44,6 +44,7 @@ from inference.deployment import (
 )
 from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
 from inference.ray_client import MAX_MESSAGE_CHARS, RayDashboardClient, RayDashboardError
+from tenants.audit import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,14 @@ def deployment_apply(
     *,
     applied_by: User | None = None,
     config: dict[str, Any] | None = None,
+    rolled_back_to: DeploymentRevision | None = None,
 ) -> DeploymentRevision:
     """Apply the catalog (or ``config``, e.g. a recorded revision's config to roll back to) and
-    return the recorded revision: ``applied`` if Ray accepted it, ``failed`` otherwise."""
+    return the recorded revision: ``applied`` if Ray accepted it, ``failed`` otherwise.
+
+    The outcome is written to the audit log with the revision, as a platform-level record:
+    ``deployment.applied``, or ``deployment.rolled_back`` when ``rolled_back_to`` names the
+    earlier revision whose config this is (``inference.rollouts.revision_rollback``)."""
     if config is None:
         config = render_serve_config()
     try:
@@ -96,7 +102,20 @@ def deployment_apply(
         record.outcome = DeploymentRevision.Outcome.APPLIED
         logger.info("Deployment revision %s applied", record.revision[:12])
     record.finished_at = timezone.now()
-    record.save(update_fields=["outcome", "error", "finished_at"])
+    with transaction.atomic():
+        record.save(update_fields=["outcome", "error", "finished_at"])
+        audit_record(
+            organization=None,
+            actor=applied_by,
+            action="deployment.rolled_back" if rolled_back_to else "deployment.applied",
+            target=record,
+            after={
+                "revision": record.revision,
+                "outcome": record.outcome,
+                "error": record.error,
+                **({"rolled_back_to": rolled_back_to.pk} if rolled_back_to else {}),
+            },
+        )
     return record
 
 

@@ -325,7 +325,7 @@ def revision_rollback(
         )
     if not _apps(revision.config):
         raise RollbackRefused(f"Revision #{revision.pk} has no application to deploy.")
-    return deployment_apply(config=revision.config, applied_by=applied_by)
+    return deployment_apply(config=revision.config, applied_by=applied_by, rolled_back_to=revision)
 
 
 # --- the live rollout --------------------------------------------------------------------------

@@ -66,6 +66,9 @@ ACTIONS: tuple[str, ...] = (
     "model_alias.created",
     "model_alias.updated",
     "model_alias.deleted",
+    # Deployments to Ray Serve (docs/operator-console.md, "Deploy, revisions and rollback")
+    "deployment.applied",
+    "deployment.rolled_back",
     # Usage dead letters (billing.dead_letters): an operator's replay (platform-level)
     "dead_letter.replayed",
 )

@@ -28,6 +28,7 @@ from inference.deployment import (
 )
 from inference.models import DeploymentRevision
 from inference.ray_client import RayDashboardClient
+from tenants.models import AuditEvent
 from tests.factories import CatalogModelFactory, UserFactory
 from tests.ray_fixtures import free_port
 
@@ -364,6 +365,14 @@ def test_rollback_applies_when_ray_accepts(staff_client, staff, monkeypatch, two
     assert newest.outcome == "applied"
     assert newest.applied_by == staff
     assert f"Rollback to revision #{first.pk}: revision #{newest.pk}" in text
+    event = AuditEvent.objects.get(action="deployment.rolled_back", target_id=str(newest.pk))
+    assert event.actor == staff
+    assert event.after == {
+        "revision": first.revision,
+        "outcome": "applied",
+        "error": "",
+        "rolled_back_to": first.pk,
+    }
     assert rollouts.latest_applied() == newest
     # Now revision 2 is the one to roll back to, and the rollback's row says what it repeated.
     assert rollback_url(second) in text

@@ -28,6 +28,7 @@ from inference.deploy_services import deployment_apply, deployment_reconcile, de
 from inference.deployment import config_revision, deployment_name, render_serve_config
 from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
 from inference.ray_client import RayAuthError, RayDashboardClient, RayUnreachable
+from tenants.models import AuditEvent
 from tests.factories import CatalogModelFactory, ModelAliasFactory, UserFactory
 from tests.ray_fixtures import free_port
 
@@ -93,6 +94,12 @@ def test_unreachable_dashboard_is_recorded_failed(unreachable) -> None:
     stored = DeploymentRevision.objects.get(pk=record.pk)
     assert stored.config == render_serve_config()
     assert stored.revision == config_revision(render_serve_config())
+    # The outcome is in the audit log, as a platform-level record by the deployer.
+    event = AuditEvent.objects.get(action="deployment.applied", target_id=str(record.pk))
+    assert event.organization is None
+    assert event.actor == user
+    assert event.after["outcome"] == "failed"
+    assert "unreachable" in event.after["error"]
 
 
 def test_unreachable_dashboard_marks_nothing_running(unreachable) -> None:
