@@ -831,14 +831,18 @@ SCREENSHOTS = Path(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_in_a_browser_switching_engine_kind_redraws_the_fields(live_server, staff) -> None:  # type: ignore[no-untyped-def]
+def test_in_a_browser_switching_engine_kind_redraws_the_fields(  # type: ignore[no-untyped-def]
+    live_server, staff, monkeypatch
+) -> None:
     """Chromium: choosing another engine kind swaps in that engine's fields (htmx posts the form
     to ``staff-model-engine-fields``); the model is created with typed arguments."""
     from playwright.sync_api import expect, sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop, our ORM
+    # Playwright's loop beside our ORM; set for this test only (a leak reached later tests'
+    # subprocesses: `check --deploy` refuses DJANGO_ALLOW_ASYNC_UNSAFE).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(

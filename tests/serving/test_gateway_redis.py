@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from uuid import uuid4
 import pytest
 from fastapi import Request
 from redis.asyncio.connection import Connection
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from inference.serving import gateway as gateway_module
 from inference.serving.gateway import Gateway, redis_client, redis_pool_size
 from inference.serving.limits import Limiter, LimitSet, Reservation
 from tests.ray_fixtures import free_port
@@ -95,8 +94,6 @@ def test_a_reserve_read_after_the_socket_timeout_is_retried_and_counted_once(mon
     longer than the socket timeout right after a reserve went out, so the reply Redis sent at once
     was read too late; redis-py timed the call out and retried it, and the retry found the
     reservation its first run had made. The replay is the same reservation, counted once."""
-    timeout = 0.2
-    monkeypatch.setattr(gateway_module, "REDIS_SOCKET_TIMEOUT_S", timeout)
     sent: dict[int, str] = {}
     stalled: list[int] = []
     send_command, read_response = Connection.send_command, Connection.read_response
@@ -106,11 +103,16 @@ def test_a_reserve_read_after_the_socket_timeout_is_retried_and_counted_once(mon
         await send_command(self, *args, **kwargs)
 
     async def read(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        response = await read_response(self, *args, **kwargs)
         if sent.get(id(self)) == "EVALSHA" and not stalled:
-            # Other work holds the loop while the script's reply arrives.
+            # The script ran and its reply came, but too late: redis-py gives up on it exactly as
+            # after its socket timeout (drop the connection, raise TimeoutError). Blocking the
+            # loop instead was a race: a reply already buffered is read without waiting, so the
+            # timeout fired in some runs only.
             stalled.append(1)
-            asyncio.get_running_loop().call_soon(time.sleep, 2.5 * timeout)
-        return await read_response(self, *args, **kwargs)
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}")
+        return response
 
     monkeypatch.setattr(Connection, "send_command", send)
     monkeypatch.setattr(Connection, "read_response", read)
