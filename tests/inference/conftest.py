@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from inference.ray_client import RayDashboardClient
 from inference.ray_local import LocalRay
@@ -23,11 +25,28 @@ def module_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     return Path(tmp_path_factory.mktemp("deploy"))
 
 
+@pytest.fixture(scope="module")
+def usage_queue(module_dir: Path) -> Iterator[str]:
+    """The broker queue the module's gateways send usage events to, removed afterwards. Never
+    the default ``usage`` queue: no worker takes these events in the tests, and a worker of the
+    machine's own (a ``make up`` on the same Redis) would ingest them as real usage."""
+    from django.conf import settings
+
+    name = f"vltest-usage-{module_dir.name}"
+    yield name
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    try:
+        client.delete(name, *client.keys(f"{name}*"))
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def ray_settings(settings, ray_cluster: LocalRay, serve_instance, module_dir):  # type: ignore[no-untyped-def]
-    """Point the control plane at the test cluster. The Redis prefix and spool folder are the
-    module's, so the same catalog renders the same revision in every test (Ray then keeps the
-    replicas instead of replacing them: faster)."""
+def ray_settings(settings, ray_cluster: LocalRay, serve_instance, module_dir, usage_queue):  # type: ignore[no-untyped-def]
+    """Point the control plane at the test cluster. The Redis prefix, usage queue and spool
+    folder are the module's, so the same catalog renders the same revision in every test (Ray
+    then keeps the replicas instead of replacing them: faster)."""
+    settings.VLINDERS_USAGE_QUEUE = usage_queue
     settings.VLINDERS_RAY_DASHBOARD_URL = ray_cluster.dashboard_url
     settings.VLINDERS_RAY_AUTH_TOKEN = ray_cluster.token
     settings.VLINDERS_GATEWAY_PORT = serve_instance[1]
