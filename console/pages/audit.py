@@ -115,7 +115,7 @@ def change_summary(
     return changes
 
 
-def _target_name(event: Any, users: Mapping[str, str]) -> str:
+def target_name(event: Any, users: Mapping[str, str]) -> str:
     """What a person calls the target: its name, e-mail or member, from the record itself."""
     for state in (event.after, event.before):
         if isinstance(state, dict):
@@ -127,7 +127,7 @@ def _target_name(event: Any, users: Mapping[str, str]) -> str:
     return ""
 
 
-def _usernames(events: Iterable[Any]) -> dict[str, str]:
+def usernames_of(events: Iterable[Any]) -> dict[str, str]:
     """Usernames of the users the records' before/after name (one query for the page)."""
     from django.contrib.auth import get_user_model
 
@@ -178,12 +178,12 @@ def audit_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     )
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     events_on_page = list(page.object_list)
-    users = _usernames(events_on_page)
+    users = usernames_of(events_on_page)
     rows = [
         {
             "event": event,
             "type": TARGET_TYPES.get(event.target_type, event.target_type),
-            "name": _target_name(event, users),
+            "name": target_name(event, users),
             "changes": change_summary(event.before, event.after, users),
         }
         for event in events_on_page

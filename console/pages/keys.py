@@ -245,7 +245,7 @@ class KeyRow:
         return self.can_manage and self.status != "revoked"
 
 
-def _status(key: ApiKey, now: datetime) -> str:
+def key_status(key: ApiKey, now: datetime) -> str:
     status = key.status_at(now)
     if status == ApiKey.Status.ACTIVE and key.replaced_by_id is not None:
         return "rotating"
@@ -263,7 +263,7 @@ def _limits_shown(key: ApiKey) -> list[str]:
 def _row(key: ApiKey, ctx: OrgContext, now: datetime) -> KeyRow:
     return KeyRow(
         key=key,
-        status=_status(key, now),
+        status=key_status(key, now),
         limits=_limits_shown(key),
         can_manage=ctx.can_use
         and selectors.api_key_manageable(key, actor_role=ctx.role, actor=ctx.user),

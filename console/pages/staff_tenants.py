@@ -43,9 +43,9 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors as usage
 from billing import spend, tenant_usage
-from console.pages.audit import TARGET_TYPES, _target_name, _usernames, change_summary
+from console.pages.audit import TARGET_TYPES, change_summary, target_name, usernames_of
 from console.pages.filters import PAGE_SIZE, invalid_status, query_string
-from console.pages.keys import LIMIT_LABELS, _status
+from console.pages.keys import LIMIT_LABELS, key_status
 from console.staff import staff_page
 from tenants import selectors, services
 from tenants.models import ApiKey, AuditEvent, Limits, Organization, Role
@@ -222,12 +222,12 @@ def _organization(slug: str) -> Organization:
 def _audit_rows(organization: Organization) -> list[dict[str, Any]]:
     """The latest records, shown as the audit page shows them (user ids as usernames)."""
     events: list[AuditEvent] = list(selectors.audit_events(organization)[:AUDIT_ROWS])
-    users = _usernames(events)
+    users = usernames_of(events)
     return [
         {
             "event": event,
             "type": TARGET_TYPES.get(event.target_type, event.target_type),
-            "name": _target_name(event, users),
+            "name": target_name(event, users),
             "changes": change_summary(event.before, event.after, users),
         }
         for event in events
@@ -268,7 +268,7 @@ def _tenant(
         ],
         "members": list(selectors.memberships_of(organization)),
         "keys_page": keys_page,
-        "keys": [(key, _status(key, now)) for key in keys_page.object_list],
+        "keys": [(key, key_status(key, now)) for key in keys_page.object_list],
         "by_model": [
             row | {"spend": money(row["cost"]), "spend_exact": exact(row["cost"])}
             for row in by_model
