@@ -40,11 +40,22 @@ ACTIONS = (MODEL_CREATED, MODEL_UPDATED, MODEL_DELETED, ALIAS_CREATED, ALIAS_UPD
 
 # The model fields the services take no argument for (see the module docstring).
 LOAD_FIELDS = ("max_queued_requests", "request_timeout_s")
-_AUDITED_FIELDS = (
-    tuple(name for name in services.CATALOG_MODEL_FIELDS if name != "upstream_api_key")
-    + LOAD_FIELDS
+_AUDITED_FIELDS = tuple(
+    dict.fromkeys(
+        [name for name in services.CATALOG_MODEL_FIELDS if name != "upstream_api_key"]
+        + list(LOAD_FIELDS)
+    )
 )
 _ALIAS_FIELDS = ("name", "target", "description")
+
+
+def _record_change(actor: Any, action: str, target: Any, before: Any, after: Any) -> None:
+    """The platform-level audit record of a change; a save that changed nothing records
+    nothing (as the tenants services do)."""
+    if before != after:
+        audit_record(
+            organization=None, actor=actor, action=action, target=target, before=before, after=after
+        )
 
 
 def audited_state(model: CatalogModel) -> dict[str, Any]:
@@ -94,15 +105,7 @@ def catalog_model_save(
     if prices is not None:
         plan_prices.plan_prices_set(model=model, prices=prices)
     after = _stored_state(model)
-    if before != after:
-        audit_record(
-            organization=None,
-            actor=actor,
-            action=MODEL_CREATED if before is None else MODEL_UPDATED,
-            target=model,
-            before=before,
-            after=after,
-        )
+    _record_change(actor, MODEL_CREATED if before is None else MODEL_UPDATED, model, before, after)
     return model
 
 
@@ -112,15 +115,7 @@ def catalog_model_status_set(*, actor: Any, model: CatalogModel, status: str) ->
     before = _stored_state(model)
     model = services.catalog_model_update(model=model, status=status)
     after = _stored_state(model)
-    if before != after:
-        audit_record(
-            organization=None,
-            actor=actor,
-            action=MODEL_UPDATED,
-            target=model,
-            before=before,
-            after=after,
-        )
+    _record_change(actor, MODEL_UPDATED, model, before, after)
     return model
 
 
@@ -155,15 +150,7 @@ def model_alias_save(
             alias=alias, name=name, target=target, description=description
         )
     after = fields_of(alias, _ALIAS_FIELDS)
-    if before != after:
-        audit_record(
-            organization=None,
-            actor=actor,
-            action=ALIAS_CREATED if before is None else ALIAS_UPDATED,
-            target=alias,
-            before=before,
-            after=after,
-        )
+    _record_change(actor, ALIAS_CREATED if before is None else ALIAS_UPDATED, alias, before, after)
     return alias
 
 
