@@ -132,6 +132,9 @@ def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
         },
         "max_queued_requests": model.max_queued_requests,
         "request_timeout_s": model.request_timeout_s,
+        "request_router": model.request_router,
+        "cache_ttl_s": model.cache_ttl_s,
+        "price_cache_hit_per_mtok": _price(model.price_cache_hit_per_mtok),
     }
 
 

@@ -24,6 +24,14 @@ class EngineKind(models.TextChoices):
     VLLM = "vllm", "vLLM"
     OPENAI = "openai", "OpenAI-compatible upstream"
     SYNTHETIC = "synthetic", "Synthetic (tests and benchmarks only, not a model)"
+    LLAMACPP = "llamacpp", "llama.cpp (GGUF file, CPU)"
+
+
+class RequestRouter(models.TextChoices):
+    """How Ray Serve picks the replica of a model with several (``docs/deployment-spec.md``)."""
+
+    DEFAULT = "default", "Ray Serve's default (power of two choices, fewest queued)"
+    PREFIX_AFFINITY = "prefix_affinity", "Prefix-cache affinity (vLLM, several replicas)"
 
 
 class Visibility(models.TextChoices):
@@ -91,6 +99,24 @@ class CatalogModel(models.Model):
         validators=[MinValueValidator(0)],
         help_text="Operator's cost of one replica for one hour; empty: unknown (no margin shown).",
     )
+    # Routing among this model's replicas (Ray Serve request routers).
+    request_router = models.CharField(
+        max_length=32, choices=RequestRouter.choices, default=RequestRouter.DEFAULT
+    )
+    # Scheduled scaling: the minimum replicas the current ``ScalingWindow`` asks for, written by
+    # the beat task (``inference.scaling_schedule``); null outside every window, when
+    # ``min_replicas`` applies. The renderer uses it in place of ``min_replicas`` (a night-time
+    # window scales down as well as a busy-hours one scales up).
+    scheduled_min_replicas = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # Response cache (docs/response-cache.md): 0 turns it off for this model; otherwise how long
+    # a deterministic response may be served again to the same organisation, and the price per
+    # million tokens (input and output alike) that a cache hit is metered at.
+    cache_ttl_s = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(30 * 24 * 3600)]
+    )
+    price_cache_hit_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(0)]
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     visibility = models.CharField(
         max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
@@ -112,12 +138,16 @@ class CatalogModel(models.Model):
 class ModelAlias(models.Model):
     """A public name that points at a catalog model (e.g. ``gpt-4`` -> a Llama 3 70B model).
 
-    An organisation sees an alias only if it may use the target.
+    An organisation sees an alias only if it may use the target. ``target`` is the primary
+    target, with ``weight``; ``splits`` add weighted targets (a canary, an A/B arm): requests
+    are spread by weight, deterministically per ``user`` when the client sends one, and a
+    weight of 0 drains a target (docs/deployment-spec.md, "Weighted aliases").
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=128, unique=True, validators=[model_name_validator])
     target = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="aliases")
+    weight = models.PositiveIntegerField(default=100, validators=[MaxValueValidator(10000)])
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -128,6 +158,49 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} -> {self.target.name}"
+
+
+class ModelAliasSplit(models.Model):
+    """A further weighted target of an alias, beside its primary ``target``."""
+
+    id = models.BigAutoField(primary_key=True)
+    alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="splits")
+    catalog_model = models.ForeignKey(
+        CatalogModel, on_delete=models.CASCADE, related_name="alias_splits"
+    )
+    weight = models.PositiveIntegerField(validators=[MaxValueValidator(10000)])
+
+    class Meta:
+        ordering = ["alias__name", "catalog_model__name"]
+        verbose_name = "alias split"
+        constraints = [
+            models.UniqueConstraint(fields=["alias", "catalog_model"], name="alias_split_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias_id} -> {self.catalog_model_id} ({self.weight})"
+
+
+class ScalingWindow(models.Model):
+    """Scheduled scaling: between ``starts_at`` and ``ends_at`` (platform time zone, wrapping
+    past midnight when ``ends_at`` is earlier), the model's minimum replicas are
+    ``min_replicas`` instead of the catalog's own. A beat task applies the change through the
+    catalog path (scaling is a deployment option: no restarts)."""
+
+    id = models.BigAutoField(primary_key=True)
+    catalog_model = models.ForeignKey(
+        CatalogModel, on_delete=models.CASCADE, related_name="scaling_windows"
+    )
+    starts_at = models.TimeField()
+    ends_at = models.TimeField()
+    min_replicas = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["catalog_model__name", "starts_at"]
+        verbose_name = "scaling window"
+
+    def __str__(self) -> str:
+        return f"{self.catalog_model_id} {self.starts_at}-{self.ends_at}: {self.min_replicas}"
 
 
 # --- Deployments (contract 1: the catalog applied to Ray Serve) --------------------------------

@@ -91,6 +91,13 @@ class Organization(Limits):
         help_text="Set by dunning when an invoice stayed unpaid past its grace: the gateway "
         "refuses the organisation's keys until it is paid. Independent of ``status``.",
     )
+    # Opt-in to the gateway's response cache (docs/response-cache.md): deterministic requests
+    # that also ask for it may be answered from a cached response of the same model revision.
+    response_cache_enabled = models.BooleanField(
+        default=False,
+        help_text="Deterministic requests that ask for it (header x-vlinders-cache: use) may be "
+        "answered from the cache, metered at the model's cache-hit price.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -29,6 +29,11 @@ from inference.serving.pricing import Prices
 
 SPEC_VERSION = 1
 
+# Every engine kind a model may name (``model_server.make_engine`` builds each).
+EngineName = Literal["vllm", "openai", "synthetic", "llamacpp"]
+# How Serve routes among a model's replicas: its default router, or prefix-cache affinity.
+RequestRouterName = Literal["default", "prefix_affinity"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,7 +76,7 @@ class PlanPrice(_Strict):
 class ModelSpec(_Strict):
     name: str
     deployment: str
-    engine: Literal["vllm", "openai", "synthetic"]
+    engine: EngineName
     source: dict[str, Any] = Field(default_factory=dict)
     engine_args: dict[str, Any] = Field(default_factory=dict)
     context_length: int = Field(ge=1)
@@ -87,6 +92,11 @@ class ModelSpec(_Strict):
     max_queued_requests: int = Field(128, ge=1)
     # The longest a request may run; then it is cancelled in the engine.
     request_timeout_s: float = Field(300.0, gt=0)
+    request_router: RequestRouterName = "default"
+    # Response cache: 0 = off for this model; a hit is metered at ``price_cache_hit_per_mtok``
+    # (input and output tokens alike). Optional, so an older spec still validates.
+    cache_ttl_s: int = Field(0, ge=0)
+    price_cache_hit_per_mtok: Decimal = Field(Decimal(0), ge=0)
 
     @property
     def max_ongoing_requests(self) -> int:
@@ -104,13 +114,15 @@ class RouteSpec(_Strict):
 
     name: str
     deployment: str  # the model's Serve application and deployment name
-    engine: Literal["vllm", "openai", "synthetic"]
+    engine: EngineName
     context_length: int = Field(ge=1)
     price_input_per_mtok: Decimal = Field(Decimal(0), ge=0)
     price_output_per_mtok: Decimal = Field(Decimal(0), ge=0)
     plan_prices: dict[str, PlanPrice] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
     request_timeout_s: float = Field(300.0, gt=0)
+    cache_ttl_s: int = Field(0, ge=0)
+    price_cache_hit_per_mtok: Decimal = Field(Decimal(0), ge=0)
 
     def prices_for(self, plan: str | None) -> Prices:
         """The prices a request of an organisation on ``plan`` is charged: the plan's own prices
@@ -169,7 +181,7 @@ class ModelArgs(_Strict):
     spec_version: Literal[1]
     name: str
     deployment: str
-    engine: Literal["vllm", "openai", "synthetic"]
+    engine: EngineName
     source: dict[str, Any] = Field(default_factory=dict)
     engine_args: dict[str, Any] = Field(default_factory=dict)
     resources: ResourcesSpec = ResourcesSpec()
