@@ -9,7 +9,8 @@ organisation), so a change never commits without its record. The records' action
 
 What a record holds: the model's settings (``audited_state``: every catalog field except the
 upstream API key, of which only whether one is set; the organisations by slug; the plans' prices)
-before and after; for an alias its name, target and description. Never the key itself.
+before and after; for an alias its name, target, description, weight and splits
+(``alias_state``). Never the key itself.
 
 ``catalog_model_save`` also writes what the services take no argument for: the load-shedding
 fields (``max_queued_requests``, ``request_timeout_s``: set on the row, which
@@ -47,6 +48,20 @@ _AUDITED_FIELDS = tuple(
     )
 )
 _ALIAS_FIELDS = ("name", "target", "description")
+
+
+def alias_state(alias: ModelAlias) -> dict[str, Any]:
+    """What an audit record keeps of an alias (as stored): its fields, its primary target's
+    weight and its splits (model name -> weight; a weighted alias's canary or A/B arms)."""
+    stored = ModelAlias.objects.get(pk=alias.pk)
+    return {
+        **fields_of(stored, _ALIAS_FIELDS),
+        "weight": stored.weight,
+        "splits": {
+            row.catalog_model.name: row.weight
+            for row in stored.splits.select_related("catalog_model").order_by("catalog_model__name")
+        },
+    }
 
 
 def _record_change(actor: Any, action: str, target: Any, before: Any, after: Any) -> None:
@@ -139,17 +154,31 @@ def model_alias_save(
     name: str,
     target: CatalogModel,
     description: str = "",
+    weight: int | None = None,
+    splits: services.Splits | None = None,
 ) -> ModelAlias:
-    """Create (``alias`` ``None``) or change an alias."""
+    """Create (``alias`` ``None``) or change an alias; ``weight`` (the primary target's) and
+    ``splits`` (the further weighted targets) are left as they are when ``None``."""
     if alias is None:
-        alias = services.model_alias_create(name=name, target=target, description=description)
+        alias = services.model_alias_create(
+            name=name,
+            target=target,
+            description=description,
+            weight=100 if weight is None else weight,
+            splits=splits or (),
+        )
         before = None
     else:
-        before = fields_of(ModelAlias.objects.get(pk=alias.pk), _ALIAS_FIELDS)
+        before = alias_state(alias)
         alias = services.model_alias_update(
-            alias=alias, name=name, target=target, description=description
+            alias=alias,
+            name=name,
+            target=target,
+            description=description,
+            weight=weight,
+            splits=splits,
         )
-    after = fields_of(alias, _ALIAS_FIELDS)
+    after = alias_state(alias)
     _record_change(actor, ALIAS_CREATED if before is None else ALIAS_UPDATED, alias, before, after)
     return alias
 
@@ -157,7 +186,7 @@ def model_alias_save(
 @transaction.atomic
 def model_alias_remove(*, actor: Any, alias: ModelAlias) -> None:
     """Delete an alias (its target stays)."""
-    before = fields_of(alias, _ALIAS_FIELDS)
+    before = alias_state(alias)
     target = ModelAlias(pk=alias.pk)
     services.model_alias_delete(alias=alias)
     audit_record(organization=None, actor=actor, action=ALIAS_DELETED, target=target, before=before)

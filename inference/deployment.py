@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from django.conf import settings
 
-from inference.models import CatalogModel, EngineKind
+from inference.models import CatalogModel, EngineKind, ModelAlias
 from inference.serving.spec import DeploymentSpec
 
 SPEC_VERSION = 1
@@ -138,11 +138,40 @@ def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
     }
 
 
+def render_weighted_aliases(active: set[str]) -> list[dict[str, Any]]:
+    """``aliases[]``: every alias with splits (a weighted alias), sorted by name, its targets the
+    primary first then the splits by model name, each with its weight. Only active models are
+    targets (a disabled one gets no traffic until enabled again, like a weight of 0); an alias
+    left with no active target of a weight above 0 is not routed at all."""
+    rows = (
+        ModelAlias.objects.filter(splits__isnull=False)
+        .distinct()
+        .select_related("target")
+        .prefetch_related("splits__catalog_model")
+        .order_by("name")
+    )
+    out: list[dict[str, Any]] = []
+    for alias in rows:
+        splits = sorted(alias.splits.all(), key=lambda split: split.catalog_model.name)
+        targets = [(alias.target.name, alias.weight)]
+        targets += [(split.catalog_model.name, split.weight) for split in splits]
+        live = [(name, weight) for name, weight in targets if name in active]
+        if sum(weight for _, weight in live) > 0:
+            out.append(
+                {
+                    "name": alias.name,
+                    "targets": [{"model": name, "weight": weight} for name, weight in live],
+                }
+            )
+    return out
+
+
 def render_spec() -> dict[str, Any]:
     """The deployment spec (``args``): active catalog models only, sorted by name, each with its
-    aliases; the revision last, computed over everything else."""
+    plain aliases, then the weighted aliases (``render_weighted_aliases``); the revision last,
+    computed over everything else."""
     models = CatalogModel.objects.filter(status=CatalogModel.Status.ACTIVE).prefetch_related(
-        "aliases", "plan_prices"
+        "aliases__splits", "plan_prices"
     )
     spec: dict[str, Any] = {
         "spec_version": SPEC_VERSION,
@@ -164,9 +193,12 @@ def render_spec() -> dict[str, Any]:
             "lease_s": float(settings.VLINDERS_LEASE_S),
         },
         "models": [
-            render_model(model, [alias.name for alias in model.aliases.all()])
+            render_model(
+                model, [alias.name for alias in model.aliases.all() if not alias.splits.all()]
+            )
             for model in sorted(models, key=lambda m: m.name)
         ],
+        "aliases": render_weighted_aliases({model.name for model in models}),
     }
     spec["revision"] = spec_revision(spec)
     return spec

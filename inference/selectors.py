@@ -21,10 +21,33 @@ def models_for_organization(organization: Organization) -> QuerySet[CatalogModel
 
 
 def aliases_for_organization(organization: Organization) -> QuerySet[ModelAlias]:
-    """Aliases whose target the organisation may use (an alias never widens access)."""
-    return ModelAlias.objects.filter(
-        target__in=models_for_organization(organization)
-    ).select_related("target")
+    """Aliases with a target the organisation may use at a weight above 0: the primary target
+    or a split (a weighted alias). An alias never widens access: the gateway spreads an
+    organisation's requests only over the targets it may use (docs/model-catalog.md,
+    "Weighted aliases")."""
+    usable = models_for_organization(organization)
+    return (
+        ModelAlias.objects.filter(
+            Q(target__in=usable, weight__gt=0)
+            | Q(splits__catalog_model__in=usable, splits__weight__gt=0)
+        )
+        .distinct()
+        .select_related("target")
+        .prefetch_related("splits__catalog_model")
+    )
+
+
+def alias_shown_target(alias: ModelAlias, usable: set[object]) -> CatalogModel:
+    """The model an alias is described by (description, context length, prices) to an
+    organisation that may use the models ``usable`` (their ids): its primary target when that
+    takes traffic for it, else its heaviest split it may use, so a target the organisation may
+    not use is never shown."""
+    if alias.target_id in usable and alias.weight > 0:
+        return alias.target
+    splits = [s for s in alias.splits.all() if s.catalog_model_id in usable and s.weight > 0]
+    if not splits:
+        return alias.target
+    return max(splits, key=lambda split: split.weight).catalog_model
 
 
 def model_names_for_organization(organization: Organization) -> list[str]:
@@ -43,14 +66,12 @@ def available_models_for_organization(organization: Organization) -> list[Availa
     own = {
         row.catalog_model_id: row for row in PlanModelPrice.objects.filter(plan=organization.plan)
     }
-    rows = [
-        _available(model.name, "model", None, model, own.get(model.pk))
-        for model in models_for_organization(organization)
-    ]
-    rows += [
-        _available(alias.name, "alias", alias.target.name, alias.target, own.get(alias.target_id))
-        for alias in aliases_for_organization(organization)
-    ]
+    models = list(models_for_organization(organization))
+    rows = [_available(model.name, "model", None, model, own.get(model.pk)) for model in models]
+    usable: set[object] = {model.pk for model in models}
+    for alias in aliases_for_organization(organization):
+        shown = alias_shown_target(alias, usable)
+        rows.append(_available(alias.name, "alias", shown.name, shown, own.get(shown.pk)))
     return sorted(rows, key=lambda row: row.name)
 
 
@@ -94,9 +115,11 @@ def model_endpoints(model: CatalogModel) -> tuple[str, ...] | None:
 def endpoints_for_organization(organization: Organization) -> dict[str, tuple[str, ...] | None]:
     """The endpoints of every name (model or alias: its target's) the organisation may use,
     by name: the same names as ``available_models_for_organization``."""
-    out = {model.name: model_endpoints(model) for model in models_for_organization(organization)}
+    models = list(models_for_organization(organization))
+    out = {model.name: model_endpoints(model) for model in models}
+    usable: set[object] = {model.pk for model in models}
     for alias in aliases_for_organization(organization):
-        out[alias.name] = model_endpoints(alias.target)
+        out[alias.name] = model_endpoints(alias_shown_target(alias, usable))
     return out
 
 

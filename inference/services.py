@@ -27,7 +27,13 @@ Rules of a catalog model (``catalog_model_validate``):
   organisations that may use them (an empty list means nobody yet — fails closed).
 
 Rules of an alias (``model_alias_validate``): ``full_clean`` and the shared namespace. An alias
-never widens access: it is visible only to organisations that may use its target.
+never widens access: it is visible only to organisations that may use one of its targets of a
+weight above 0, and the gateway spreads their requests only over the targets they may use.
+
+Rules of a weighted alias (``model_alias_splits_validate``; docs/model-catalog.md, "Weighted
+aliases"): the primary target has ``weight``, each split a model and a weight, each weight
+0..10,000 (0 drains a target); a model appears once (never the primary target again); the
+weights add up to more than 0. A disabled target is allowed and gets no traffic while disabled.
 
 The upstream API key is given in plain text and stored encrypted (``inference.upstream_secrets``);
 after the transaction commits it is published, encrypted, to Redis for the model server, and its
@@ -40,7 +46,7 @@ writes cannot both claim the same public name across the two tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -49,7 +55,7 @@ from django.db import connection, transaction
 
 from inference import upstream_secrets
 from inference.engine_args import validate_engine_args
-from inference.models import CatalogModel, EngineKind, ModelAlias, Visibility
+from inference.models import CatalogModel, EngineKind, ModelAlias, ModelAliasSplit, Visibility
 from inference.selectors import public_name_taken
 from tenants.models import Organization
 from tenants.snapshot import publish_all_organizations_on_commit
@@ -338,8 +344,41 @@ def catalog_models_delete(*, models: Iterable[CatalogModel]) -> int:
 # --- aliases -----------------------------------------------------------------------------------
 
 
-def model_alias_validate(*, alias: ModelAlias) -> None:
-    """Raise ``ValidationError`` unless ``alias`` is valid and its name is free."""
+# A weighted alias's further targets: (model, weight) pairs.
+Splits = Sequence[tuple[CatalogModel, int]]
+MAX_ALIAS_WEIGHT = 10000
+
+
+def _current_splits(alias: ModelAlias) -> list[tuple[CatalogModel, int]]:
+    if alias._state.adding:
+        return []
+    rows = ModelAliasSplit.objects.filter(alias=alias).select_related("catalog_model")
+    return [(row.catalog_model, row.weight) for row in rows]
+
+
+def model_alias_splits_validate(*, alias: ModelAlias, splits: Splits) -> None:
+    """Raise ``ValidationError`` (fields ``weight``, ``splits``) unless ``alias.weight`` and
+    ``splits`` make a valid weighted alias (the rules in the module docstring)."""
+    errors = _Errors()
+    if not 0 <= alias.weight <= MAX_ALIAS_WEIGHT:
+        errors.add("weight", f"A weight is from 0 to {MAX_ALIAS_WEIGHT}.")
+    seen: set[object] = set()
+    for model, weight in splits:
+        if not isinstance(weight, int) or not 0 <= weight <= MAX_ALIAS_WEIGHT:
+            errors.add("splits", f"{model.name}: a weight is from 0 to {MAX_ALIAS_WEIGHT}.")
+        if model.pk == alias.target_id:
+            errors.add("splits", f"{model.name} is the alias's primary target already.")
+        elif model.pk in seen:
+            errors.add("splits", f"{model.name} is listed twice.")
+        seen.add(model.pk)
+    if not errors.by_field and alias.weight + sum(weight for _, weight in splits) <= 0:
+        errors.add("weight", "The weights add up to 0: at least one target must take traffic.")
+    errors.raise_if_any()
+
+
+def model_alias_validate(*, alias: ModelAlias, splits: Splits | None = None) -> None:
+    """Raise ``ValidationError`` unless ``alias`` is valid and its name is free, and, with its
+    ``splits`` (the stored ones when ``None``), a valid weighted alias."""
     errors = _Errors()
     try:
         alias.full_clean()
@@ -347,18 +386,56 @@ def model_alias_validate(*, alias: ModelAlias) -> None:
         errors.merge(exc)
     if "name" not in errors.by_field and public_name_taken(alias.name, exclude_alias=alias):
         errors.add("name", f"The name {alias.name!r} is already used by a model or an alias.")
+    if "weight" not in errors.by_field and "target" not in errors.by_field:
+        try:
+            model_alias_splits_validate(
+                alias=alias, splits=_current_splits(alias) if splits is None else splits
+            )
+        except ValidationError as exc:
+            errors.merge(exc)
     errors.raise_if_any()
 
 
+def _write_splits(alias: ModelAlias, splits: Splits) -> bool:
+    """Replace the alias's splits; whether they changed."""
+    before = sorted((model.pk, weight) for model, weight in _current_splits(alias))
+    if before == sorted((model.pk, weight) for model, weight in splits):
+        return False
+    ModelAliasSplit.objects.filter(alias=alias).delete()
+    ModelAliasSplit.objects.bulk_create(
+        ModelAliasSplit(alias=alias, catalog_model=model, weight=weight) for model, weight in splits
+    )
+    return True
+
+
 @transaction.atomic
-def model_alias_create(*, name: str, target: CatalogModel, description: str = "") -> ModelAlias:
-    """Give ``target`` another public name."""
+def model_alias_create(
+    *,
+    name: str,
+    target: CatalogModel,
+    description: str = "",
+    weight: int = 100,
+    splits: Splits = (),
+) -> ModelAlias:
+    """Give ``target`` another public name; with ``splits``, a weighted alias (``target`` at
+    ``weight``, each split at its own)."""
     _lock_catalog_names()
-    alias = ModelAlias(name=name, target=target, description=description)
-    model_alias_validate(alias=alias)
+    alias = ModelAlias(name=name, target=target, description=description, weight=weight)
+    model_alias_validate(alias=alias, splits=splits)
     alias.save()
+    _write_splits(alias, splits)
     publish_all_organizations_on_commit()
     return alias
+
+
+@transaction.atomic
+def model_alias_splits_set(
+    *, alias: ModelAlias, splits: Splits, weight: int | None = None
+) -> ModelAlias:
+    """Set a weighted alias's targets: the primary target's ``weight`` (``None`` keeps it) and
+    the further targets ``splits`` (replacing the stored ones; empty: a plain alias again).
+    Validated whole; the new weights reach the gateway with the next apply, in place."""
+    return model_alias_update(alias=alias, weight=weight, splits=splits)
 
 
 @transaction.atomic
@@ -368,24 +445,32 @@ def model_alias_update(
     name: str | None = None,
     target: CatalogModel | None = None,
     description: str | None = None,
+    weight: int | None = None,
+    splits: Splits | None = None,
 ) -> ModelAlias:
-    """Rename, repoint or describe an alias (``None`` leaves a field as it is)."""
+    """Rename, repoint, describe or re-weight an alias (``None`` leaves a field as it is;
+    ``splits`` replaces the stored splits)."""
     _lock_catalog_names()
-    before = ModelAlias.objects.filter(pk=alias.pk).values_list("name", "target_id").first()
-    previous = (alias.name, alias.target_id, alias.description)
+    before = (
+        ModelAlias.objects.filter(pk=alias.pk).values_list("name", "target_id", "weight").first()
+    )
+    previous = (alias.name, alias.target_id, alias.description, alias.weight)
     if name is not None:
         alias.name = name
     if target is not None:
         alias.target = target
     if description is not None:
         alias.description = description
+    if weight is not None:
+        alias.weight = weight
     try:
-        model_alias_validate(alias=alias)
+        model_alias_validate(alias=alias, splits=splits)
     except ValidationError:
-        alias.name, alias.target_id, alias.description = previous
+        alias.name, alias.target_id, alias.description, alias.weight = previous
         raise
     alias.save()
-    if before != (alias.name, alias.target_id):
+    changed = splits is not None and _write_splits(alias, splits)
+    if changed or before != (alias.name, alias.target_id, alias.weight):
         publish_all_organizations_on_commit()
     return alias
 

@@ -106,18 +106,46 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
         return rows
 
 
+class AliasSplitSerializer(StrictJSONTypes, serializers.Serializer[Any]):
+    """A further weighted target of an alias (a canary, an A/B arm)."""
+
+    model = serializers.SlugRelatedField(
+        source="catalog_model",
+        slug_field="name",
+        queryset=CatalogModel.objects.all(),
+        help_text="Name of the catalog model that takes this share of the alias's requests.",
+    )
+    weight = serializers.IntegerField(
+        min_value=0, max_value=10000, help_text="Its weight; 0 drains it (no new requests)."
+    )
+
+
 class ModelAliasSerializer(StrictJSONTypes, serializers.ModelSerializer[ModelAlias]):
-    """An alias: another public name of a catalog model, named by the model's name."""
+    """An alias: another public name of a catalog model, named by the model's name; with
+    ``splits``, a weighted alias that spreads requests over several models by weight
+    (docs/model-catalog.md, "Weighted aliases")."""
 
     target = serializers.SlugRelatedField(
         slug_field="name",
         queryset=CatalogModel.objects.all(),
-        help_text="Name of the catalog model this alias points at.",
+        help_text="Name of the catalog model this alias points at (its primary target).",
+    )
+    weight = serializers.IntegerField(
+        min_value=0,
+        max_value=10000,
+        required=False,
+        help_text="The primary target's weight (default 100); matters only with splits.",
+    )
+    splits = AliasSplitSerializer(
+        many=True,
+        required=False,
+        help_text="Further targets with their weights; [] makes a plain alias again, and "
+        "leaving it out keeps the stored ones.",
     )
 
     class Meta:
         model = ModelAlias
-        fields = ("id", "name", "target", "description", "created_at")
+        fields = ("id", "name", "target", "weight", "splits", "description", "created_at")
         read_only_fields = ("id", "created_at")
         extra_kwargs: dict[str, dict[str, Any]] = {
             "name": {"validators": [model_name_validator]},

@@ -87,17 +87,29 @@ class CatalogModelViewSet(viewsets.ModelViewSet[CatalogModel]):
 class ModelAliasViewSet(viewsets.ModelViewSet[ModelAlias]):
     permission_classes = [permissions.IsAdminUser]
     serializer_class = ModelAliasSerializer
-    queryset = ModelAlias.objects.select_related("target")
+    queryset = ModelAlias.objects.select_related("target").prefetch_related("splits__catalog_model")
     lookup_field = "name"
     lookup_value_regex = NAME_IN_PATH
 
+    @staticmethod
+    def _alias_data(validated: dict[str, Any]) -> dict[str, Any]:
+        """The services' arguments: ``splits`` as (model, weight) pairs."""
+        data = dict(validated)
+        if "splits" in data:
+            data["splits"] = [(row["catalog_model"], row["weight"]) for row in data["splits"]]
+        return data
+
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = services.model_alias_create(**serializer.validated_data)
+        serializer.instance = services.model_alias_create(
+            **self._alias_data(serializer.validated_data)
+        )
 
     def perform_update(self, serializer: Any) -> None:
         serializer.instance = services.model_alias_update(
-            alias=serializer.instance, **serializer.validated_data
+            alias=serializer.instance, **self._alias_data(serializer.validated_data)
         )
+        # The response reads the splits again, not the list prefetched before the write.
+        getattr(serializer.instance, "_prefetched_objects_cache", {}).pop("splits", None)
 
     def perform_destroy(self, instance: ModelAlias) -> None:
         services.model_alias_delete(alias=instance)

@@ -42,7 +42,7 @@ from ray.serve.exceptions import (
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from inference.serving import errors, logs, metrics, requests
+from inference.serving import errors, logs, metrics, requests, splits
 from inference.serving.access import AccessCache, Principal
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
@@ -113,6 +113,9 @@ class Call:
     relayed_any: bool = False  # the engine produced an answer or a stream chunk
     relaying: bool = False  # the stream's body generator has started
     settled: bool = False
+    # The response's ``model``: the name asked, or for a weighted alias the target that served
+    # it (``splits.py``), so the client can tell the arms apart.
+    reply_model: str = ""
 
 
 def redis_pool_size(max_ongoing_requests: int) -> int:
@@ -179,6 +182,7 @@ class Gateway:
         self.args = GatewayArgs.model_validate(args)
         self.config = GatewayConfig(revision="")
         self.routes: dict[str, RouteSpec] = {}
+        self.weighted: dict[str, splits.WeightedAlias] = {}
         self.handles: dict[str, tuple[Any, Any]] = {}
         self._handle_factory = handle_factory
         pepper = os.environ.get("VLINDERS_KEY_PEPPER")
@@ -227,6 +231,9 @@ class Gateway:
             for model in config.models
         }
         self.config, self.routes, self.handles = config, routes, handles
+        self.weighted = splits.weighted_aliases(
+            config.aliases, {model.name: model for model in config.models}
+        )
         self.access.ttl = config.access_cache_ttl_s
         logger.info(
             "routing config %s: %d models, %d public names",
@@ -280,9 +287,10 @@ class Gateway:
                 raise too_big
         return bytes(body)
 
-    def _route(self, call: Call, principal: Principal, name: str) -> RouteSpec:
+    def _route(self, call: Call, principal: Principal, name: str, user: Any = None) -> RouteSpec:
         """404 for names the organisation may not use (no existence leak), 403 for names its
-        key may not use, 404 for allowed names not deployed (yet)."""
+        key may not use, 404 for allowed names not deployed (yet). A weighted alias is served
+        by the target ``splits`` chooses among those the organisation may use (by ``user``)."""
         if name not in principal.org_models:
             raise errors.model_not_found(name)
         if not principal.may_use(name):
@@ -292,6 +300,17 @@ class Gateway:
         target = self.routes.get(name)
         if target is None:
             raise errors.model_not_found(name)
+        call.reply_model = name
+        weighted = self.weighted.get(name)
+        if weighted is not None:
+            target = weighted.choose(
+                org_id=principal.org_id,
+                user=user if isinstance(user, str) else None,
+                usable=principal.org_models,
+            )
+            if target is None:
+                raise errors.model_not_found(name)
+            call.reply_model = target.name
         return target
 
     def _response_headers(self, call: Call) -> dict[str, str]:
@@ -317,7 +336,7 @@ class Gateway:
             call.principal = await self.access.authorize(request.headers.get("authorization"))
             parsed = requests.parse(requests.parse_json(await self._read_body(request)), endpoint)
             call.model, call.stream = parsed.model, parsed.stream
-            call.target = self._route(call, call.principal, parsed.model)
+            call.target = self._route(call, call.principal, parsed.model, parsed.body.get("user"))
             call.prices = call.target.prices_for(call.principal.plan)
             await self._reserve(call, parsed)
             plain, streamed = self.handles[call.target.deployment]
@@ -364,7 +383,7 @@ class Gateway:
             call.relayed_any = True
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)
-            result["model"] = parsed.model
+            result["model"] = call.reply_model
             return JSONResponse(result, headers=self._response_headers(call))
         except errors.ApiError as error:
             return self._error_response(call, error)
@@ -478,7 +497,7 @@ class Gateway:
                     generator.cancel()
                     raise self._timed_out(call) from None
             if parsed.include_usage:
-                yield _sse(_usage_chunk(call, parsed.model, parsed.endpoint))
+                yield _sse(_usage_chunk(call, call.reply_model, parsed.endpoint))
             yield b"data: [DONE]\n\n"
             finished = True
         except errors.ApiError as error:
@@ -544,7 +563,7 @@ class Gateway:
                 call.ttft = time.perf_counter() - call.started
             call.finish_reason = _finish_reason(chunk) or call.finish_reason
             chunk.pop("usage", None)
-            chunk["model"] = parsed.model
+            chunk["model"] = call.reply_model
             out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
         return "".join(out).encode()
 
@@ -619,6 +638,8 @@ class Gateway:
         )
         if call.status != 200:
             metrics.ERRORS.labels(model, call.error_type or "-", call.error_code or "-").inc()
+        if call.target is not None and call.model in self.weighted:
+            metrics.ALIAS_REQUESTS.labels(call.model, call.target.name, str(call.status)).inc()
         metrics.LATENCY.labels(model, call.endpoint).observe(latency)
         if call.ttft is not None:
             metrics.TTFT.labels(model).observe(call.ttft)

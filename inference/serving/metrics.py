@@ -75,6 +75,12 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
+ALIAS_REQUESTS = Counter(
+    "vlinders_alias_requests_total",
+    "Requests to a weighted alias, by the target that served them (docs/deployment-spec.md, "
+    "'Weighted aliases'): a canary's share is its served_model's rate over the alias's.",
+    ["alias", "served_model", "status"],
+)
 QUEUE_REJECTIONS = Counter(
     "vlinders_queue_rejections_total",
     "Requests refused with 503 because the model's queue (max_queued_requests) was full.",

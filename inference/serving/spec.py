@@ -23,7 +23,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.serving.pricing import Prices
 
@@ -134,14 +134,53 @@ class RouteSpec(_Strict):
         return Prices(self.price_input_per_mtok, self.price_output_per_mtok)
 
 
-def route_table(models: list[RouteSpec]) -> dict[str, RouteSpec]:
-    """Every public name (model names and aliases) to the model that serves it."""
+class AliasTarget(_Strict):
+    """One target of a weighted alias: a model of the spec and its weight (0 drains it)."""
+
+    model: str
+    weight: int = Field(ge=0, le=10000)
+
+
+class AliasSpec(_Strict):
+    """A weighted alias (docs/deployment-spec.md, "Weighted aliases"): requests to ``name`` are
+    spread over ``targets`` by weight (``inference/serving/splits.py`` chooses). An alias with
+    one target is a plain one, listed in its model's ``aliases`` instead."""
+
+    name: str
+    targets: list[AliasTarget] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _weights(self) -> AliasSpec:
+        names = [target.model for target in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alias {self.name!r} lists a target twice")
+        if sum(target.weight for target in self.targets) <= 0:
+            raise ValueError(f"alias {self.name!r}: the weights add up to 0")
+        return self
+
+
+def route_table(
+    models: list[RouteSpec], aliases: list[AliasSpec] | None = None
+) -> dict[str, RouteSpec]:
+    """Every public name (model names, aliases, weighted aliases) to the model that serves it;
+    a weighted alias to its heaviest target (what ``/v1/models`` describes; the gateway chooses
+    the served one per request). Refuses a name routed twice and a weighted alias whose target
+    is not a model of the table."""
     table: dict[str, RouteSpec] = {}
     for model in models:
         for name in (model.name, *model.aliases):
             if name in table:
                 raise ValueError(f"public name {name!r} is routed twice")
             table[name] = model
+    by_model = {model.name: model for model in models}
+    for alias in aliases or []:
+        if alias.name in table:
+            raise ValueError(f"public name {alias.name!r} is routed twice")
+        unknown = [target.model for target in alias.targets if target.model not in by_model]
+        if unknown:
+            raise ValueError(f"alias {alias.name!r} targets unknown models {unknown}")
+        heaviest = max(alias.targets, key=lambda target: target.weight)
+        table[alias.name] = by_model[heaviest.model]
     return table
 
 
@@ -168,9 +207,10 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     access_cache_ttl_s: float = Field(30.0, gt=0)
     models: list[RouteSpec] = Field(default_factory=list)
+    aliases: list[AliasSpec] = Field(default_factory=list)  # weighted aliases
 
     def routes(self) -> dict[str, RouteSpec]:
-        return route_table(self.models)
+        return route_table(self.models, self.aliases)
 
 
 class ModelArgs(_Strict):
@@ -201,10 +241,12 @@ class DeploymentSpec(_Strict):
     usage_spool_dir: str
     gateway: GatewaySpec = GatewaySpec()
     models: list[ModelSpec] = Field(default_factory=list)
+    # Weighted aliases (several targets); optional, so an older spec still validates.
+    aliases: list[AliasSpec] = Field(default_factory=list)
 
     def routes(self) -> dict[str, RouteSpec]:
         """Every public name (model names and aliases) to the model that serves it."""
-        return route_table([model.route() for model in self.models])
+        return route_table([model.route() for model in self.models], self.aliases)
 
     def gateway_args(self) -> GatewayArgs:
         return GatewayArgs(
@@ -226,6 +268,7 @@ class DeploymentSpec(_Strict):
             max_body_bytes=self.gateway.max_body_bytes,
             access_cache_ttl_s=self.gateway.access_cache_ttl_s,
             models=[model.route() for model in self.models],
+            aliases=self.aliases,
         )
 
     def model_args(self, model: ModelSpec) -> ModelArgs:
