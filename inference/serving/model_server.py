@@ -57,6 +57,16 @@ def make_engine(spec: ModelArgs) -> Engine:
         from inference.serving.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model=spec.name, path=spec.source["path"], **spec.engine_args)
+    if spec.engine == "llamacpp":
+        from inference.serving.engines.llamacpp_engine import LlamaCppEngine
+
+        # The GGUF file as it is; llama.cpp's threads default to the replica's CPUs.
+        return LlamaCppEngine(
+            model=spec.name,
+            path=spec.source["path"],
+            cpus=spec.resources.num_cpus,
+            **spec.engine_args,
+        )
     raise ValueError(f"unknown engine {spec.engine!r}")
 
 

@@ -26,6 +26,7 @@ GOOD = {
     },
     "openai": {"timeout_s": 30, "max_connections": 100},
     "synthetic": {"ttft_ms": 50, "tpot_ms": 10.5, "default_max_tokens": 16},
+    "llamacpp": {"n_ctx": 2048, "n_threads": 2, "n_batch": 512, "seed": 0, "flash_attn": False},
 }
 
 # One argument of the wrong type (or out of range) per engine kind.
@@ -33,6 +34,7 @@ BAD_TYPE = {
     "vllm": ("tensor_parallel_size", "two"),
     "openai": ("timeout_s", "30s"),
     "synthetic": ("default_max_tokens", 1.5),
+    "llamacpp": ("n_ctx", "2k"),
 }
 
 

@@ -298,6 +298,14 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                 "context_length": 256,
                 "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
             },
+            {  # the same model as its Q4_1 GGUF, on llama.cpp (no de-quantising)
+                **_model("smollm2-gguf", {"n_ctx": 2048, "n_threads": 1}),
+                "engine": "llamacpp",
+                "source": {
+                    "path": str(demo_models.find_or_fetch_smollm2_gguf(MODELS_DIR / "cache"))
+                },
+                "context_length": 2048,
+            },
             {  # an upstream whose credential the upstream refuses: the platform's fault
                 **_model("upstream-badkey", {"timeout_s": 30}),
                 "engine": "openai",
@@ -331,6 +339,7 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="upstream-badkey")
     CatalogModelFactory(name="smollm2")
     CatalogModelFactory(name="minilm")
+    CatalogModelFactory(name="smollm2-gguf")
     ModelAliasFactory(name="syn-alias", target=fast)
     return fast
 

