@@ -86,6 +86,8 @@ class UsageRecord:
     # USD per million tokens the cost was computed at; both None for an event without them.
     price_input_per_mtok: Decimal | None = None
     price_output_per_mtok: Decimal | None = None
+    # Replayed from the response cache (the event's ``cache`` is "hit").
+    cache_hit: bool = False
 
     @property
     def rollup_model(self) -> str:
@@ -205,6 +207,17 @@ def _prices(event: Mapping[str, Any]) -> tuple[Decimal | None, Decimal | None]:
     )
 
 
+# The response cache's outcome (docs/response-cache.md), added to schema 1: absent is None.
+CACHE_RESULTS = (None, "hit", "miss")
+
+
+def _cache_hit(event: Mapping[str, Any]) -> bool:
+    value = event.get("cache")
+    if value not in CACHE_RESULTS:
+        raise InvalidEvent(f"cache: expected null, 'hit' or 'miss', got {str(value)[:80]!r}")
+    return value == "hit"
+
+
 def _started_at(event: Mapping[str, Any]) -> dt.datetime:
     value = event.get("started_at")
     if not isinstance(value, str):
@@ -266,6 +279,7 @@ def parse_event(raw: object) -> UsageRecord:
         http_request_id=_text(raw, "http_request_id", nullable=True),
         price_input_per_mtok=price_in,
         price_output_per_mtok=price_out,
+        cache_hit=_cache_hit(raw),
     )
 
 

@@ -67,6 +67,7 @@ EVENT_FIELDS = (
     "received_at",
     "price_input_per_mtok",
     "price_output_per_mtok",
+    "cache_hit",
 )
 ROLLUP_GROUP_FIELDS = ("organization", "hour", "api_key", "model")
 ROLLUP_PRICE_FIELDS = ("price_input_per_mtok", "price_output_per_mtok")
@@ -171,6 +172,7 @@ def insert_events(records: Sequence[UsageRecord], received_at: dt.datetime) -> s
             received_at,
             record.price_input_per_mtok,
             record.price_output_per_mtok,
+            record.cache_hit,
         )
         for record in sorted(records, key=lambda record: record.request_id)
     ]

@@ -76,6 +76,9 @@ class UsageEvent(models.Model):
     started_at = models.DateTimeField()
     http_request_id = models.CharField(max_length=128, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
+    # Replayed from the response cache (the event's ``cache`` is "hit"; docs/response-cache.md):
+    # its prices are the model's cache-hit price.
+    cache_hit = models.BooleanField(default=False)
 
     class Meta:
         indexes = [

@@ -160,6 +160,7 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ("Price per million tokens", {"fields": ("price_input_per_mtok", "price_output_per_mtok")}),
         # The operator's own cost, for the margin report (docs/billing.md, "Operator reports").
         ("Cost", {"fields": ("cost_per_replica_hour",)}),
+        ("Response cache", {"fields": ("cache_ttl_s", "price_cache_hit_per_mtok")}),
         (
             "Scaling",
             {

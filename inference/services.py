@@ -85,6 +85,9 @@ CATALOG_MODEL_FIELDS = (
     "accelerator_type",
     "max_queued_requests",
     "request_timeout_s",
+    # The response cache (docs/response-cache.md): entries' TTL (0 = off) and a hit's price.
+    "cache_ttl_s",
+    "price_cache_hit_per_mtok",
     "status",
     "visibility",
 )

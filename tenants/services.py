@@ -31,7 +31,14 @@ from tenants.roles import MANAGE, OWN, role_at_least, scopes_allowed_for
 
 MAX_ROTATION_GRACE = timedelta(days=7)
 
-ORGANIZATION_FIELDS = ("name", "slug", "status", "plan", *Limits.LIMIT_FIELDS)
+ORGANIZATION_FIELDS = (
+    "name",
+    "slug",
+    "status",
+    "plan",
+    "response_cache_enabled",
+    *Limits.LIMIT_FIELDS,
+)
 MEMBERSHIP_FIELDS = ("user", "role")
 # What the audit log keeps of a key: never ``secret_hash``.
 API_KEY_FIELDS = (
@@ -116,13 +123,18 @@ def organization_update(
     *,
     organization: Organization,
     name: str,
+    response_cache_enabled: bool | None = None,
     actor: User | None = None,
     via_key: ApiKey | None = None,
 ) -> Organization:
+    """Rename, and opt in to or out of the response cache (``None``: unchanged;
+    docs/response-cache.md). The gateway learns the opt-in from the access snapshot."""
     before = fields_of(organization, ORGANIZATION_FIELDS)
     organization.name = name
+    if response_cache_enabled is not None:
+        organization.response_cache_enabled = response_cache_enabled
     organization.full_clean()
-    organization.save(update_fields=["name", "updated_at"])
+    organization.save(update_fields=["name", "response_cache_enabled", "updated_at"])
     _audit_organization(
         organization, before, action="organization.updated", actor=actor, via_key=via_key
     )

@@ -135,6 +135,8 @@ def org_record(org: Organization, model_names: list[str], version: int) -> dict[
         "billing_mode": org.billing_mode,
         "plan": org.plan,  # the gateway charges this plan's prices (docs/billing.md, Price book)
         "priority": scheduling_priority(org.plan),
+        # Opted in to the response cache (docs/response-cache.md).
+        "response_cache": org.response_cache_enabled,
         "limits": _limits(org),
         "models": model_names,
         "published_at": _now_iso(),

@@ -34,6 +34,7 @@ GENERAL_FIELDS = ("name", "description", "status")
 SOURCE_FIELDS = ("source_path", "upstream_base_url", "upstream_model")
 PRICE_FIELDS = ("price_input_per_mtok", "price_output_per_mtok")
 COST_FIELDS = ("cost_per_replica_hour",)
+CACHE_FIELDS = ("cache_ttl_s", "price_cache_hit_per_mtok")
 SCALING_FIELDS = (
     "min_replicas",
     "max_replicas",
@@ -79,6 +80,15 @@ _LABELS = {
         "On the Ray nodes: the model's folder (vLLM), or its .gguf file (llama.cpp).",
     ),
     "upstream_model": ("Upstream model", "The model name the upstream server knows."),
+    "cache_ttl_s": (
+        "Response cache TTL (seconds)",
+        "How long an exact-match answer is replayed to an organisation that opted in; 0 turns "
+        "the response cache off for this model (docs/response-cache.md).",
+    ),
+    "price_cache_hit_per_mtok": (
+        "Cache-hit price",
+        "USD per million tokens, input and output alike, of an answer replayed from the cache.",
+    ),
 }
 
 _MODEL_FORM_FIELDS = (
@@ -88,6 +98,7 @@ _MODEL_FORM_FIELDS = (
     "context_length",
     *PRICE_FIELDS,
     *COST_FIELDS,
+    *CACHE_FIELDS,
     *SCALING_FIELDS,
     *LOAD_FIELDS,
     "visibility",
@@ -222,6 +233,10 @@ class CatalogModelForm(forms.Form):
     @property
     def cost_fields(self) -> list[forms.BoundField]:
         return self._group(COST_FIELDS)
+
+    @property
+    def cache_fields(self) -> list[forms.BoundField]:
+        return self._group(CACHE_FIELDS)
 
     @property
     def scaling_fields(self) -> list[forms.BoundField]:

@@ -64,6 +64,8 @@ class Principal:
     # "prepaid": every request is also reserved against the organisation's credit balance
     # (limits.py); absent from the record, or anything else: postpaid.
     billing_mode: str = "postpaid"
+    # The organisation opted in to the response cache (docs/response-cache.md); absent: off.
+    response_cache: bool = False
 
     @property
     def prepaid(self) -> bool:
@@ -304,6 +306,7 @@ class AccessCache:
                 priority=int(org.get("priority") or 0),
                 plan=str(org.get("plan") or ""),
                 billing_mode=str(org.get("billing_mode") or "postpaid"),
+                response_cache=org.get("response_cache") is True,
             )
         except (KeyError, TypeError, ValueError):
             # A record the control plane should never have written: refuse (fail closed), as

@@ -48,6 +48,7 @@ from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
 from inference.serving.logs import route_to_serve_logs
 from inference.serving.pricing import Prices
+from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
 from inference.serving.spec import GatewayArgs, GatewayConfig, RouteSpec
 from inference.serving.usage import UsageEmitter, UsageEvent
@@ -96,6 +97,7 @@ class Call:
     target: RouteSpec | None = None
     prices: Prices | None = None  # what this request is charged at: decided once, when routed
     stream: bool = False
+    cache: CacheState | None = None  # the response cache applies (docs/response-cache.md)
     reservation: Reservation | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -199,6 +201,7 @@ class Gateway:
             ttl=self.config.access_cache_ttl_s,
         )
         self.limiter = Limiter(self.redis, self.args.redis_prefix, lease_seconds=self.args.lease_s)
+        self.cache = ResponseCache(self.redis, self.args.redis_prefix)
         # Renews the leases of requests in flight: a generation longer than a lease keeps its
         # concurrency slot and reservation, and is settled correctly.
         self.leases = LeaseKeeper(self.limiter)
@@ -314,7 +317,8 @@ class Gateway:
         return target
 
     def _response_headers(self, call: Call) -> dict[str, str]:
-        return call.reservation.headers() if call.reservation is not None else {}
+        headers = call.reservation.headers() if call.reservation is not None else {}
+        return {**headers, **call.cache.headers()} if call.cache is not None else headers
 
     def _error_response(self, call: Call, error: errors.ApiError) -> JSONResponse:
         call.status, call.error_type, call.error_code = error.status, error.type, error.code
@@ -338,6 +342,21 @@ class Gateway:
             call.model, call.stream = parsed.model, parsed.stream
             call.target = self._route(call, call.principal, parsed.model, parsed.body.get("user"))
             call.prices = call.target.prices_for(call.principal.plan)
+            call.cache = self.cache.plan(
+                request.headers,
+                org_id=call.principal.org_id,
+                enabled=call.principal.response_cache,
+                model=call.model,
+                route=call.target,
+                request=parsed,
+            )
+            if call.cache is not None and (hit := await self.cache.lookup(call.cache)):
+                # A replay: reserved and settled like any request, at the cache-hit price.
+                call.prices = call.cache.prices
+                await self._reserve(call, parsed)
+                hit.account(call)
+                headers = self._response_headers(call)
+                return hit.response_for(call.request_id, call.reply_model, parsed, headers)
             await self._reserve(call, parsed)
             plain, streamed = self.handles[call.target.deployment]
             metrics.IN_FLIGHT.labels(call.model).inc()
@@ -384,6 +403,9 @@ class Gateway:
             self._take_usage(call, result.get("usage"))
             call.finish_reason = _finish_reason(result)
             result["model"] = call.reply_model
+            if call.cache is not None:  # kept before the answer leaves: the next request hits
+                call.cache.response = result
+                await self.cache.store(call.cache, call, status=call.status)
             return JSONResponse(result, headers=self._response_headers(call))
         except errors.ApiError as error:
             return self._error_response(call, error)
@@ -498,6 +520,8 @@ class Gateway:
                     raise self._timed_out(call) from None
             if parsed.include_usage:
                 yield _sse(_usage_chunk(call, call.reply_model, parsed.endpoint))
+            if call.cache is not None:  # a complete stream is kept before its end is sent
+                await self.cache.store(call.cache, call, status=call.status)
             yield b"data: [DONE]\n\n"
             finished = True
         except errors.ApiError as error:
@@ -564,6 +588,8 @@ class Gateway:
             call.finish_reason = _finish_reason(chunk) or call.finish_reason
             chunk.pop("usage", None)
             chunk["model"] = call.reply_model
+            if call.cache is not None:
+                call.cache.capture(chunk)
             out.append(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n")
         return "".join(out).encode()
 
@@ -682,6 +708,7 @@ class Gateway:
                 cost=spend,
                 price_input_per_mtok=call.prices.input_per_mtok if call.prices else None,
                 price_output_per_mtok=call.prices.output_per_mtok if call.prices else None,
+                cache=call.cache.result if call.cache is not None else None,
                 latency_ms=latency * 1000,
                 ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
                 started_at=call.started_at,

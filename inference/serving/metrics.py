@@ -166,3 +166,13 @@ SETTLE_JOURNAL_BACKLOG = Gauge(
     "Settles waiting in the settle journal of this replica (its own and those it took over).",
     multiprocess_mode="livesum",
 )
+
+# --- response cache (docs/response-cache.md) -------------------------------------------------
+
+RESPONSE_CACHE = Counter(
+    "vlinders_response_cache_total",
+    "Response-cache outcomes of requests the cache applied to: hit, miss (looked up), stored "
+    "(a miss's answer kept), ineligible (asked for, but not deterministic), too_large, error "
+    "(Redis failed: a lookup counts as a miss too).",
+    ["model", "result"],
+)

@@ -20,6 +20,8 @@ The builders refuse a piece they cannot read, so a bad config fails the apply, n
 
 from __future__ import annotations
 
+import hashlib
+import json
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -104,9 +106,26 @@ class ModelSpec(_Strict):
         gateway's handle queue, up to ``max_queued_requests``."""
         return max(self.scaling.target_ongoing_requests * 4, 8)
 
+    @property
+    def model_revision(self) -> str:
+        """A hash of what decides this model's answers (engine, source, engine arguments; not
+        an ``api_key``, which does not): the response cache keys entries by it, so a model that
+        changed never replays an older answer (``docs/response-cache.md``). Not in
+        ``ModelArgs``: it changes only when they do."""
+        what = {
+            "engine": self.engine,
+            "source": {k: v for k, v in self.source.items() if k != "api_key"},
+            "engine_args": self.engine_args,
+        }
+        canonical = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
     def route(self) -> RouteSpec:
-        """The gateway's part of this model: its fields of the same names."""
-        return RouteSpec(**self.model_dump(include=set(RouteSpec.model_fields)))
+        """The gateway's part of this model: its fields of the same names, and its revision."""
+        return RouteSpec(
+            **self.model_dump(include=set(RouteSpec.model_fields)),
+            model_revision=self.model_revision,
+        )
 
 
 class RouteSpec(_Strict):
@@ -123,6 +142,8 @@ class RouteSpec(_Strict):
     request_timeout_s: float = Field(300.0, gt=0)
     cache_ttl_s: int = Field(0, ge=0)
     price_cache_hit_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    # ``ModelSpec.model_revision``; empty (an older spec): the response cache stays off.
+    model_revision: str = ""
 
     def prices_for(self, plan: str | None) -> Prices:
         """The prices a request of an organisation on ``plan`` is charged: the plan's own prices

@@ -115,6 +115,10 @@ class UsageEvent:
     # consumers ignore keys they do not know, and read an event without them as price-less.
     price_input_per_mtok: Decimal | None = None
     price_output_per_mtok: Decimal | None = None
+    # The response cache (docs/response-cache.md): "hit" (replayed, priced at the model's
+    # cache-hit price), "miss" (looked up, served by the engine), None when it did not apply.
+    # Added to schema 1 like the prices: absent reads as None.
+    cache: str | None = None
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +142,7 @@ class UsageEvent:
             "cost": format(self.cost, "f"),
             "price_input_per_mtok": _decimal_text(self.price_input_per_mtok),
             "price_output_per_mtok": _decimal_text(self.price_output_per_mtok),
+            "cache": self.cache,
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "started_at": self.started_at,

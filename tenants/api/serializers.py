@@ -38,8 +38,25 @@ class OrganizationSerializer(StrictJSONTypes, serializers.ModelSerializer[Organi
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "status", "plan", "created_at", "role", *LIMIT_FIELDS]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "status",
+            "plan",
+            "response_cache_enabled",
+            "created_at",
+            "role",
+            *LIMIT_FIELDS,
+        ]
         read_only_fields = ["id", "slug", "status", "plan", "created_at", *LIMIT_FIELDS]
+        extra_kwargs = {
+            "response_cache_enabled": {
+                "help_text": "Opt in to the response cache (docs/response-cache.md): "
+                "deterministic requests that send `x-vlinders-cache: use` may be answered "
+                "from it, metered at the model's cache-hit price."
+            }
+        }
 
     def get_role(self, org: Organization) -> str | None:
         roles: dict[Any, str] = self.context.get("roles", {})

@@ -110,6 +110,7 @@ class OrganizationViewSet(
         services.organization_update(
             organization=self.organization,
             name=serializer.validated_data.get("name", self.organization.name),
+            response_cache_enabled=serializer.validated_data.get("response_cache_enabled"),
             **_who(self.request),
         )
 

@@ -185,6 +185,8 @@ def valid_create_data(**overrides: Any) -> dict[str, Any]:
         "accelerator_type": "",
         "max_queued_requests": "64",
         "request_timeout_s": "120",
+        "cache_ttl_s": "0",  # the response cache (docs/response-cache.md): off
+        "price_cache_hit_per_mtok": "0",
         "visibility": "public",
     }
     return data | overrides
@@ -302,6 +304,7 @@ def test_list_shows_models_deployment_prices_and_aliases(staff_client: Client) -
         "Running",
         "2/3",
         "1 to 4",
+        "—",  # no scaling windows
         "0.500000",
         "1.500000",
         "premium",

@@ -47,6 +47,8 @@ def form(**overrides: Any) -> dict[str, Any]:
         "replica_gpus": "0",
         "accelerator_type": "",
         "visibility": "public",
+        "cache_ttl_s": "0",  # the response cache (docs/response-cache.md): off
+        "price_cache_hit_per_mtok": "0",
         # The plan prices' inline formset (tests/inference/test_plan_prices.py): no rows.
         "plan_prices-TOTAL_FORMS": "0",
         "plan_prices-INITIAL_FORMS": "0",

@@ -244,6 +244,8 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
             _model("syn-fast", SYNTHETIC_FAST, aliases=["syn-alias"]),
             _model("syn-slow", SYNTHETIC_SLOW),
             _model("syn-private", SYNTHETIC_FAST),
+            # The response cache (test_response_cache_e2e): a TTL and a hit price of its own.
+            _model("syn-cached", SYNTHETIC_FAST, cache_ttl_s=60, price_cache_hit_per_mtok="0.1"),
             # The load test's model: a replica takes 1,024 requests at once, more may queue.
             _model(
                 "syn-load",
@@ -334,6 +336,7 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="syn-slow")
     CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
     CatalogModelFactory(name="syn-load")
+    CatalogModelFactory(name="syn-cached")
     CatalogModelFactory(name="syn-tight")
     CatalogModelFactory(name="upstream-syn")
     CatalogModelFactory(name="upstream-badkey")

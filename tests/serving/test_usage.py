@@ -227,6 +227,7 @@ def test_message_is_a_celery_task_by_name_with_every_field(spool: Path, queue: s
         # The prices the cost is at, decimal strings as given (11 tokens x 0.5 / 1M).
         "price_input_per_mtok": "0.500000",
         "price_output_per_mtok": "1.5",
+        "cache": None,  # the response cache did not apply (docs/response-cache.md)
         "latency_ms": 12.5,
         "ttft_ms": None,
         "started_at": event.started_at,
