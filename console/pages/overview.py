@@ -9,6 +9,8 @@
   model list and the access snapshot use, with each name's endpoints from the catalog.
 - Limits: the organisation's limits, budgets and plan, read-only; platform staff get links to the
   Django admin and the management API, where limits are set.
+- The response cache's opt-in (``docs/response-cache.md``), shown on the models page and switched
+  there by owners and admins (``organization_update``: audited, published to the gateway).
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import path
 from django.utils import timezone
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_POST, require_safe
 
 from billing import selectors as usage
 from billing import spend
 from console.scoping import OrgContext, org_page
 from inference.selectors import endpoints_for_organization
+from tenants import services
 from tenants.catalog import AvailableModel, available_models_for_organization
+from tenants.roles import MANAGE
 
 # How many days the overview's chart shows, and how many rows its top lists and alerts hold.
 CHART_DAYS = 30
@@ -157,7 +162,12 @@ def models(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
                 price_output=_price(model.price_output_per_mtok),
             )
         )
-    context = {"section": "models", "organization": organization, "rows": rows}
+    context = {
+        "section": "models",
+        "organization": organization,
+        "rows": rows,
+        "can_manage": ctx.can(MANAGE),
+    }
     return render(request, "console/overview/models.html", context)
 
 
@@ -183,8 +193,24 @@ def limits(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     return render(request, "console/overview/limits.html", context)
 
 
+@org_page()
+@require_POST
+def response_cache(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    """Opt in to or out of the response cache (owners and admins: the page's write role)."""
+    enabled = request.POST.get("enabled") == "on"
+    services.organization_update(
+        organization=ctx.organization,
+        name=ctx.organization.name,
+        response_cache_enabled=enabled,
+        actor=ctx.user,
+    )
+    messages.success(request, f"The response cache is {'on' if enabled else 'off'}.")
+    return redirect("console:org-models", ctx.organization.slug)
+
+
 urlpatterns = [
     path("", overview, name="org-overview"),
     path("models/", models, name="org-models"),
+    path("models/response-cache/", response_cache, name="org-response-cache"),
     path("limits/", limits, name="org-limits"),
 ]
