@@ -26,7 +26,9 @@ from inference.models import (
     ModelDeploymentStatus,
     PlanModelPrice,
     ReplicaHours,
+    ScalingWindow,
 )
+from inference.scaling_schedule import scaling_window_validate
 from vlinders.admin_base import ReadOnlyAdmin
 
 
@@ -122,10 +124,42 @@ class PlanModelPriceInline(admin.TabularInline):  # type: ignore[type-arg]
     verbose_name_plural = "plan prices: a plan listed here pays these instead of the catalog's"
 
 
+class ScalingWindowFormSet(forms.BaseInlineFormSet):  # type: ignore[type-arg]
+    """Checks each window against the model as it is being saved (its new ``max_replicas`` and
+    ``scale_to_zero``): ``inference.scaling_schedule.scaling_window_validate``."""
+
+    def clean(self) -> None:
+        super().clean()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or data.get("DELETE") or data.get("min_replicas") is None:
+                continue
+            window = ScalingWindow(catalog_model=self.instance, min_replicas=data["min_replicas"])
+            try:
+                scaling_window_validate(window=window)
+            except ValidationError as error:
+                for message in error.messages:
+                    form.add_error("min_replicas", message)
+
+
+class ScalingWindowInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Scheduled scaling (docs/deployment-spec.md, "Scheduled scaling"): between the two times
+    (platform time zone; a window ending earlier than it starts wraps past midnight), at least
+    this many replicas instead of the model's own minimum. The scheduler applies it within a
+    minute, in place (nothing restarts); where windows overlap, the largest minimum wins."""
+
+    model = ScalingWindow
+    formset = ScalingWindowFormSet
+    extra = 0
+    fields = ("starts_at", "ends_at", "min_replicas")
+    verbose_name = "scaling window (platform time zone)"
+    verbose_name_plural = "scheduled scaling: minimum replicas by time of day"
+
+
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = CatalogModelAdminForm
-    inlines = (PlanModelPriceInline,)
+    inlines = (PlanModelPriceInline, ScalingWindowInline)
     list_display = (
         "name",
         "engine_kind",
@@ -196,7 +230,12 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # The service already set the organisations; only the plan prices' formset remains.
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
-            if formset.has_changed():
+            if formset.has_changed() and formset.model is ScalingWindow:
+                self.message_user(
+                    request,
+                    "Scaling windows saved: the scheduler applies them within a minute.",
+                )
+            elif formset.has_changed():
                 self.message_user(
                     request,
                     "Plan prices saved: they apply to requests once the catalog is applied to "

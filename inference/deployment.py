@@ -26,7 +26,7 @@ import yaml
 from django.conf import settings
 
 from inference.models import CatalogModel, EngineKind, ModelAlias
-from inference.serving.spec import DeploymentSpec
+from inference.serving.spec import DeploymentSpec, ScalingSpec
 
 SPEC_VERSION = 1
 APP_NAME = "vlinders"
@@ -107,6 +107,29 @@ def _plan_prices(model: CatalogModel) -> dict[str, dict[str, str]]:
     }
 
 
+def render_scaling(model: CatalogModel) -> dict[str, Any]:
+    """A model's ``scaling``: the catalog's bounds, with the scheduled minimum
+    (``scheduled_min_replicas``, written by ``inference.scaling_schedule``) in place of
+    ``min_replicas`` while a scaling window holds it. Two guards keep the rendered pair valid
+    whatever changed since the window was stored: a model that does not scale to zero never
+    gets 0 (it keeps one replica), and ``max_replicas`` is raised to the minimum when a window
+    asks for more. A scale-to-zero model carries its idle delay
+    (``VLINDERS_SCALE_TO_ZERO_IDLE_S``, Serve's ``downscale_to_zero_delay_s``)."""
+    low = model.min_replicas
+    if model.scheduled_min_replicas is not None:
+        low = model.scheduled_min_replicas
+    if low == 0 and not model.scale_to_zero:
+        low = 1
+    scaling: dict[str, Any] = {
+        "min_replicas": low,
+        "max_replicas": max(model.max_replicas, low),
+        "target_ongoing_requests": model.target_ongoing_requests,
+    }
+    if model.scale_to_zero:
+        scaling["scale_to_zero_idle_s"] = float(settings.VLINDERS_SCALE_TO_ZERO_IDLE_S)
+    return scaling
+
+
 def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
     """One entry of ``models[]``."""
     return {
@@ -120,11 +143,7 @@ def render_model(model: CatalogModel, aliases: list[str]) -> dict[str, Any]:
         "price_output_per_mtok": _price(model.price_output_per_mtok),
         "plan_prices": _plan_prices(model),
         "aliases": sorted(aliases),
-        "scaling": {
-            "min_replicas": model.min_replicas,
-            "max_replicas": model.max_replicas,
-            "target_ongoing_requests": model.target_ongoing_requests,
-        },
+        "scaling": render_scaling(model),
         "resources": {
             "num_cpus": _number(model.replica_cpus),
             "num_gpus": _number(model.replica_gpus),
@@ -248,12 +267,7 @@ def render_applications(spec: dict[str, Any] | None = None) -> list[dict[str, An
                 "deployments": [
                     {
                         "name": model.deployment,
-                        "autoscaling_config": {
-                            "min_replicas": scaling.min_replicas,
-                            "initial_replicas": max(scaling.min_replicas, 1),
-                            "max_replicas": scaling.max_replicas,
-                            "target_ongoing_requests": scaling.target_ongoing_requests,
-                        },
+                        "autoscaling_config": autoscaling_config(scaling),
                         "max_ongoing_requests": model.max_ongoing_requests,
                         "max_queued_requests": model.max_queued_requests,
                     }
@@ -261,6 +275,23 @@ def render_applications(spec: dict[str, Any] | None = None) -> list[dict[str, An
             }
         )
     return apps
+
+
+def autoscaling_config(scaling: ScalingSpec) -> dict[str, Any]:
+    """A model deployment's Serve ``autoscaling_config`` (a deployment option: applied in
+    place). ``initial_replicas`` is at least 1, so a new model starts warm and a scale-to-zero
+    one goes to 0 after its idle delay (``downscale_to_zero_delay_s``). Serve starts a replica
+    for a request to a deployment at 0 at once (its cold-start path ignores
+    ``upscale_delay_s``); the request waits in the caller's handle queue meanwhile."""
+    config: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "initial_replicas": max(scaling.min_replicas, 1),
+        "max_replicas": scaling.max_replicas,
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+    }
+    if scaling.scale_to_zero_idle_s is not None:
+        config["downscale_to_zero_delay_s"] = scaling.scale_to_zero_idle_s
+    return config
 
 
 def render_serve_config(

@@ -57,6 +57,8 @@ SYNTHETIC_SCHEMA: dict[str, Any] = {
         "ttft_ms": {"type": "number", "minimum": 0, "maximum": 60000},
         "tpot_ms": {"type": "number", "minimum": 0, "maximum": 60000},
         "default_max_tokens": {"type": "integer", "minimum": 1},
+        # A simulated cold start (seconds the engine takes to start), for scale-to-zero tests.
+        "start_delay_s": {"type": "number", "minimum": 0, "maximum": 600},
     },
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.contrib.auth import get_user_model
 
-from inference import deploy_services, upstream_secrets
+from inference import deploy_services, scaling_schedule, upstream_secrets
 
 
 @shared_task(name="inference.reconcile_deployments", ignore_result=True)
@@ -36,3 +36,16 @@ def publish_upstream_credentials() -> dict[str, int]:
     outage); ``inference/upstream_secrets.py``."""
     result = upstream_secrets.upstream_credentials_publish_all()
     return {"published": result.published, "removed": result.removed}
+
+
+@shared_task(name="inference.apply_scaling_schedule", ignore_result=True)
+def apply_scaling_schedule() -> dict[str, int | str]:
+    """Periodic (every minute): store each model's scheduled minimum replicas for the time of
+    day and, when one changed, apply the catalog once (``inference/scaling_schedule.py``).
+    Idempotent: a run that changes nothing applies nothing."""
+    outcome = scaling_schedule.scaling_schedule_apply()
+    revision = outcome.revision
+    return {
+        "changed": len(outcome.changed),
+        "outcome": revision.outcome if revision is not None else "unchanged",
+    }

@@ -63,6 +63,8 @@ ACTIONS: tuple[str, ...] = (
     "catalog_model.updated",
     "catalog_model.deleted",
     "catalog_model.scaled",
+    "catalog_model.schedule_applied",
+    "catalog_model.schedule_set",
     "model_alias.created",
     "model_alias.updated",
     "model_alias.deleted",

@@ -468,6 +468,17 @@ CELERY_BEAT_SCHEDULE["publish-upstream-credentials"] = {
     "task": "inference.publish_upstream_credentials",
     "schedule": float(_env("VLINDERS_UPSTREAM_CREDENTIALS_SECONDS", "60")),
 }
+# --- Scale to zero and scheduled scaling (docs/deployment-spec.md) -------------------------------
+# Seconds a scale-to-zero model stays idle before its last replica stops (Serve's
+# downscale_to_zero_delay_s; Serve would otherwise wait its downscale_delay_s, 600 s).
+VLINDERS_SCALE_TO_ZERO_IDLE_S = float(_env("VLINDERS_SCALE_TO_ZERO_IDLE_S", "300"))
+# Scaling windows (inference/scaling_schedule.py): every minute, each model's scheduled minimum
+# replicas for the time of day (TIME_ZONE) is stored and, when one changed, the catalog applied.
+CELERY_BEAT_SCHEDULE["apply-scaling-schedule"] = {
+    "task": "inference.apply_scaling_schedule",
+    "schedule": 60.0,
+}
+# --- end of Scale to zero and scheduled scaling ---------------------------------------------------
 # --- end of Data plane ---------------------------------------------------------------------------
 
 # --- Usage metering: the consumer of the usage queue (docs/metering.md) ---------------------------

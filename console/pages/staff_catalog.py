@@ -70,6 +70,23 @@ def _deployment(model: CatalogModel) -> tuple[str, str]:
     return status.get_state_display(), f"{status.replicas_running}/{status.replicas_target}"
 
 
+def _schedule(model: CatalogModel) -> str:
+    """The model's scaling windows (platform time zone) and the minimum the scheduler set now
+    (``scheduled_min_replicas``; docs/deployment-spec.md, "Scheduled scaling"), or "—"."""
+    windows = [
+        f"{w.starts_at:%H:%M} to {w.ends_at:%H:%M} min {w.min_replicas}"
+        for w in model.scaling_windows.all()
+    ]
+    if not windows and model.scheduled_min_replicas is None:
+        return "—"
+    now = (
+        f"now min {model.scheduled_min_replicas}"
+        if model.scheduled_min_replicas is not None
+        else "now the catalog's minimum"
+    )
+    return "; ".join(windows) + f" ({now})"
+
+
 def models_table(models: list[CatalogModel]) -> Table:
     rows: list[tuple[list[Any], str | None]] = []
     for model in models:
@@ -88,6 +105,7 @@ def models_table(models: list[CatalogModel]) -> Table:
                     replicas,
                     f"{model.min_replicas} to {model.max_replicas}"
                     + (" (scales to zero)" if model.scale_to_zero else ""),
+                    _schedule(model),
                     _price(model.price_input_per_mtok),
                     _price(model.price_output_per_mtok),
                     ", ".join(overrides) or "—",
@@ -106,12 +124,13 @@ def models_table(models: list[CatalogModel]) -> Table:
             "Deployment",
             "Replicas (running/target)",
             "Scaling (min to max)",
+            "Schedule (minimum by time of day)",
             "Input (USD/1M tok)",
             "Output (USD/1M tok)",
             "Plan prices",
             "Aliases",
         ),
-        numeric=(False, False, False, False, False, True, True, True, True, False, False),
+        numeric=(False, False, False, False, False, True, True, False, True, True, False, False),
         rows=rows,
         empty="No models in the catalog yet.",
     )
@@ -137,7 +156,7 @@ def aliases_table(aliases: list[ModelAlias]) -> Table:
 def index(request: HttpRequest) -> HttpResponse:
     models = list(
         CatalogModel.objects.select_related("deployment_status")
-        .prefetch_related("plan_prices", "aliases", "organizations")
+        .prefetch_related("plan_prices", "aliases", "organizations", "scaling_windows")
         .order_by("name")
     )
     aliases = list(ModelAlias.objects.select_related("target").order_by("name"))

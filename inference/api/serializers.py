@@ -18,6 +18,7 @@ from inference.models import (
     ModelAlias,
     ModelDeploymentStatus,
     PlanModelPrice,
+    ScalingWindow,
     model_name_validator,
 )
 from inference.scaling import MAX_REPLICAS_LIMIT
@@ -47,6 +48,15 @@ class PlanPriceSerializer(StrictJSONTypes, serializers.ModelSerializer[PlanModel
         validators: list[Any] = []
 
 
+class ScalingWindowSerializer(StrictJSONTypes, serializers.ModelSerializer[ScalingWindow]):
+    """A scheduled-scaling window: between ``starts_at`` and ``ends_at`` (platform time zone,
+    wrapping past midnight), at least ``min_replicas`` (docs/deployment-spec.md)."""
+
+    class Meta:
+        model = ScalingWindow
+        fields = ("starts_at", "ends_at", "min_replicas")
+
+
 class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[CatalogModel]):
     """A catalog model. ``upstream_api_key`` is write-only: it is accepted, never returned
     (``has_upstream_api_key`` says whether one is set). ``organizations`` are slugs."""
@@ -71,6 +81,12 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
         help_text="The price book's overrides of the two prices, one per plan; a write replaces "
         "them all (plans left out pay the catalog's prices).",
     )
+    scaling_windows = ScalingWindowSerializer(
+        many=True,
+        required=False,
+        help_text="Scheduled scaling: the minimum replicas by time of day; a write replaces "
+        "them all, applied by the scheduler within a minute (overlaps: the largest minimum).",
+    )
 
     class Meta:
         model = CatalogModel
@@ -81,10 +97,12 @@ class CatalogModelSerializer(StrictJSONTypes, serializers.ModelSerializer[Catalo
             "organizations",
             "aliases",
             "plan_prices",
+            "scaling_windows",
+            "scheduled_min_replicas",
             "created_at",
             "updated_at",
         )
-        read_only_fields = ("id", "created_at", "updated_at")
+        read_only_fields = ("id", "scheduled_min_replicas", "created_at", "updated_at")
         extra_kwargs: dict[str, dict[str, Any]] = {
             # The shared model/alias namespace is checked by the service (one rule, one message).
             "name": {"validators": [model_name_validator]},

@@ -24,7 +24,7 @@ from rest_framework import generics, permissions, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference import plan_prices, scaling, services
+from inference import plan_prices, scaling, scaling_schedule, services
 from inference.api.serializers import (
     CatalogModelSerializer,
     DeploymentRevisionSerializer,
@@ -50,27 +50,40 @@ NAME_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9._:/-]*"
 class CatalogModelViewSet(viewsets.ModelViewSet[CatalogModel]):
     permission_classes = [permissions.IsAdminUser]
     serializer_class = CatalogModelSerializer
-    queryset = CatalogModel.objects.prefetch_related("organizations", "aliases", "plan_prices")
+    queryset = CatalogModel.objects.prefetch_related(
+        "organizations", "aliases", "plan_prices", "scaling_windows"
+    )
     lookup_field = "name"
     lookup_value_regex = NAME_IN_PATH
 
     def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         prices = data.pop("plan_prices", None)
+        windows = data.pop("scaling_windows", None)
         with transaction.atomic():
             serializer.instance = services.catalog_model_create(**data)
             if prices is not None:
                 plan_prices.plan_prices_set(model=serializer.instance, prices=prices)
+            if windows is not None:
+                scaling_schedule.scaling_windows_set(
+                    model=serializer.instance, windows=windows, actor=self.request.user
+                )
 
     def perform_update(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         prices = data.pop("plan_prices", None)
+        windows = data.pop("scaling_windows", None)
         with transaction.atomic():
             serializer.instance = services.catalog_model_update(model=serializer.instance, **data)
             if prices is not None:
                 plan_prices.plan_prices_set(model=serializer.instance, prices=prices)
-        # The response reads the prices again, not the list prefetched before the write.
-        getattr(serializer.instance, "_prefetched_objects_cache", {}).pop("plan_prices", None)
+            if windows is not None:
+                scaling_schedule.scaling_windows_set(
+                    model=serializer.instance, windows=windows, actor=self.request.user
+                )
+        # The response reads the prices and windows again, not the lists prefetched before.
+        for name in ("plan_prices", "scaling_windows"):
+            getattr(serializer.instance, "_prefetched_objects_cache", {}).pop(name, None)
 
     def perform_destroy(self, instance: CatalogModel) -> None:
         services.catalog_model_delete(model=instance)

@@ -70,6 +70,9 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 # A model server that cannot take a request (its replicas gone, being replaced): the client is
 # asked to retry after this long.
 MODEL_UNAVAILABLE_RETRY_S = 2
+# A request that timed out without an answer (possibly waiting for a cold start that did not
+# finish in time: the replica keeps starting) is asked to retry after this long.
+COLD_START_RETRY_S = 10
 # How often gauges fed from components' counters are refreshed.
 GAUGE_INTERVAL_S = 5.0
 # What the engine side may raise when a model's replicas are gone or not there yet.
@@ -459,8 +462,24 @@ class Gateway:
                 self._background_task(self._finish(call))
 
     def _timed_out(self, call: Call) -> errors.ApiError:
+        """504 for a request past its model's timeout. The timeout bounds the wait for a cold
+        start too (a model scaled to zero queues the request in the handle while Serve starts a
+        replica): a request that got no answer at all may have waited for one that did not
+        finish in time, so it says so and carries ``Retry-After`` (the replica keeps starting)."""
         assert call.target is not None
         metrics.TIMEOUTS.labels(call.model).inc()
+        if not call.relayed_any:
+            return errors.ApiError(
+                504,
+                f"The model `{call.model}` gave no answer within its timeout "
+                f"({call.target.request_timeout_s:g} s), which includes starting a replica when "
+                f"the model is scaled to zero; the request was cancelled. Retry after "
+                f"{COLD_START_RETRY_S} s.",
+                "server_error",
+                None,
+                "timeout",
+                {"Retry-After": str(COLD_START_RETRY_S)},
+            )
         return errors.ApiError(
             504,
             f"The request did not finish within the model's timeout "

@@ -60,6 +60,9 @@ class ScalingSpec(_Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: int = Field(16, ge=1)
+    # A scale-to-zero model: seconds idle before its last replica stops (Serve's
+    # ``downscale_to_zero_delay_s``). Absent for a model that keeps a replica.
+    scale_to_zero_idle_s: float | None = Field(None, ge=0)
 
 
 class ResourcesSpec(_Strict):

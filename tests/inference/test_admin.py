@@ -52,6 +52,9 @@ def form(**overrides: Any) -> dict[str, Any]:
         # The plan prices' inline formset (tests/inference/test_plan_prices.py): no rows.
         "plan_prices-TOTAL_FORMS": "0",
         "plan_prices-INITIAL_FORMS": "0",
+        # The scaling windows' inline formset (tests/inference/test_scaling_schedule.py): none.
+        "scaling_windows-TOTAL_FORMS": "0",
+        "scaling_windows-INITIAL_FORMS": "0",
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}

@@ -107,7 +107,13 @@ def test_model_entries_follow_the_contract(catalog, settings) -> None:
     assert chat["resources"] == {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None}
     assert llama["source"] == {"path": "/models/llama"}
     assert llama["engine_args"]["tensor_parallel_size"] == 2
-    assert llama["scaling"] == {"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 8}
+    # A scale-to-zero model carries its idle delay (VLINDERS_SCALE_TO_ZERO_IDLE_S, default 300).
+    assert llama["scaling"] == {
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8,
+        "scale_to_zero_idle_s": 300.0,
+    }
     assert llama["resources"] == {"num_cpus": 4, "num_gpus": 2, "accelerator_type": "H100"}
     assert llama["context_length"] == 8192
     # No key in the spec: it reaches the model server through Redis, encrypted.

@@ -123,6 +123,8 @@ def _change_form(model: Any, rows: list[dict[str, str]], initial: int = 0) -> di
         "visibility": "public",
         "plan_prices-TOTAL_FORMS": str(len(rows)),
         "plan_prices-INITIAL_FORMS": str(initial),
+        "scaling_windows-TOTAL_FORMS": "0",
+        "scaling_windows-INITIAL_FORMS": "0",
     }
     for i, row in enumerate(rows):
         data |= {f"plan_prices-{i}-{field}": value for field, value in row.items()}

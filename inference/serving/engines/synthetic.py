@@ -5,6 +5,10 @@ output token) so the gateway, the limiter and metering can be tested and benchma
 model. It counts tokens truthfully under its own tokenizer (whitespace-separated words, plus a
 fixed overhead per chat message), and the counts it reports are exactly what it consumed and
 produced. Every response says ``"system_fingerprint": "vlinders-synthetic"``.
+
+``start_delay_s`` simulates a model's cold start: ``start()`` (awaited by the model server's
+constructor, before Ray Serve counts the replica as ready) sleeps that long, as a real engine
+does while it loads weights. It is how the scale-to-zero tests make a cold start measurable.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def _message_text(message: dict[str, Any]) -> str:
 
 class SyntheticEngine:
     """See the module docstring. Arguments: ``ttft_ms``, ``tpot_ms``, ``default_max_tokens``
-    (the length at which a reply ends by itself, with ``finish_reason`` "stop")."""
+    (the length at which a reply ends by itself, with ``finish_reason`` "stop"), and
+    ``start_delay_s`` (a simulated cold start: how long ``start()`` takes)."""
 
     def __init__(
         self,
@@ -52,16 +57,22 @@ class SyntheticEngine:
         ttft_ms: float = 0.0,
         tpot_ms: float = 0.0,
         default_max_tokens: int = 16,
+        start_delay_s: float = 0.0,
     ) -> None:
         self.model = model
         self.ttft = ttft_ms / 1000
         self.tpot = tpot_ms / 1000
         self.default_max_tokens = default_max_tokens
+        self.start_delay = max(float(start_delay_s), 0.0)
+        self.started = False
         self.active = 0
         self.cancelled = 0
 
     async def start(self) -> None:
-        return None
+        """The simulated load: ``start_delay_s`` of waiting, then ready."""
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
+        self.started = True
 
     async def check_health(self) -> None:
         return None
