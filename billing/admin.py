@@ -49,8 +49,9 @@ class UsageEventAdmin(_UsageAdmin):
         "prompt_tokens",
         "completion_tokens",
         "cost",
+        "cache_hit",
     ]
-    list_filter = ["endpoint", "stream"]
+    list_filter = ["endpoint", "stream", "cache_hit"]
     # Exact matches only: they use the primary key, a LIKE over every event would not.
     search_fields = ["=request_id", "=http_request_id"]
     ordering = ["-started_at"]

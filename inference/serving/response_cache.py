@@ -138,6 +138,7 @@ class CacheState:
 
     key: str
     ttl_s: int
+    endpoint: str
     model: str  # the public name asked for (a label value: only names that routed)
     stream: bool
     prices: Prices  # what a hit is charged
@@ -287,6 +288,7 @@ class ResponseCache:
         return CacheState(
             key=entry_key(self.prefix, org_id, route, request),
             ttl_s=route.cache_ttl_s,
+            endpoint=request.endpoint,
             model=model,
             stream=request.stream,
             prices=hit_prices(route),
@@ -314,8 +316,8 @@ class ResponseCache:
         a miss's response completed finds the entry. Once; never raises; ``True`` if stored."""
         if state.stored or state.result != "miss" or status != 200 or not call.usage_known:
             return False
-        if call.finish_reason is None or state.overflow:
-            return False
+        if state.overflow or (call.finish_reason is None and state.endpoint != "embeddings"):
+            return False  # cut short (embeddings have no finish reason)
         if (state.stream and not state.chunks) or (not state.stream and state.response is None):
             return False
         entry = Entry(

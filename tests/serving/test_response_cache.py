@@ -211,6 +211,16 @@ class _Stream:
         pass
 
 
+async def _embedding(body: dict[str, Any]) -> dict[str, Any]:
+    words = len(str(body["input"]).split())
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, float(words)]}],
+        "model": body["model"],
+        "usage": {"prompt_tokens": words, "total_tokens": words},
+    }
+
+
 class _Method:
     def __init__(self, fn: Any) -> None:
         self.fn = fn
@@ -223,6 +233,8 @@ class _Handle:
     def __init__(self, counting: _Counting) -> None:
         def complete(endpoint: Any, body: dict[str, Any], priority: int) -> Any:
             counting.calls.append(body)
+            if endpoint == "embeddings":  # the synthetic engine has none: a fixed vector
+                return asyncio.get_running_loop().create_task(_embedding(body))
             return asyncio.get_running_loop().create_task(counting.engine.complete(endpoint, body))
 
         def stream(endpoint: Any, body: dict[str, Any], priority: int) -> _Stream:
@@ -249,6 +261,10 @@ def _client(gateway: Gateway, secret: str) -> openai.AsyncOpenAI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         return await gateway.handle(request, "chat.completions")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        return await gateway.handle(request, "embeddings")
 
     return openai.AsyncOpenAI(
         base_url="http://gateway.test/v1",
@@ -437,6 +453,36 @@ def test_a_stream_is_replayed_as_a_stream_with_usage_and_done(harness: Harness) 
         events[1].cost
         == (events[1].prompt_tokens + events[1].completion_tokens) * HIT_PRICE / 10**6
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.redis
+def test_embeddings_are_cached_too(harness: Harness) -> None:
+    _, secret = _tenant()
+
+    async def run() -> list[Any]:
+        await harness.configure()
+        try:
+            client = _client(harness.gateway, secret)
+            replies = []
+            for _ in range(2):
+                raw = await client.embeddings.with_raw_response.create(
+                    model=MODEL, input="three little words", extra_headers=USE
+                )
+                await harness.drain()
+                replies.append(raw)
+            return replies
+        finally:
+            await harness.close()
+
+    miss, hit = asyncio.run(run())
+    assert (miss.headers["x-vlinders-cache"], hit.headers["x-vlinders-cache"]) == ("miss", "hit")
+    assert hit.parse().data[0].embedding == miss.parse().data[0].embedding == [0.25, -0.5, 3.0]
+    assert len(harness.counting.calls) == 1
+    assert [(e.cache, e.prompt_tokens, e.cost) for e in harness.events] == [
+        ("miss", 3, 3 * PRICES[0] / 10**6),
+        ("hit", 3, 3 * HIT_PRICE / 10**6),
+    ]
 
 
 @pytest.mark.django_db
