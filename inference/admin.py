@@ -23,6 +23,7 @@ from inference.models import (
     CatalogModel,
     DeploymentRevision,
     ModelAlias,
+    ModelAliasSplit,
     ModelDeploymentStatus,
     PlanModelPrice,
     ReplicaHours,
@@ -252,7 +253,7 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 class ModelAliasAdminForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = ModelAlias
-        fields = ("name", "target", "description")
+        fields = ("name", "target", "weight", "description")
 
     def _post_clean(self) -> None:
         super()._post_clean()  # type: ignore[misc]
@@ -264,10 +265,48 @@ class ModelAliasAdminForm(forms.ModelForm):  # type: ignore[type-arg]
             _add_service_errors(self, error)
 
 
+class ModelAliasSplitFormSet(forms.BaseInlineFormSet):  # type: ignore[type-arg]
+    """The splits as a whole, with the alias's primary target and weight as the form above
+    left them, checked by the services' rule (``model_alias_splits_validate``)."""
+
+    def splits(self) -> list[tuple[CatalogModel, int]]:
+        rows = [getattr(form, "cleaned_data", None) for form in self.forms]
+        return [
+            (row["catalog_model"], row["weight"])
+            for row in rows
+            if row and not row.get("DELETE") and row.get("catalog_model") is not None
+        ]
+
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors):
+            return
+        try:
+            services.model_alias_splits_validate(alias=self.instance, splits=self.splits())
+        except ValidationError as error:
+            raise ValidationError(error.messages) from None
+
+
+class ModelAliasSplitInline(admin.TabularInline):  # type: ignore[type-arg]
+    """A weighted alias's further targets (docs/model-catalog.md, "Weighted aliases"): each
+    takes ``weight / total`` of the requests (the primary target's weight included); 0 drains
+    it. Saved through the services, applied to the gateway in place with the next apply."""
+
+    model = ModelAliasSplit
+    formset = ModelAliasSplitFormSet
+    fk_name = "alias"
+    extra = 0
+    fields = ("catalog_model", "weight")
+    autocomplete_fields = ("catalog_model",)
+    verbose_name = "weighted target"
+    verbose_name_plural = "weighted targets (canary, A/B): besides the primary target"
+
+
 @admin.register(ModelAlias)
 class ModelAliasAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = ModelAliasAdminForm
-    list_display = ("name", "target", "created_at")
+    inlines = (ModelAliasSplitInline,)
+    list_display = ("name", "target", "weight", "created_at")
     list_select_related = ("target",)
     search_fields = ("name", "target__name", "description")
     autocomplete_fields = ("target",)
@@ -276,15 +315,28 @@ class ModelAliasAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def save_model(self, request: HttpRequest, obj: ModelAlias, form: Any, change: bool) -> None:
         if change:
             services.model_alias_update(
-                alias=obj, name=obj.name, target=obj.target, description=obj.description
+                alias=obj,
+                name=obj.name,
+                target=obj.target,
+                description=obj.description,
+                weight=obj.weight,
             )
         else:
             _adopt(
                 obj,
                 services.model_alias_create(
-                    name=obj.name, target=obj.target, description=obj.description
+                    name=obj.name, target=obj.target, description=obj.description, weight=obj.weight
                 ),
             )
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The splits go through the service (validated whole, the snapshot republished), not
+        # the formset's own save.
+        for formset in formsets:
+            if isinstance(formset, ModelAliasSplitFormSet) and formset.has_changed():
+                services.model_alias_splits_set(alias=form.instance, splits=formset.splits())
+            # What the admin's change message reads of a saved formset (the service saved it).
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
     def delete_model(self, request: HttpRequest, obj: ModelAlias) -> None:
         services.model_alias_delete(alias=obj)

@@ -306,12 +306,29 @@ class CatalogModelForm(forms.Form):
 
 
 class ModelAliasForm(forms.Form):
-    """An alias: a public name, the model it points at, a description."""
+    """An alias: a public name, the model it points at, a description; with weighted targets
+    (``splits``, one ``model = weight`` a line), a canary or an A/B test (docs/model-catalog.md,
+    "Weighted aliases"). The services check the weights as a whole."""
 
     name = forms.CharField(max_length=128, help_text="Another public name clients may use.")
     target = forms.ModelChoiceField(
         queryset=CatalogModel.objects.order_by("name"),
         help_text="The catalog model this name serves.",
+    )
+    weight = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=10000,
+        initial=100,
+        help_text="The model's weight when the alias has weighted targets below (else unused); "
+        "empty keeps it (100 for a new alias).",
+    )
+    splits = forms.CharField(
+        required=False,
+        label="Weighted targets",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "new-model = 10"}),
+        help_text="Further models, one “model = weight” a line (a canary: 10 beside a weight of "
+        "90 above). Each gets weight / total of the requests; 0 drains it; empty: a plain alias.",
     )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
@@ -320,10 +337,36 @@ class ModelAliasForm(forms.Form):
             kwargs["initial"] = {
                 "name": alias.name,
                 "target": alias.target,
+                "weight": alias.weight,
+                "splits": "\n".join(
+                    f"{row.catalog_model.name} = {row.weight}"
+                    for row in alias.splits.select_related("catalog_model").order_by(
+                        "catalog_model__name"
+                    )
+                ),
                 "description": alias.description,
                 **(kwargs.get("initial") or {}),
             }
         super().__init__(*args, **kwargs)
+
+    def clean_splits(self) -> list[tuple[CatalogModel, int]]:
+        """``model = weight`` lines -> (model, weight) pairs; the rules are the services'."""
+        pairs: list[tuple[CatalogModel, int]] = []
+        errors: list[str] = []
+        for number, line in enumerate(str(self.cleaned_data["splits"]).splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, sep, weight = line.rpartition("=")
+            model = CatalogModel.objects.filter(name=name.strip()).first() if sep else None
+            if not sep or not weight.strip().isdigit():
+                errors.append(f"Line {number}: write “model = weight” (a whole number).")
+            elif model is None:
+                errors.append(f"Line {number}: no catalog model is named “{name.strip()}”.")
+            else:
+                pairs.append((model, int(weight)))
+        if errors:
+            raise forms.ValidationError(errors)
+        return pairs
 
 
 class ConfirmForm(forms.Form):

@@ -136,6 +136,17 @@ def models_table(models: list[CatalogModel]) -> Table:
     )
 
 
+def _alias_targets(alias: ModelAlias) -> str:
+    """The alias's model, or for a weighted alias each target with its share of requests."""
+    splits = list(alias.splits.all())
+    if not splits:
+        return alias.target.name
+    targets = [(alias.target.name, alias.weight)]
+    targets += sorted((split.catalog_model.name, split.weight) for split in splits)
+    total = sum(weight for _, weight in targets) or 1
+    return ", ".join(f"{name} {weight * 100 / total:.4g}%" for name, weight in targets)
+
+
 def aliases_table(aliases: list[ModelAlias]) -> Table:
     return Table(
         name="aliases",
@@ -143,7 +154,7 @@ def aliases_table(aliases: list[ModelAlias]) -> Table:
         numeric=(False, False, False),
         rows=[
             (
-                [alias.name, alias.target.name, alias.description],
+                [alias.name, _alias_targets(alias), alias.description],
                 reverse("console:staff-alias-edit", args=[alias.pk]),
             )
             for alias in aliases
@@ -159,7 +170,11 @@ def index(request: HttpRequest) -> HttpResponse:
         .prefetch_related("plan_prices", "aliases", "organizations", "scaling_windows")
         .order_by("name")
     )
-    aliases = list(ModelAlias.objects.select_related("target").order_by("name"))
+    aliases = list(
+        ModelAlias.objects.select_related("target")
+        .prefetch_related("splits__catalog_model")
+        .order_by("name")
+    )
     return render(
         request,
         "console/staff/models.html",

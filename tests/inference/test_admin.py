@@ -185,12 +185,14 @@ def test_alias_admin_adds_and_refuses_taken_names(
 ) -> None:
     target = CatalogModelFactory(name="base")
     add = "/admin/inference/modelalias/add/"
-    refused = admin_client_.post(add, {"name": "base", "target": str(target.pk)})
+    # No splits (the weighted targets' inline): a plain alias.
+    plain = {"weight": "100", "splits-TOTAL_FORMS": "0", "splits-INITIAL_FORMS": "0"}
+    refused = admin_client_.post(add, {"name": "base", "target": str(target.pk), **plain})
     assert refused.status_code == 200
     assert "name" in refused.context["adminform"].form.errors
 
     with django_capture_on_commit_callbacks(execute=True):
-        added = admin_client_.post(add, {"name": "nick", "target": str(target.pk)})
+        added = admin_client_.post(add, {"name": "nick", "target": str(target.pk), **plain})
     assert added.status_code == 302
     assert names_of(redis_client, org) == ["base", "nick"]
 

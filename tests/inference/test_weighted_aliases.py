@@ -290,3 +290,58 @@ def test_anonymous_cannot_set_splits(client, stable, canary) -> None:
     )
     assert response.status_code in (401, 403)
     assert not ModelAliasSplit.objects.exists()
+
+
+# --- admin -------------------------------------------------------------------------------------
+
+
+def _admin_form(
+    target: CatalogModel, weight: int, splits: list[tuple[CatalogModel, int]]
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "chat",
+        "target": str(target.pk),
+        "weight": str(weight),
+        "description": "",
+        "splits-TOTAL_FORMS": str(len(splits)),
+        "splits-INITIAL_FORMS": "0",
+    }
+    for i, (model, split_weight) in enumerate(splits):
+        data[f"splits-{i}-catalog_model"] = str(model.pk)
+        data[f"splits-{i}-weight"] = str(split_weight)
+    return data
+
+
+def test_the_admin_sets_splits_through_the_services(
+    stable, canary, redis_client, django_capture_on_commit_callbacks
+) -> None:
+    from django.test import Client
+
+    from tests.factories import UserFactory
+
+    admin = Client()
+    admin.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    add = "/admin/inference/modelalias/add/"
+    for bad, message in (
+        ([(canary, 10), (canary, 5)], "duplicate"),
+        ([(stable, 10)], "primary target already"),
+    ):
+        refused = admin.post(add, _admin_form(stable, 90, bad))
+        assert refused.status_code == 200
+        assert message in refused.content.decode()
+    # Every weight 0: refused on the inline as a whole.
+    refused = admin.post(add, _admin_form(stable, 0, [(canary, 0)]))
+    assert refused.status_code == 200
+    assert not ModelAlias.objects.exists()
+
+    org = OrganizationFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        added = admin.post(add, _admin_form(stable, 90, [(canary, 10)]))
+    assert added.status_code == 302, added.content.decode()[:2000]
+    alias = ModelAlias.objects.get()
+    assert (alias.weight, _splits(alias)) == (90, {"chat-v2": 10})
+    record = json.loads(redis_client.get(org_record_name(org.id)))
+    assert "chat" in record["models"]
+    page = admin.get(f"/admin/inference/modelalias/{alias.pk}/change/")
+    assert page.status_code == 200
+    assert "weighted targets" in page.content.decode().lower()
