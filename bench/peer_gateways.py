@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -316,6 +317,23 @@ class Vlinders:
 
     def pids(self) -> list[int]:
         return session_pids(self.cluster.process.pid) + session_pids(self.redis.pid)
+
+    def usage_events_queued(self) -> int | None:
+        """The usage events in the broker's queue (Celery messages of event batches), to show
+        that every request was metered; ``None`` if a message is not in the expected shape."""
+        import redis
+        from django.conf import settings
+
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        count = 0
+        try:
+            for raw in client.lrange(settings.VLINDERS_USAGE_QUEUE, 0, -1):
+                message = json.loads(raw)
+                args = json.loads(base64.b64decode(message["body"]))[0]
+                count += len(args[0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        return count
 
     def stop(self) -> None:
         if self.cluster is not None:
@@ -604,6 +622,11 @@ def main() -> None:
                         flush=True,
                     )
             results.append(summarise(level, runs))
+        time.sleep(3)  # the emitter flushes its last batch
+        runs_sent = (m["requests"] for r in results for m in r["targets"]["vlinders"]["runs"])
+        sent = 1 + 200 + sum(runs_sent)  # the check, the warm-up, the runs
+        metered = {"requests_sent": sent, "usage_events_queued": vlinders.usage_events_queued()}
+        print(f"Vlinders usage events: {metered}")
     finally:
         for service in reversed(started):
             service.stop()
@@ -636,6 +659,7 @@ def main() -> None:
             "workers": workers,
         },
         "cpu_counted": {t.name: t.counted for t in targets},
+        "vlinders_metering": metered,
         "idle_cpu_pct_of_core": idle,
         "requests_per_level": args.requests,
         "rounds": args.rounds,
@@ -648,15 +672,21 @@ def main() -> None:
 
 
 def _commit() -> str:
+    """HEAD, and whether the data plane's files differ from it (the run measured those)."""
     try:
-        return subprocess.run(  # noqa: S603
+        head = subprocess.run(  # noqa: S603
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],  # noqa: S607
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
+        changed = subprocess.run(  # noqa: S603
+            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "inference"],  # noqa: S607
+            check=False,
+        ).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + (" + uncommitted changes in inference/" if changed else "")
 
 
 if __name__ == "__main__":
