@@ -31,7 +31,7 @@ from django.conf import settings
 
 from inference import demo_models
 from inference.deployment import render_serve_config
-from inference.models import Visibility
+from inference.models import ModelAliasSplit, Visibility
 from inference.ray_client import RayDashboardClient
 from tenants import services, snapshot
 from tenants.models import ApiKey, Organization, Role
@@ -318,6 +318,16 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
                 },
             },
         ],
+        # A weighted alias (a canary): 90% syn-fast, 10% syn-slow (test_weighted_aliases_e2e).
+        "aliases": [
+            {
+                "name": "syn-ab",
+                "targets": [
+                    {"model": "syn-fast", "weight": 90},
+                    {"model": "syn-slow", "weight": 10},
+                ],
+            }
+        ],
     }
     # Upstream keys never travel in the config: published to Redis, encrypted, as the control
     # plane publishes a catalog model's.
@@ -333,7 +343,7 @@ def gateway(ray_cluster, serve_port, usage_broker, upstream_key) -> Iterator[Dep
 def catalog(db):  # type: ignore[no-untyped-def]
     """Catalog rows matching the deployed models, so organisation records list them."""
     fast = CatalogModelFactory(name="syn-fast")
-    CatalogModelFactory(name="syn-slow")
+    slow = CatalogModelFactory(name="syn-slow")
     CatalogModelFactory(name="syn-private", visibility=Visibility.RESTRICTED)
     CatalogModelFactory(name="syn-load")
     CatalogModelFactory(name="syn-cached")
@@ -344,6 +354,11 @@ def catalog(db):  # type: ignore[no-untyped-def]
     CatalogModelFactory(name="minilm")
     CatalogModelFactory(name="smollm2-gguf")
     ModelAliasFactory(name="syn-alias", target=fast)
+    ModelAliasSplit.objects.create(
+        alias=ModelAliasFactory(name="syn-ab", target=fast, weight=90),
+        catalog_model=slow,
+        weight=10,
+    )
     return fast
 
 

@@ -17,6 +17,7 @@ def test_models_lists_only_what_the_key_may_use(client):
     assert names == [
         "minilm",
         "smollm2",
+        "syn-ab",
         "syn-alias",
         "syn-fast",
         "syn-load",
