@@ -82,9 +82,9 @@ class _Handle:
         self.stream = _Method(stream)
 
 
-def _tenant(org: Organization) -> str:
+def _tenant(org: Organization, **key_options: Any) -> str:
     key, secret = services.api_key_create(
-        organization=org, name="k", created_by=None, actor_role=Role.OWNER
+        organization=org, name="k", created_by=None, actor_role=Role.OWNER, **key_options
     )
     snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
     snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
@@ -305,3 +305,46 @@ def test_a_weight_of_zero_drains_the_target_in_place(gateway, catalog) -> None:
     first, second = asyncio.run(run())
     assert first["chat-v2"] > 0
     assert second == Counter({"chat-v1": 100})
+
+
+def test_a_key_allowed_the_alias_is_served_by_its_targets_and_only_the_alias(
+    gateway, catalog
+) -> None:
+    """A key's allowed models name public names: a key allowed only ``chat`` is served by either
+    target through the alias (the split checks the organisation's models, not the key's), and
+    may not call a target by its own name; a key allowed only a target may not call the alias."""
+    gw, _ = gateway
+    insider, _ = catalog
+    alias_only = _tenant(insider, allowed_models=["chat"])
+    target_only = _tenant(insider, allowed_models=["chat-v1"])
+    gw.usage.emit = lambda event: None  # type: ignore[method-assign]
+    config = _config()
+
+    async def run() -> tuple[Counter[str], list[int]]:
+        await gw.reconfigure(config)
+        client = _client(gw, alias_only)
+        served = Counter(
+            [
+                (
+                    await client.chat.completions.create(
+                        model="chat", messages=MESSAGES, max_tokens=1
+                    )
+                ).model
+                for _ in range(60)
+            ]
+        )
+        refused = []
+        for secret, model in ((alias_only, "chat-v2"), (target_only, "chat")):
+            try:
+                await _client(gw, secret).chat.completions.create(
+                    model=model, messages=MESSAGES, max_tokens=1
+                )
+            except openai.PermissionDeniedError as error:
+                refused.append(error.status_code)
+        await _settle(gw)
+        await gw.__del__()
+        return served, refused
+
+    served, refused = asyncio.run(run())
+    assert set(served) == {"chat-v1", "chat-v2"}, served
+    assert refused == [403, 403]
