@@ -20,21 +20,22 @@ the last one is answered):
   worker, and with two (LiteLLM's advice for two cores: one worker per core), the same model
   name routed to the mock, ``LITELLM_LOG=ERROR`` as its production guide advises.
 
-LiteLLM's database mode and why it is not what runs here: LiteLLM's virtual keys (auth
-against its database, spend tracking per key) need Prisma, whose ``prisma generate`` downloads
-the Prisma query and schema engines (Rust binaries) from Prisma's own binary host. That host is
-not reachable from this machine (only PyPI, the npm registry and Debian's archive are), so the
+LiteLLM's database mode and why it is not what runs here: LiteLLM's virtual keys (auth against
+its database, spend tracking per key) need Prisma, whose ``prisma generate`` downloads the
+Prisma query and schema engines (Rust binaries) from Prisma's own binary host. That host is not
+reachable from this machine (only PyPI, the npm registry and Debian's archive are), so the
 generate step fails (``getaddrinfo ENOTFOUND`` for the engine's checksum file) and no proxy
 with ``DATABASE_URL`` can start; without a database ``/key/generate`` answers "DB not
-connected. This endpoint needs a database". No package on the reachable registries ships the
-engines. So ``--litellm-mode auto`` (the default) tries ``prisma generate`` first and, where
-it works, runs the database mode: a Postgres database of its own (``vl_litellm_bench``, made
-anew) and a virtual key made through ``/key/generate`` with the master key, so LiteLLM checks
-the key and records spend as Vlinders does. Where it fails (here), it runs the closest
-honest alternative and says so in the table and the JSON: the proxy authenticates the master
-key (a constant comparison, no lookup) and keeps no spend, so it does *less* per request
-than in its database mode: its figures are an upper bound of what it does with virtual keys,
-and the ratios flatter it.
+connected. This endpoint needs a database". Prisma publishes the engines on that host only (its
+maintainers say so in prisma/prisma-engines#4447; the alternative is building them from their
+Rust source, whose crates cannot be fetched here either). So ``--litellm-mode auto`` (the
+default) tries ``prisma generate`` first and, where it works, runs the database mode: a
+Postgres database of its own (``vl_litellm_bench``, made anew) and a virtual key made through
+``/key/generate`` with the master key, so LiteLLM checks the key and records spend as Vlinders
+does. Where it fails (here), it runs the closest honest alternative and says so in the table
+and the JSON: the proxy authenticates the master key (a constant comparison, no lookup) and
+keeps no spend, so it does *less* per request than in its database mode: its figures are an
+upper bound of what it does with virtual keys, and the ratios flatter it.
 
 CPU per request: the CPU time (user + system, psutil) of the target's processes over the run,
 divided by the requests: for Vlinders every process of its Ray cluster (the session of
