@@ -44,7 +44,10 @@ replicas; Ray's background daemons included) plus its Redis server; for LiteLLM 
 processes (and, in the database mode, the Postgres backends connected to its database); for
 the mock its own process, reported for every target in a column of its own. The loader's own
 CPU is not counted. Each level runs every target ``--rounds`` times, in an order rotated each
-round, so the ratios are measured under the same machine load.
+round, so the ratios are measured under the same machine load. On a machine that others load too,
+every target's req/s drops with its share of the cores (the kernel shares them out by session:
+Vlinders' cluster is one, its Redis another, each LiteLLM proxy one), while CPU per request
+moves little: read both. The load average before and after is recorded.
 
     .venv/bin/python bench/peer_gateways.py [--requests 1000] [--concurrency 1,32,128]
         [--rounds 2] [--litellm-workers 1,2] [--litellm-mode auto|db|no-db]
