@@ -61,8 +61,10 @@ def test_miss_then_hit_metered_at_the_hit_price(gateway, usage_broker, make_tena
     mine = sorted((e for e in events if e["http_request_id"] in ids), key=lambda e: e["started_at"])
     assert [e["cache"] for e in mine] == ["miss", "hit", "hit"]
     miss, hit = mine[0], mine[1]
-    assert (miss["price_input_per_mtok"], miss["price_output_per_mtok"]) == ("1.000000", "2.000000")
-    assert (hit["price_input_per_mtok"], hit["price_output_per_mtok"]) == ("0.100000", "0.100000")
+    prices = [
+        (Decimal(e["price_input_per_mtok"]), Decimal(e["price_output_per_mtok"])) for e in mine
+    ]
+    assert prices == [(Decimal(1), Decimal(2)), (HIT_PRICE, HIT_PRICE), (HIT_PRICE, HIT_PRICE)]
     tokens = hit["prompt_tokens"] + hit["completion_tokens"]
     assert tokens == miss["prompt_tokens"] + miss["completion_tokens"] > 0
     assert Decimal(hit["cost"]) == tokens * HIT_PRICE / 10**6
