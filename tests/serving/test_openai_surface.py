@@ -17,8 +17,10 @@ def test_models_lists_only_what_the_key_may_use(client):
     assert names == [
         "minilm",
         "smollm2",
+        "smollm2-gguf",
         "syn-ab",
         "syn-alias",
+        "syn-cached",
         "syn-fast",
         "syn-load",
         "syn-slow",
