@@ -11,6 +11,7 @@ about a second).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -271,6 +272,39 @@ def test_requests_at_once_are_served_one_after_another(loop: Loop, engine: Llama
     assert engine.active == 0
 
 
+CAPITAL = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_constrains_the_reply(loop: Loop, engine: LlamaCppEngine) -> None:
+    response_format = {"type": "json_schema", "json_schema": {"name": "c", "schema": CAPITAL}}
+    body = chat(
+        messages=[{"role": "user", "content": "Name the capital of France as JSON."}],
+        max_tokens=60,
+        response_format=response_format,
+    )
+    result = loop.run(engine.complete(CHAT, body))
+    answer = json.loads(result["choices"][0]["message"]["content"])
+    assert set(answer) == {"city", "country"}
+    assert answer["city"] == "Paris"
+    chunks = loop.run(collect(engine, CHAT, {**body, "stream": True}))
+    assert json.loads(stream_text(chunks)) == answer
+
+
+def test_json_object_gives_a_json_object(loop: Loop, engine: LlamaCppEngine) -> None:
+    body = chat(
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        max_tokens=60,
+        response_format={"type": "json_object"},
+    )
+    result = loop.run(engine.complete(CHAT, body))
+    assert isinstance(json.loads(result["choices"][0]["message"]["content"]), dict)
+
+
 # --- errors: OpenAI-shaped 400s ---
 
 
@@ -311,7 +345,12 @@ def test_a_prompt_plus_max_tokens_over_the_context_is_a_400(
         ({"n": 0}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "x"}}}},
+            "response_format",
+        ),
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},

@@ -5,6 +5,7 @@ deployed spec, ``tests/serving/conftest.py``; the engine itself is tested in
 
 from __future__ import annotations
 
+import json
 import time
 
 import openai
@@ -70,6 +71,28 @@ def test_completions(client):
     assert reply.choices[0].text.startswith(" Paris")
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 5
+
+
+def test_a_json_schema_reply_parses(client):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name the capital of France as JSON."}],
+        max_tokens=60,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "capital", "schema": schema, "strict": True},
+        },
+    )
+    answer = json.loads(reply.choices[0].message.content)
+    assert set(answer) == {"city", "country"}
+    assert answer["city"] == "Paris"
 
 
 def test_a_seeded_sample_is_reproducible(client):

