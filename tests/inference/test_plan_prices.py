@@ -121,6 +121,8 @@ def _change_form(model: Any, rows: list[dict[str, str]], initial: int = 0) -> di
         "replica_gpus": "0",
         "accelerator_type": "",
         "visibility": "public",
+        "cache_ttl_s": "0",  # the response cache (docs/response-cache.md): off
+        "price_cache_hit_per_mtok": "0",
         "plan_prices-TOTAL_FORMS": str(len(rows)),
         "plan_prices-INITIAL_FORMS": str(initial),
         "scaling_windows-TOTAL_FORMS": "0",
