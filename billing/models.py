@@ -78,7 +78,9 @@ class UsageEvent(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
     # Replayed from the response cache (the event's ``cache`` is "hit"; docs/response-cache.md):
     # its prices are the model's cache-hit price.
-    cache_hit = models.BooleanField(default=False)
+    # A database default too: rows written by raw SQL that predates the column (bulk loads,
+    # tools) are not hits.
+    cache_hit = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         indexes = [
