@@ -207,6 +207,7 @@ class CatalogModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     "replica_cpus",
                     "replica_gpus",
                     "accelerator_type",
+                    "request_router",
                 )
             },
         ),

@@ -24,6 +24,8 @@ Rules of a catalog model (``catalog_model_validate``):
 - vLLM parallelism: when ``replica_gpus > 0``, ``tensor_parallel_size * pipeline_parallel_size``
   (each 1 when absent) must not exceed ``replica_gpus``; a single worker (product 1) may run on
   a fraction of a GPU. CPU replicas (``replica_gpus == 0``) are not checked;
+- request router: ``prefix_affinity`` only for ``vllm`` models (an upstream has no replicas of
+  ours to prefer, the synthetic engine no cache, llama.cpp's was not measured);
 - visibility: ``public`` models list no organisations; ``restricted`` models list the
   organisations that may use them (an empty list means nobody yet — fails closed).
 
@@ -56,7 +58,14 @@ from django.db import connection, transaction
 
 from inference import upstream_secrets
 from inference.engine_args import validate_engine_args
-from inference.models import CatalogModel, EngineKind, ModelAlias, ModelAliasSplit, Visibility
+from inference.models import (
+    CatalogModel,
+    EngineKind,
+    ModelAlias,
+    ModelAliasSplit,
+    RequestRouter,
+    Visibility,
+)
 from inference.selectors import public_name_taken
 from tenants.models import Organization
 from tenants.snapshot import publish_all_organizations_on_commit
@@ -85,6 +94,7 @@ CATALOG_MODEL_FIELDS = (
     "accelerator_type",
     "max_queued_requests",
     "request_timeout_s",
+    "request_router",
     # The response cache (docs/response-cache.md): entries' TTL (0 = off) and a hit's price.
     "cache_ttl_s",
     "price_cache_hit_per_mtok",
@@ -198,6 +208,12 @@ def catalog_model_validate(
             _check_vllm_context(model, errors)
         if kind == EngineKind.LLAMACPP:
             _check_llamacpp(model, errors)
+    if model.request_router == RequestRouter.PREFIX_AFFINITY and kind != EngineKind.VLLM:
+        errors.add(
+            "request_router",
+            "Prefix-cache affinity is for vLLM models (it sends a prompt to the replica whose "
+            f"prefix cache holds it); the {kind} engine has no such cache to reuse.",
+        )
 
     min_replicas, max_replicas = model.min_replicas, model.max_replicas
     if isinstance(min_replicas, int) and isinstance(max_replicas, int):

@@ -24,7 +24,7 @@ from django.urls import reverse_lazy
 
 from inference import services, upstream_secrets
 from inference.catalog_changes import LOAD_FIELDS
-from inference.models import CatalogModel, EngineKind, ModelAlias
+from inference.models import CatalogModel, EngineKind, ModelAlias, RequestRouter
 from tenants.models import Organization
 from tenants.plans import Plan
 
@@ -43,6 +43,7 @@ SCALING_FIELDS = (
     "replica_cpus",
     "replica_gpus",
     "accelerator_type",
+    "request_router",
 )
 
 # Labels and help the model's fields lack (the rest come from the model).
@@ -67,6 +68,12 @@ _LABELS = {
     "replica_cpus": ("CPUs per replica", ""),
     "replica_gpus": ("GPUs per replica", "Fractions allowed for a single worker."),
     "accelerator_type": ("Accelerator type", "Ray's accelerator type (e.g. H100); empty: any."),
+    "request_router": (
+        "Request routing",
+        "How requests are spread over the replicas. Prefix-cache affinity (vLLM models) sends "
+        "a prompt to the replica that already holds its prefix; changing it restarts the "
+        "model's replicas (docs/model-catalog.md).",
+    ),
     "max_queued_requests": (
         "Max queued requests",
         "Per gateway replica; beyond it requests are refused at once with 503 and Retry-After.",
@@ -142,6 +149,7 @@ class CatalogModelForm(forms.Form):
             self.fields[name].label = label
             self.fields[name].help_text = help_text or self.fields[name].help_text
         self.fields["description"].widget.attrs["rows"] = 2
+        self.fields["request_router"].required = False  # not posted: Serve's default
         self.fields["upstream_base_url"] = forms.URLField(
             required=False,
             label="Upstream base URL",
@@ -274,6 +282,7 @@ class CatalogModelForm(forms.Form):
             for name in _MODEL_FORM_FIELDS
             if name in services.CATALOG_MODEL_FIELDS and name != "name"
         }
+        fields["request_router"] = data.get("request_router") or RequestRouter.DEFAULT
         for name in SOURCE_FIELDS:
             if name not in source_fields_for(kind):
                 fields[name] = ""

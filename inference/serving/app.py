@@ -117,10 +117,18 @@ def build_model(args: dict[str, Any]) -> Application:
         actor["num_gpus"] = model.resources.num_gpus
     if model.resources.accelerator_type:
         actor["accelerator_type"] = model.resources.accelerator_type
-    return ModelServerDeployment.options(  # type: ignore[attr-defined]
+    router: dict[str, Any] = {}
+    if model.request_router != "default":
+        # Its own request router, so not the ingress (``routers.py``); loads part of Ray LLM.
+        from inference.serving import routers
+
+        router = routers.router_options(model.request_router)
+    server = ModelServerDeployment.options(  # type: ignore[attr-defined]
         name=model.deployment,
         ray_actor_options=actor,
         health_check_period_s=10,
         health_check_timeout_s=30,
         graceful_shutdown_timeout_s=60,
+        **router,
     ).bind(model.model_dump(mode="json"))
+    return routers.with_router_ingress(server) if router else server

@@ -252,6 +252,10 @@ class ModelArgs(_Strict):
     request_timeout_s: float = Field(300.0, gt=0)
     redis_url: str
     redis_prefix: str = "vl:"
+    # The application's shape, not only an option: under Serve's HAProxy ingress a deployment
+    # with its own request router may not be its application's ingress, so ``build_model``
+    # puts a stub ingress in front of it (``routers.py``); a change restarts the model.
+    request_router: RequestRouterName = "default"
 
 
 class DeploymentSpec(_Strict):

@@ -46,6 +46,7 @@ def form(**overrides: Any) -> dict[str, Any]:
         "replica_cpus": "1",
         "replica_gpus": "0",
         "accelerator_type": "",
+        "request_router": "default",  # Serve's own (docs/model-catalog.md, "Request routing")
         "visibility": "public",
         "cache_ttl_s": "0",  # the response cache (docs/response-cache.md): off
         "price_cache_hit_per_mtok": "0",

@@ -120,6 +120,7 @@ def _change_form(model: Any, rows: list[dict[str, str]], initial: int = 0) -> di
         "replica_cpus": "1",
         "replica_gpus": "0",
         "accelerator_type": "",
+        "request_router": "default",
         "visibility": "public",
         "cache_ttl_s": "0",  # the response cache (docs/response-cache.md): off
         "price_cache_hit_per_mtok": "0",
