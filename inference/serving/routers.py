@@ -1,9 +1,10 @@
 """Request routers for model deployments (``request_router`` in the catalog and the spec).
 
-A model with several replicas is routed by Ray Serve's request router, chosen per deployment by
-the ``request_router_config`` deployment option (``inference/deployment.py`` renders it):
+A model with several replicas is routed by Ray Serve's request router, which the gateway's
+handle runs; the model server deployment's ``request_router_config`` chooses it, set by
+``build_model`` (``app.py``) from the model's args (:func:`router_options`):
 
-- ``default``: nothing is rendered, so Serve's own router runs (power of two choices: two random
+- ``default``: nothing is set, so Serve's own router runs (power of two choices: two random
   replicas, the one with the shorter queue);
 - ``prefix_affinity``: :class:`PrefixAffinityRouter`, Ray's ``PrefixCacheAffinityRouter`` made to
   read our calls. While the replicas' queues are balanced, a request goes to the replica that
@@ -27,6 +28,10 @@ is sent without waiting (an actor runs one caller's calls in order, so the next 
 router still sees it). The prefix tree actor is also created with ``num_cpus=0``: Ray's default
 actor needs a free CPU to be placed, and on a node whose CPUs are all held by model replicas it
 would never start, and every request would wait for it.
+
+Serve refuses a custom router on an application's ingress deployment under its HAProxy ingress,
+so a model server with one is its application's second deployment, behind
+:class:`RouterIngress` (:func:`with_router_ingress`).
 
 Data plane: no Django here.
 """
