@@ -99,6 +99,10 @@ def stream_text(chunks: list[dict[str, Any]], index: int = 0) -> str:
     )
 
 
+def counts_of(usage: dict[str, Any]) -> tuple[int, int, int]:
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+
+
 # --- generation ---
 
 
@@ -159,7 +163,7 @@ def test_stream_matches_the_whole_response_and_carries_running_usage(
     assert counts[0] >= 1
     last = chunks[-1]
     assert last["choices"] == []
-    assert last["usage"] == whole["usage"]
+    assert counts_of(last["usage"]) == counts_of(whole["usage"])
     finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1]]
     assert finishes[-1] == "stop"
     assert set(finishes[:-1]) == {None}
@@ -176,11 +180,27 @@ def test_completions_with_max_tokens_and_usage(loop: Loop, engine: LlamaCppEngin
     (choice,) = result["choices"]
     assert choice["text"].startswith(" Paris")
     assert choice["finish_reason"] == "length"
-    assert result["usage"] == {
-        "prompt_tokens": len(tokens(engine, prompt)),
-        "completion_tokens": 5,
-        "total_tokens": len(tokens(engine, prompt)) + 5,
-    }
+    assert counts_of(result["usage"]) == (
+        len(tokens(engine, prompt)),
+        5,
+        len(tokens(engine, prompt)) + 5,
+    )
+
+
+def test_a_repeated_prompt_prefix_is_reported_as_cached(loop: Loop, engine: LlamaCppEngine) -> None:
+    """llama.cpp keeps the KV cache of the previous sequence and reuses the longest shared prefix;
+    the engine reports those prompt tokens as cached, as vLLM's prefix cache does."""
+    other = {"model": "m", "prompt": "Unrelated words first.", "max_tokens": 1}
+    loop.run(engine.complete(COMPLETIONS, other))
+    first = loop.run(engine.complete(CHAT, chat(max_tokens=2)))["usage"]
+    again = loop.run(engine.complete(CHAT, chat(max_tokens=2)))["usage"]
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    # All but the prompt's last token (llama.cpp evaluates that one again to sample from it).
+    assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1
+    chunks = loop.run(collect(engine, CHAT, chat(max_tokens=2, stream=True)))
+    assert (
+        chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1
+    )
 
 
 def test_completions_stream(loop: Loop, engine: LlamaCppEngine) -> None:

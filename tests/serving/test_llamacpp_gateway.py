@@ -43,6 +43,13 @@ def test_chat_is_answered_and_metered_with_the_engine_counts(usage_broker, clien
         reply.usage.completion_tokens,
     )
     assert event["status"] == 200
+    # Prompt tokens reused from llama.cpp's KV cache are reported and metered, as vLLM's are.
+    again = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=FRANCE, max_tokens=30, temperature=0
+    )
+    cached = again.parse().usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < reply.usage.prompt_tokens
+    assert _event(usage_broker, again.headers["x-request-id"])["cached_tokens"] == cached
 
 
 def test_stream_with_include_usage(client):

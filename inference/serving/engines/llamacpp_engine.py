@@ -13,7 +13,9 @@ parameter: ``tools``, ``logprobs``, ``echo``, ``suffix``, ``best_of``, image con
 embeddings endpoint.
 
 Usage is the engine's own count, the same in a whole response and a stream: ``prompt_tokens``
-is the length of the token sequence the model evaluated (the rendered chat template included);
+is the length of the token sequence the model evaluated (the rendered chat template included),
+``prompt_tokens_details.cached_tokens`` how many of them llama.cpp reused from its KV cache (the
+prefix shared with the sequence before, as vLLM's prefix cache reports it);
 ``completion_tokens`` counts every token the model sampled, the end-of-sequence token included,
 as vLLM counts them (so the same model bills alike on both engines). Stream chunks carry the
 usage so far on every chunk (like vLLM's ``continuous_usage_stats``); the last chunk has no
@@ -90,6 +92,7 @@ class _Job:
     emit: Callable[[Any], object]
     cancel: threading.Event = field(default_factory=threading.Event)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class _TokenCounter:
@@ -291,6 +294,7 @@ class LlamaCppEngine:
                     "prompt_tokens": job.prompt_tokens,
                     "completion_tokens": sampled,
                     "total_tokens": job.prompt_tokens + sampled,
+                    "prompt_tokens_details": {"cached_tokens": job.cached_tokens},
                 },
             }
 
@@ -358,6 +362,7 @@ class LlamaCppEngine:
             if job.cancel.is_set():
                 return
             counter = _TokenCounter(len(run.tokens), job.cancel)
+            job.cached_tokens += _reused_prefix(llm, run.tokens)
             max_tokens = limit if limit is not None else self.n_ctx - len(run.tokens)
             pieces = llm.create_completion(
                 prompt=run.tokens,
@@ -514,6 +519,18 @@ def _grammar(response_format: Any) -> Any:
             f"The llama.cpp engine cannot constrain output to this JSON schema: {error}",
             "response_format",
         ) from None
+
+
+def _reused_prefix(llm: Any, tokens: list[int]) -> int:
+    """How many of ``tokens`` llama.cpp will not evaluate again: its KV cache still holds the
+    previous sequence, and ``Llama.generate`` keeps the longest common prefix of that sequence
+    and the prompt less its last token (the same comparison, made just before it)."""
+    reused = 0
+    for held, wanted in zip(llm._input_ids.tolist(), tokens[:-1], strict=False):
+        if held != wanted:
+            break
+        reused += 1
+    return reused
 
 
 def _default(value: Any, default: float) -> Any:
