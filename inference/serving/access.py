@@ -131,6 +131,8 @@ class AccessCache:
         self._listener: asyncio.Task[None] | None = None
         # Redis reads in flight, by record name: later misses for the same record await these.
         self._inflight: dict[tuple[str, int], asyncio.Task[dict[str, Any]]] = {}
+        # Principals by key hash, with the records they were built from (``authorize``).
+        self._principals: dict[str, _Built] = {}
 
     # --- Redis names (docs/access-snapshot.md) ---
 
@@ -197,6 +199,7 @@ class AccessCache:
         self.generation += 1
         self.keys.clear()
         self.orgs.clear()
+        self._principals.clear()
 
     def _apply(self, raw: bytes | str) -> None:
         self.invalidations += 1
@@ -257,7 +260,12 @@ class AccessCache:
 
     async def authorize(self, authorization: str | None) -> Principal:
         """Return the principal for an ``Authorization`` header, or raise the OpenAI-shaped
-        error that refuses it (401 for any key problem, 403 without the inference scope)."""
+        error that refuses it (401 for any key problem, 403 without the inference scope).
+
+        The principal built from a key record and its organisation's is kept while both are
+        the cached records it was built from (a cached record is replaced on invalidation,
+        never changed in place, so the same object means the same record): the checks they
+        passed need not run again, only the expiry's, which depends on the time."""
         if not authorization:
             raise errors.unauthorized(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer vlk_...'.",
@@ -267,7 +275,19 @@ class AccessCache:
         presented = presented.strip()
         if scheme.lower() != "bearer" or not KEY_SHAPE.match(presented):
             raise errors.unauthorized("Incorrect API key provided.")
-        key = await self._record(self.keys, "key", self.key_hash(presented))
+        key_hash = self.key_hash(presented)
+        key = await self._record(self.keys, "key", key_hash)
+        built = self._principals.get(key_hash)
+        if built is not None and built.key is key:
+            org = await self._record(self.orgs, "org", built.org_ident)
+            if built.org is org:
+                if built.expires_at is not None and built.expires_at <= time.time():
+                    raise errors.unauthorized("This API key has expired.", code="expired_api_key")
+                return built.principal
+        return await self._authorize_records(key_hash, key)
+
+    async def _authorize_records(self, key_hash: str, key: dict[str, Any]) -> Principal:
+        """Every check of a key record and of its organisation's record, and the principal."""
         if not key or key.get("schema") != SCHEMA_VERSION:
             raise errors.unauthorized("Incorrect API key provided.")
         if key.get("status") != "active":
@@ -275,7 +295,8 @@ class AccessCache:
         expires_at = key.get("expires_at")
         if expires_at and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
             raise errors.unauthorized("This API key has expired.", code="expired_api_key")
-        org = await self._record(self.orgs, "org", str(key.get("org_id")))
+        org_ident = str(key.get("org_id"))
+        org = await self._record(self.orgs, "org", org_ident)
         if not org or org.get("schema") != SCHEMA_VERSION:
             raise errors.unauthorized("Incorrect API key provided.")
         if org.get("status") != "active":
@@ -294,7 +315,7 @@ class AccessCache:
                 "This API key does not have the 'inference' scope.", code="missing_scope"
             )
         try:
-            return Principal(
+            principal = Principal(
                 key_id=key["key_id"],
                 org_id=org["org_id"],
                 org_slug=org.get("slug", ""),
@@ -308,6 +329,7 @@ class AccessCache:
                 billing_mode=str(org.get("billing_mode") or "postpaid"),
                 response_cache=org.get("response_cache") is True,
             )
+            expiry = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
         except (KeyError, TypeError, ValueError):
             # A record the control plane should never have written: refuse (fail closed), as
             # a temporary condition of the platform, not the client's fault.
@@ -316,6 +338,26 @@ class AccessCache:
             raise errors.unavailable(
                 "Authorisation is temporarily unavailable; retry.", "access_unavailable"
             ) from None
+        cached_key = self.keys.items.get(key_hash)
+        cached_org = self.orgs.items.get(org_ident)
+        if cached_key and cached_key[1] is key and cached_org and cached_org[1] is org:
+            # Only for cached records: an uncached one is read again by the next request (a
+            # new object), which would never match.
+            if len(self._principals) >= self.keys.capacity:
+                self._principals.clear()
+            self._principals[key_hash] = _Built(key, org, org_ident, principal, expiry)
+        return principal
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A principal and the two records it was built from."""
+
+    key: dict[str, Any]
+    org: dict[str, Any]
+    org_ident: str
+    principal: Principal
+    expires_at: float | None  # the key's expiry (epoch seconds), None: never
 
 
 def _unreachable(error: BaseException) -> errors.ApiError:

@@ -20,6 +20,7 @@ otherwise come from the usage API, which is built for them.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -105,6 +106,19 @@ USAGE_SPOOL_BACKLOG = Gauge(
 )
 
 
+# Child metrics by (metric, label values): ``labels()`` takes a lock and builds a tuple on each
+# call; the label values are routed model names and fixed words, so this stays small.
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, made once per label values."""
+    found = _CHILDREN.get((metric, labels))
+    if found is None:
+        found = _CHILDREN[(metric, labels)] = metric.labels(*labels)
+    return found
+
+
 def request_finished(
     *,
     model: str,
@@ -115,12 +129,12 @@ def request_finished(
     completion_tokens: int,
 ) -> None:
     """Count one finished request and its tokens (``org`` only when tenant labels are on)."""
-    extra = [org] if TENANT_LABELS else []
-    REQUESTS.labels(model, endpoint, str(status), *extra).inc()
+    extra = (org,) if TENANT_LABELS else ()
+    child(REQUESTS, model, endpoint, str(status), *extra).inc()
     if prompt_tokens:
-        TOKENS.labels(model, "prompt", *extra).inc(prompt_tokens)
+        child(TOKENS, model, "prompt", *extra).inc(prompt_tokens)
     if completion_tokens:
-        TOKENS.labels(model, "completion", *extra).inc(completion_tokens)
+        child(TOKENS, model, "completion", *extra).inc(completion_tokens)
 
 
 def render() -> tuple[bytes, str]:

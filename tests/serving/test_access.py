@@ -143,3 +143,57 @@ def test_a_read_started_before_an_invalidation_is_not_shared_after_it():
     assert isinstance(last, ApiError), last
     assert last.status == 401
     assert gets == 3  # key and organisation once for the early ones, the key again for the late
+
+
+def test_the_principal_is_reused_while_its_records_are_cached_and_no_longer():
+    """A cached key and organisation give the same principal without rebuilding it; an
+    invalidation (a revocation), and the key's expiry, still apply at once."""
+    from datetime import UTC, datetime, timedelta
+
+    prefix = f"vltest:access:{uuid.uuid4().hex[:8]}:"
+    records = _records({})
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    records["key"]["expires_at"] = expires.isoformat()
+
+    async def run():  # type: ignore[no-untyped-def]
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        cache = AccessCache(client, prefix=prefix, pepper=PEPPER)
+        key_name = f"{prefix}access:v1:key:{cache.key_hash(SECRET)}"
+        try:
+            await client.set(key_name, json.dumps(records["key"]))
+            await client.set(f"{prefix}access:v1:org:org-1", json.dumps(records["org"]))
+            cache.start()
+            while not cache.subscribed:
+                await asyncio.sleep(0.01)
+            first = await cache.authorize(f"Bearer {SECRET}")
+            second = await cache.authorize(f"Bearer {SECRET}")
+            assert second is first  # not rebuilt
+
+            # The organisation's record changes: a new principal, with the new plan.
+            await client.set(
+                f"{prefix}access:v1:org:org-1", json.dumps({**records["org"], "plan": "premium"})
+            )
+            cache._apply(json.dumps({"kind": "org", "id": "org-1"}))
+            third = await cache.authorize(f"Bearer {SECRET}")
+            assert third is not first and third.plan == "premium"
+
+            # Expiry is checked on the reused principal too.
+            await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
+            with pytest.raises(ApiError) as expired:
+                await cache.authorize(f"Bearer {SECRET}")
+            assert expired.value.code == "expired_api_key"
+
+            # A revocation's message drops the reuse at once.
+            await client.set(
+                key_name, json.dumps({**records["key"], "expires_at": None, "status": "revoked"})
+            )
+            cache._apply(json.dumps({"kind": "key", "id": cache.key_hash(SECRET)}))
+            with pytest.raises(ApiError) as revoked:
+                await cache.authorize(f"Bearer {SECRET}")
+            assert revoked.value.code == "revoked_api_key"
+        finally:
+            await cache.aclose()
+            await client.delete(*[k async for k in client.scan_iter(match=prefix + "*")])
+            await client.aclose()
+
+    asyncio.run(run())

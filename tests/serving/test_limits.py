@@ -667,3 +667,74 @@ def test_unreachable_redis_raises_limiter_unavailable() -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+# --- scripts of one event-loop turn share one pipeline ------------------------------------------
+
+
+class CountingPipelines:
+    """Counts the pipelines the limiter's batcher sends and the calls they carry (a spy on the
+    real client: every call still reaches the real Redis)."""
+
+    def __init__(self, lim: Limiter) -> None:
+        self.sizes: list[int] = []
+        self.singles = 0
+        real_pipeline = lim.redis.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+
+            async def execute(*a: Any, **k: Any) -> Any:
+                self.sizes.append(len(pipe.command_stack))
+                return await real_execute(*a, **k)
+
+            pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+        lim.redis.pipeline = pipeline  # type: ignore[method-assign]
+
+
+def test_concurrent_reserves_and_settles_share_pipelines_and_keep_the_budget() -> None:
+    """200 concurrent reserves against a budget of 50 requests' tokens: the calls travel in a
+    few pipelines, each script still atomic, so exactly 50 are admitted; their settles (also
+    pipelined) release everything."""
+
+    async def body(lim: Limiter) -> tuple[list[Reservation | Refusal], list[int], Any]:
+        spy = CountingPipelines(lim)
+        budget = LimitSet(monthly_token_budget=500)
+        held = await asyncio.gather(*(reserve(lim, key=budget, tokens=10) for _ in range(200)))
+        admitted = [r for r in held if isinstance(r, Reservation)]
+        settled = await asyncio.gather(*(settle(lim, r, 10) for r in admitted))
+        assert all(settled)
+        again = await asyncio.gather(*(settle(lim, r, 10) for r in admitted))
+        assert not any(again)  # idempotent, pipelined or not
+        return held, spy.sizes, await lim.month_usage("key", "k1", month="2026-03")
+
+    held, sizes, usage = run(body)
+    assert sum(isinstance(r, Reservation) for r in held) == 50
+    assert max(sizes) > 1 and sum(sizes) <= 200 + 50 + 50  # pipelined, nothing sent twice
+    assert (usage.used_tokens, usage.reserved_tokens) == (500, 0)
+
+
+def test_a_pipeline_after_redis_lost_its_scripts_loads_them_again() -> None:
+    async def body(lim: Limiter) -> list[Reservation | Refusal]:
+        await reserve(lim)  # the scripts are loaded
+        await lim.redis.script_flush()
+        return await asyncio.gather(*(reserve(lim) for _ in range(20)))
+
+    assert all(isinstance(r, Reservation) for r in run(body))
+
+
+def test_a_call_cancelled_before_its_pipeline_left_is_not_sent() -> None:
+    async def body(lim: Limiter) -> tuple[int, Any]:
+        calls = [asyncio.ensure_future(reserve(lim, tokens=7)) for _ in range(5)]
+        await asyncio.sleep(0)  # each call is queued for the loop's next turn
+        calls[0].cancel()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        admitted = sum(isinstance(r, Reservation) for r in results)
+        return admitted, await lim.month_usage("key", "k1", month="2026-03")
+
+    admitted, usage = run(body)
+    assert admitted == 4
+    assert usage.reserved_tokens == 4 * 7  # the cancelled one reserved nothing
