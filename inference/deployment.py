@@ -231,7 +231,8 @@ def render_applications(spec: dict[str, Any] | None = None) -> list[dict[str, An
     - ``model-…`` (the model's deployment name, for the application and its one deployment):
       ``args`` are the engine's (restart on change); autoscaling, ``max_ongoing_requests`` and
       ``max_queued_requests`` are deployment options (in place). No HTTP route: only the
-      gateway calls it, through a handle.
+      gateway calls it, through a handle. Not for an ``openai`` model: the gateway calls its
+      upstream in its own process (``RouteSpec.upstream``), so a request costs no Ray hop.
     """
     parsed = DeploymentSpec.model_validate(spec if spec is not None else render_spec())
     parsed.routes()  # refuses a public name routed twice before Ray sees anything
@@ -257,6 +258,8 @@ def render_applications(spec: dict[str, Any] | None = None) -> list[dict[str, An
         }
     ]
     for model in parsed.models:
+        if model.upstream() is not None:
+            continue  # an ``openai`` model: the gateway calls its upstream itself, no app
         scaling = model.scaling
         apps.append(
             {

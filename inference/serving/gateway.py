@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,10 +46,11 @@ from inference.serving.access import AccessCache, Principal
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
 from inference.serving.logs import route_to_serve_logs
+from inference.serving.model_server import LocalModel
 from inference.serving.pricing import Prices
 from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
-from inference.serving.spec import GatewayArgs, GatewayConfig, RouteSpec
+from inference.serving.spec import GatewayArgs, GatewayConfig, ModelArgs, RouteSpec
 from inference.serving.usage import UsageEmitter, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,10 @@ MODEL_UNAVAILABLE_RETRY_S = 2
 # A request that timed out without an answer (possibly waiting for a cold start that did not
 # finish in time: the replica keeps starting) is asked to retry after this long.
 COLD_START_RETRY_S = 10
+# The access line of every successful request (``VLINDERS_ACCESS_LOG=1`` in the Ray cluster's
+# environment): off by default, since the usage event carries the same fields and Serve writes
+# its own access line; a refused or failed request's line is always written.
+ACCESS_LOG = os.environ.get("VLINDERS_ACCESS_LOG", "0") == "1"
 # How often gauges fed from components' counters are refreshed.
 GAUGE_INTERVAL_S = 5.0
 # What the engine side may raise when a model's replicas are gone or not there yet.
@@ -167,7 +171,20 @@ def model_handle(deployment: str) -> tuple[Any, Any]:
     # failed check would make the reconfigure fail and Serve replace the gateway's replicas.
     # Requests to a model that is not up yet wait for it, within the model's request timeout.
     handle = serve.get_deployment_handle(deployment, app_name=deployment, _check_exists=False)
-    return handle, handle.options(stream=True)
+    return _Methods(handle), _Methods(handle.options(stream=True))
+
+
+class _Methods:
+    """A Serve handle whose method handles (``handle.complete``: a new handle made by
+    ``options`` at each attribute access) are made once, on first use, and then reused."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._handle, name)
+        setattr(self, name, method)
+        return method
 
 
 class Gateway:
@@ -189,6 +206,9 @@ class Gateway:
         self.routes: dict[str, RouteSpec] = {}
         self.weighted: dict[str, splits.WeightedAlias] = {}
         self.handles: dict[str, tuple[Any, Any]] = {}
+        # ``openai`` models' engines, run in this process (``_local_models``), by deployment.
+        self.local: dict[str, LocalModel] = {}
+        self._retiring: dict[asyncio.Task[None], LocalModel] = {}
         self._handle_factory = handle_factory
         pepper = os.environ.get("VLINDERS_KEY_PEPPER")
         if not pepper:
@@ -231,12 +251,25 @@ class Gateway:
         and Serve keeps the previous one."""
         config = GatewayConfig.model_validate(user_config)
         routes = config.routes()
+        local = await self._local_models(config)
         handles = {
-            model.deployment: self.handles.get(model.deployment)
+            model.deployment: local[model.deployment].handles()
+            if model.deployment in local
+            else (
+                self.handles.get(model.deployment) if model.deployment not in self.local else None
+            )
             or self._handle_factory(model.deployment)
             for model in config.models
         }
-        self.config, self.routes, self.handles = config, routes, handles
+        retired = [model for name, model in self.local.items() if local.get(name) is not model]
+        self.config, self.routes, self.handles, self.local = config, routes, handles, local
+        for model in retired:
+            # Requests already running keep their engine until they are done.
+            task = asyncio.get_running_loop().create_task(
+                _close_later(model, self.config_timeout_s)
+            )
+            self._retiring[task] = model
+            task.add_done_callback(self._retiring.pop)
         self.weighted = splits.weighted_aliases(
             config.aliases, {model.name: model for model in config.models}
         )
@@ -247,6 +280,39 @@ class Gateway:
             len(config.models),
             len(routes),
         )
+
+    @property
+    def config_timeout_s(self) -> float:
+        """The longest request timeout of the routes: how long a retired engine is kept."""
+        return max((model.request_timeout_s for model in self.config.models), default=300.0)
+
+    async def _local_models(self, config: GatewayConfig) -> dict[str, LocalModel]:
+        """The in-process engines of ``config``'s ``openai`` models (``LocalModel``), by
+        deployment: kept while their args stay the same, started for new ones. An engine
+        that cannot start raises, and Serve keeps the previous config."""
+        local: dict[str, LocalModel] = {}
+        for model in config.models:
+            if model.upstream is None:
+                continue
+            args = ModelArgs(
+                spec_version=1,
+                name=model.name,
+                deployment=model.deployment,
+                engine="openai",
+                source={"base_url": model.upstream.base_url, "model": model.upstream.model},
+                engine_args=model.upstream.engine_args,
+                request_timeout_s=model.request_timeout_s,
+                redis_url=self.args.redis_url,
+                redis_prefix=self.args.redis_prefix,
+            ).model_dump(mode="json")
+            current = self.local.get(model.deployment)
+            if current is not None and current.args == args:
+                local[model.deployment] = current
+                continue
+            engine = LocalModel(args)
+            await engine.start()
+            local[model.deployment] = engine
+        return local
 
     def _ensure_started(self) -> None:
         """Start the invalidation listener and the usage flusher on the replica's event loop."""
@@ -362,7 +428,7 @@ class Gateway:
                 return hit.response_for(call.request_id, call.reply_model, parsed, headers)
             await self._reserve(call, parsed)
             plain, streamed = self.handles[call.target.deployment]
-            metrics.IN_FLIGHT.labels(call.model).inc()
+            metrics.child(metrics.IN_FLIGHT, call.model).inc()
             call.in_flight = True
             # Every wait on the model server is bounded by the model's request timeout.
             deadline = asyncio.get_running_loop().time() + call.target.request_timeout_s
@@ -585,6 +651,11 @@ class Gateway:
             self._gauges.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        for task, model in list(self._retiring.items()):
+            task.cancel()
+            await model.aclose()
+        for model in self.local.values():
+            await model.aclose()
         await self.leases.aclose()
         await self.settles.aclose()
         await self.usage.aclose()
@@ -635,7 +706,7 @@ class Gateway:
         call.settled = True
         latency = time.perf_counter() - call.started
         if call.in_flight:
-            metrics.IN_FLIGHT.labels(call.model).dec()
+            metrics.child(metrics.IN_FLIGHT, call.model).dec()
         if call.reservation is not None and not call.usage_known and call.relayed_any:
             logger.warning(
                 "request %s: engine reported no usage; metered as reserved", call.request_id
@@ -685,9 +756,11 @@ class Gateway:
             metrics.ERRORS.labels(model, call.error_type or "-", call.error_code or "-").inc()
         if call.target is not None and call.model in self.weighted:
             metrics.ALIAS_REQUESTS.labels(call.model, call.target.name, str(call.status)).inc()
-        metrics.LATENCY.labels(model, call.endpoint).observe(latency)
+        metrics.child(metrics.LATENCY, model, call.endpoint).observe(latency)
         if call.ttft is not None:
-            metrics.TTFT.labels(model).observe(call.ttft)
+            metrics.child(metrics.TTFT, model).observe(call.ttft)
+        if call.status == 200 and not ACCESS_LOG:
+            return  # the usage event records the same, and Serve's own access line is written
         # The access line (lazy: formatted only when INFO is on).
         logger.info(
             "request %s org=%s key=%s model=%s endpoint=%s stream=%s status=%d "
@@ -804,6 +877,12 @@ async def _next(generator: Any) -> list[dict[str, Any]] | None:
     return batch
 
 
+async def _close_later(model: LocalModel, after_s: float) -> None:
+    """Close a retired in-process engine once the requests that use it are done."""
+    await asyncio.sleep(after_s)
+    await model.aclose()
+
+
 def _describe(error: BaseException) -> str:
     """An exception as ``module.Class: message``, for a log line (the message cut short)."""
     kind = type(error)
@@ -814,7 +893,8 @@ def _describe(error: BaseException) -> str:
 
 
 def _new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    # 128 random bits as 32 hex digits, as ``uuid4().hex`` gives, without building a UUID.
+    return "req_" + os.urandom(16).hex()
 
 
 def _finish_reason(result: dict[str, Any]) -> str | None:

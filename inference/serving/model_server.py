@@ -77,6 +77,9 @@ class ModelServer:
         """Start the engine before the replica counts as ready: Ray Serve awaits an async
         constructor, so no request reaches a replica whose model is still loading."""
         route_to_serve_logs()
+        await self._start(spec)
+
+    async def _start(self, spec: dict[str, Any]) -> None:
         self.spec = ModelArgs.model_validate(spec)
         self.batching = os.environ.get("VLINDERS_STREAM_BATCHING", "1") != "0"
         self.engine = make_engine(self.spec)
@@ -150,3 +153,70 @@ class ModelServer:
     async def __del__(self) -> None:
         with contextlib.suppress(Exception):
             await self.engine.aclose()
+
+
+class LocalModel:
+    """A model served inside the gateway's own process, behind the same interface as its
+    Serve handles (``handles()``: ``plain.complete.remote(...)``, ``streamed.stream.remote(...)``).
+
+    For the ``openai`` engine: the work is an HTTP call to the upstream, which needs no replica
+    of its own, so the gateway makes it itself and a request costs no Ray hop (a model
+    application in between would add one, and its CPU, for nothing). The same ``ModelServer``
+    code runs, so errors, usage, cancellation and the stream's batching are what a model
+    application does. A cancelled call (the request's timeout, its client gone) cancels the
+    engine's work as a cancelled Serve call does.
+    """
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
+        self.server = ModelServer.__new__(ModelServer)
+
+    async def start(self) -> None:
+        await self.server._start(self.args)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.server.engine.aclose()
+
+    def handles(self) -> tuple[Any, Any]:
+        return _LocalPlain(self.server), _LocalStreamed(self.server)
+
+
+class _LocalPlain:
+    def __init__(self, server: ModelServer) -> None:
+        self.complete = _Remote(lambda *a: asyncio.ensure_future(server.complete(*a)))
+
+
+class _LocalStreamed:
+    def __init__(self, server: ModelServer) -> None:
+        self.stream = _Remote(lambda *a: _LocalStream(server.stream(*a)))
+
+
+class _Remote:
+    def __init__(self, call: Any) -> None:
+        self.remote = call
+
+
+class _LocalStream:
+    """A ``ModelServer.stream`` generator with a Serve streaming response's ``cancel``."""
+
+    def __init__(self, generator: AsyncIterator[list[dict[str, Any]]]) -> None:
+        self._generator = generator
+        self._closing: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> _LocalStream:
+        return self
+
+    async def __anext__(self) -> list[dict[str, Any]]:
+        return await self._generator.__anext__()
+
+    def cancel(self) -> None:
+        """Stop the engine's work: close the generator (its ``finally`` cancels the engine's
+        producer and counts the cancellation), in a task of its own as Serve's cancel is."""
+        if self._closing is None:
+            closing = asyncio.get_running_loop().create_task(self._close())
+            self._closing = closing
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._generator.aclose()  # type: ignore[attr-defined]

@@ -128,7 +128,27 @@ class ModelSpec(_Strict):
         return RouteSpec(
             **self.model_dump(include=set(RouteSpec.model_fields)),
             model_revision=self.model_revision,
+            upstream=self.upstream(),
         )
+
+    def upstream(self) -> UpstreamSpec | None:
+        """An ``openai`` model's upstream, which the gateway calls itself (no model
+        application, no Ray hop); never its key (``credentials.py`` reads it from Redis)."""
+        if self.engine != "openai":
+            return None
+        return UpstreamSpec(
+            base_url=self.source["base_url"],
+            model=self.source["model"],
+            engine_args=self.engine_args,
+        )
+
+
+class UpstreamSpec(_Strict):
+    """What the gateway needs to call an ``openai`` model's upstream in its own process."""
+
+    base_url: str
+    model: str
+    engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class RouteSpec(_Strict):
@@ -147,6 +167,8 @@ class RouteSpec(_Strict):
     price_cache_hit_per_mtok: Decimal = Field(Decimal(0), ge=0)
     # ``ModelSpec.model_revision``; empty (an older spec): the response cache stays off.
     model_revision: str = ""
+    # An ``openai`` model: the gateway calls its upstream itself (``ModelSpec.upstream``).
+    upstream: UpstreamSpec | None = None
 
     def prices_for(self, plan: str | None) -> Prices:
         """The prices a request of an organisation on ``plan`` is charged: the plan's own prices

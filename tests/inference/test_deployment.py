@@ -197,8 +197,11 @@ def test_serve_config_validates_against_rays_schema(catalog, settings) -> None:
         GATEWAY_IMPORT_PATH,
     )
     spec = DeploymentSpec.model_validate(render_spec())
+    # One application per model, except an ``openai`` model: the gateway calls its upstream.
     assert [(app.name, app.route_prefix, app.import_path) for app in models] == [
-        (model.deployment, None, MODEL_IMPORT_PATH) for model in spec.models
+        (model.deployment, None, MODEL_IMPORT_PATH)
+        for model in spec.models
+        if model.engine != "openai"
     ]
     assert config["proxy_location"] == "EveryNode"
     # Round trip through JSON (what the dashboard receives) changes nothing.
@@ -220,7 +223,8 @@ def test_the_config_splits_the_spec_by_what_a_change_restarts(catalog) -> None:
     assert routing == spec.gateway_config()
     assert routing.revision == spec.revision == config_revision(config)
     assert set(routing.routes()) == set(spec.routes())
-    for app, model in zip(models, spec.models, strict=True):
+    served = [model for model in spec.models if model.engine != "openai"]
+    for app, model in zip(models, served, strict=True):
         args = ModelArgs.model_validate(app["args"])
         assert (args.name, args.engine, args.engine_args) == (
             model.name,
@@ -264,6 +268,26 @@ def test_an_engine_change_changes_only_that_models_args(catalog) -> None:
         if app["args"] != _app_args(before, app["name"])
     }
     assert changed == {deployment_name(llama.name)}
+
+
+def test_an_openai_model_is_called_by_the_gateway_itself(catalog) -> None:
+    """No application for an ``openai`` model (a Ray hop for nothing): its route carries the
+    upstream the gateway calls in its own process, without the key."""
+    config = render_serve_config()
+    upstream = deployment_name(catalog["upstream"].name)
+    assert upstream not in {app["name"] for app in config["applications"]}
+    routing = GatewayConfig.model_validate(
+        config["applications"][0]["deployments"][0]["user_config"]
+    )
+    (route,) = [model for model in routing.models if model.name == "upstream-gpt"]
+    assert route.deployment == upstream
+    assert route.upstream is not None
+    assert route.upstream.model_dump() == {
+        "base_url": "https://api.example.test/v1",
+        "model": "gpt-4o",
+        "engine_args": {"timeout_s": 30},
+    }
+    assert all(model.upstream is None for model in routing.models if model.name != "upstream-gpt")
 
 
 def test_no_upstream_key_in_the_config_or_the_manifest(catalog) -> None:
