@@ -36,13 +36,14 @@ from django.utils import timezone
 from inference import replica_hours, upstream_secrets
 from inference.deployment import (
     APP_NAME,
+    GATEWAY_DEPLOYMENT,
     config_revision,
     deployment_name,
     model_applications,
     render_serve_config,
     sha256_hex,
 )
-from inference.models import CatalogModel, DeploymentRevision, ModelDeploymentStatus
+from inference.models import CatalogModel, DeploymentRevision, EngineKind, ModelDeploymentStatus
 from inference.ray_client import MAX_MESSAGE_CHARS, RayDashboardClient, RayDashboardError
 from tenants.audit import audit_record
 
@@ -132,6 +133,18 @@ def deployed_revision(app: dict[str, Any] | None) -> str:
     return config_revision({"applications": [app.get("deployed_app_config") or {}]})
 
 
+def _observed_state(
+    details: dict[str, Any], model: CatalogModel, name: str
+) -> tuple[str, int, int, str]:
+    """A catalog model's state as Ray reports it. An ``openai`` model has no application of its
+    own (the gateway calls the upstream in its own process, docs/deployment-spec.md): it is as
+    up as the gateway while active, and has no replicas of its own (so no replica-hours)."""
+    if model.engine_kind == EngineKind.OPENAI and model.status == CatalogModel.Status.ACTIVE:
+        state, _, _, message = _model_state(_application(details), GATEWAY_DEPLOYMENT)
+        return state, 0, 0, message
+    return _model_state(_application(details, name), name)
+
+
 def _model_state(app: dict[str, Any] | None, name: str) -> tuple[str, int, int, str]:
     """(state, replicas running, replicas target, message) of the model application and
     deployment ``name``."""
@@ -199,7 +212,7 @@ def deployment_reconcile() -> list[ModelDeploymentStatus]:
                     "message": error,
                 }
             else:
-                state, running, target, message = _model_state(_application(details, name), name)
+                state, running, target, message = _observed_state(details, model, name)
                 values = {
                     "state": state,
                     "replicas_running": running,

@@ -46,7 +46,7 @@ from inference.serving.access import AccessCache, Principal
 from inference.serving.leases import LeaseKeeper
 from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reservation
 from inference.serving.logs import route_to_serve_logs
-from inference.serving.model_server import LocalModel
+from inference.serving.model_server import LocalModel, UnavailableModel
 from inference.serving.pricing import Prices
 from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
@@ -289,7 +289,9 @@ class Gateway:
     async def _local_models(self, config: GatewayConfig) -> dict[str, LocalModel]:
         """The in-process engines of ``config``'s ``openai`` models (``LocalModel``), by
         deployment: kept while their args stay the same, started for new ones. An engine
-        that cannot start raises, and Serve keeps the previous config."""
+        that cannot start is replaced by an ``UnavailableModel`` (its requests get a 503, the
+        other models are served) rather than failing the configure, which on a new replica
+        would keep the whole gateway from starting."""
         local: dict[str, LocalModel] = {}
         for model in config.models:
             if model.upstream is None:
@@ -310,7 +312,12 @@ class Gateway:
                 local[model.deployment] = current
                 continue
             engine = LocalModel(args)
-            await engine.start()
+            try:
+                await engine.start()
+            except Exception as error:
+                # This model answers 503 until a configure starts it; the others are served.
+                logger.exception("model %s: its engine did not start", model.name)
+                engine = UnavailableModel(args, _describe(error))
             local[model.deployment] = engine
         return local
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from inference.serving import metrics
+from inference.serving import errors, metrics
 from inference.serving.engines.base import Endpoint, Engine
 from inference.serving.logs import route_to_serve_logs
 from inference.serving.spec import ModelArgs
@@ -155,6 +155,14 @@ class ModelServer:
             await self.engine.aclose()
 
 
+class _InProcessServer(ModelServer):
+    """A ``ModelServer`` run by ``LocalModel``: closed by it (``LocalModel.aclose``), so it has
+    no Serve finaliser (an ``async __del__`` that nothing would await)."""
+
+    def __del__(self) -> None:  # type: ignore[override]
+        return None
+
+
 class LocalModel:
     """A model served inside the gateway's own process, behind the same interface as its
     Serve handles (``handles()``: ``plain.complete.remote(...)``, ``streamed.stream.remote(...)``).
@@ -169,7 +177,7 @@ class LocalModel:
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = args
-        self.server = ModelServer.__new__(ModelServer)
+        self.server = _InProcessServer.__new__(_InProcessServer)
 
     async def start(self) -> None:
         await self.server._start(self.args)
@@ -180,6 +188,44 @@ class LocalModel:
 
     def handles(self) -> tuple[Any, Any]:
         return _LocalPlain(self.server), _LocalStreamed(self.server)
+
+
+# What a client refused by an in-process model that could not start is asked to wait.
+UNAVAILABLE_RETRY_S = 2
+
+
+class UnavailableModel(LocalModel):
+    """An in-process model whose engine could not start (engine arguments it refuses, say): its
+    requests are answered 503 ``model_unavailable`` at once, and every other model keeps being
+    served, since a gateway whose configure failed would take every model down with it. It is
+    never kept: the next configure tries to start the engine again."""
+
+    def __init__(self, args: dict[str, Any], reason: str) -> None:
+        super().__init__(args)
+        self.args = {"unavailable": reason}  # never equal to a real model's args
+        self.name = str(args.get("name", ""))
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def handles(self) -> tuple[Any, Any]:
+        def refuse(*_: Any) -> Any:
+            raise errors.ApiError(
+                503,
+                f"The model `{self.name}` is not available right now; retry shortly.",
+                "server_error",
+                None,
+                "model_unavailable",
+                {"Retry-After": str(UNAVAILABLE_RETRY_S)},
+            )
+
+        plain, streamed = _LocalPlain.__new__(_LocalPlain), _LocalStreamed.__new__(_LocalStreamed)
+        plain.complete = _Remote(refuse)
+        streamed.stream = _Remote(refuse)
+        return plain, streamed
 
 
 class _LocalPlain:

@@ -158,18 +158,30 @@ def test_reconcile_without_an_application_reports_absent(ray_settings, serve) ->
 @pytest.mark.ray
 def test_apply_then_reconcile_to_running(ray_settings, serve) -> None:
     _, second = synthetic_models()
+    # An upstream model has no application of its own (the gateway calls the upstream): it is
+    # as up as the gateway, with no replicas of its own. This one's engine arguments (the
+    # factory's synthetic ones, which the catalog's services would refuse) make its engine fail
+    # to start in the gateway: the gateway still starts, and serves the other models.
+    CatalogModelFactory(
+        name="upstream-a",
+        engine_kind="openai",
+        upstream_base_url="http://127.0.0.1:9/v1",
+        upstream_model="remote",
+    )
     record = deployment_apply()
     assert record.outcome == DeploymentRevision.Outcome.APPLIED, record.error
     assert record.error == ""
 
     status = deployment_wait(revision=record.revision, timeout=DEPLOY_TIMEOUT)
-    assert status == "RUNNING", serve.get_applications()["applications"]
+    apps = serve.get_applications()["applications"]
+    assert status == "RUNNING", {name: app.get("message") for name, app in apps.items()}
 
     deployment_reconcile()
     assert states() == {
         "synthetic-a": ("running", 1, 1),
         "synthetic/b": ("running", 1, 1),
         "synthetic-off": ("absent", 0, 0),
+        "upstream-a": ("running", 0, 0),
     }
     running = ModelDeploymentStatus.objects.get(catalog_model=second)
     assert running.deployment == deployment_name("synthetic/b")
