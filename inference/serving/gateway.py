@@ -51,6 +51,7 @@ from inference.serving.pricing import Prices
 from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
 from inference.serving.spec import GatewayArgs, GatewayConfig, ModelArgs, RouteSpec
+from inference.serving.sse import sse, usage_chunk
 from inference.serving.usage import UsageEmitter, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -611,14 +612,23 @@ class Gateway:
                     generator.cancel()
                     raise self._timed_out(call) from None
             if parsed.include_usage:
-                yield _sse(_usage_chunk(call, call.reply_model, parsed.endpoint))
+                yield sse(
+                    usage_chunk(
+                        request_id=call.request_id,
+                        model=call.reply_model,
+                        endpoint=parsed.endpoint,
+                        prompt_tokens=call.prompt_tokens,
+                        completion_tokens=call.completion_tokens,
+                        cached_tokens=call.cached_tokens,
+                    )
+                )
             if call.cache is not None:  # a complete stream is kept before its end is sent
                 await self.cache.store(call.cache, call, status=call.status)
             yield b"data: [DONE]\n\n"
             finished = True
         except errors.ApiError as error:
             call.status, call.error_type, call.error_code = error.status, error.type, error.code
-            yield _sse(error.body())
+            yield sse(error.body())
             finished = True
         except Exception as error:
             logger.exception(
@@ -628,7 +638,7 @@ class Gateway:
                 call.http_request_id,
             )
             call.status, call.error_type, call.error_code = 500, "server_error", "internal_error"
-            yield _sse(
+            yield sse(
                 errors.ApiError(
                     500, "The server had an error while streaming.", "server_error"
                 ).body()
@@ -909,28 +919,6 @@ def _finish_reason(result: dict[str, Any]) -> str | None:
         if choice.get("finish_reason"):
             return str(choice["finish_reason"])
     return None
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-def _usage_chunk(call: Call, model: str, endpoint: str) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "prompt_tokens": call.prompt_tokens,
-        "completion_tokens": call.completion_tokens,
-        "total_tokens": call.prompt_tokens + call.completion_tokens,
-    }
-    if call.cached_tokens:
-        usage["prompt_tokens_details"] = {"cached_tokens": call.cached_tokens}
-    return {
-        "id": call.request_id,
-        "object": "chat.completion.chunk" if endpoint == "chat.completions" else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": usage,
-    }
 
 
 def _model_object(name: str, target: RouteSpec) -> dict[str, Any]:

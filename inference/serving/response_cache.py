@@ -42,6 +42,7 @@ from inference.serving import metrics
 from inference.serving.pricing import Prices
 from inference.serving.requests import ParsedRequest as Request
 from inference.serving.spec import RouteSpec as Route
+from inference.serving.sse import sse, usage_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -200,31 +201,22 @@ class Entry:
         )
 
     async def _replay(self, request_id: str, model: str, request: Request) -> AsyncIterator[bytes]:
-        parts = [_sse({**chunk, "model": model}) for chunk in self.chunks]
+        parts = [sse({**chunk, "model": model}) for chunk in self.chunks]
         if request.include_usage:
-            parts.append(_sse(self._usage_chunk(request_id, model, request.endpoint)))
+            parts.append(
+                sse(
+                    usage_chunk(
+                        request_id=request_id,
+                        model=model,
+                        endpoint=request.endpoint,
+                        prompt_tokens=self.prompt_tokens,
+                        completion_tokens=self.completion_tokens,
+                        cached_tokens=self.cached_tokens,
+                    )
+                )
+            )
         parts.append(b"data: [DONE]\n\n")
         yield b"".join(parts)
-
-    def _usage_chunk(self, request_id: str, model: str, endpoint: str) -> dict[str, Any]:
-        usage: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-        if self.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        # As the gateway's own usage chunk (``gateway._usage_chunk``): this request's id.
-        return {
-            "id": request_id,
-            "object": "chat.completion.chunk"
-            if endpoint == "chat.completions"
-            else "text_completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
 
     def to_json(self) -> str:
         return json.dumps(
@@ -342,7 +334,3 @@ class ResponseCache:
         state.stored = True
         metrics.RESPONSE_CACHE.labels(state.model, "stored").inc()
         return True
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
