@@ -175,7 +175,8 @@ def test_the_principal_is_reused_while_its_records_are_cached_and_no_longer():
             )
             cache._apply(json.dumps({"kind": "org", "id": "org-1"}))
             third = await cache.authorize(f"Bearer {SECRET}")
-            assert third is not first and third.plan == "premium"
+            assert third is not first
+            assert third.plan == "premium"
 
             # Expiry is checked on the reused principal too.
             await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
