@@ -67,7 +67,9 @@ SETTINGS_NOT_DEPLOYED = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
 RAY_LITERAL_ENV = re.compile(r"^(RAY_\w+|PROMETHEUS_MULTIPROC_DIR)$")
 # What the data plane reads from its environment with a default that is right for a cluster:
 # not required in the Ray pods.
-DATA_PLANE_OPTIONAL_ENV = {"VLINDERS_STREAM_BATCHING"}
+# Switches the data plane reads with a default, which an operator may set on the Ray pods: the
+# stream batching measurement switch, and the access line of every successful request.
+DATA_PLANE_OPTIONAL_ENV = {"VLINDERS_STREAM_BATCHING", "VLINDERS_ACCESS_LOG"}
 CONTROL_PLANE_CONTAINERS = {
     "vlinders-web": "web",
     "vlinders-worker": "worker",
