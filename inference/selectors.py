@@ -107,8 +107,8 @@ def model_endpoints(model: CatalogModel) -> tuple[str, ...] | None:
     if model.engine_kind == EngineKind.VLLM:
         task = (model.engine_args or {}).get("task") or "generate"
         return EMBED_ENDPOINTS if task == "embed" else GENERATE_ENDPOINTS
-    if model.engine_kind == EngineKind.SYNTHETIC:
-        return GENERATE_ENDPOINTS
+    if model.engine_kind in (EngineKind.SYNTHETIC, EngineKind.LLAMACPP):
+        return GENERATE_ENDPOINTS  # llama.cpp: chat and completions; embeddings are refused
     return None
 
 

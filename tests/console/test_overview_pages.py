@@ -279,6 +279,9 @@ def test_the_models_page_lists_what_the_organisation_may_use_by_the_catalogs_rul
         upstream_base_url="http://upstream.test/v1",
         upstream_model="x",
     )
+    CatalogModelFactory(
+        name="gguf-chat", engine_kind="llamacpp", source_path="/models/x.gguf", engine_args={}
+    )
     mine = CatalogModelFactory(name="acme-only", visibility=Visibility.RESTRICTED)
     mine.organizations.add(org)
     secret = CatalogModelFactory(name="globex-only", visibility=Visibility.RESTRICTED)
@@ -293,7 +296,7 @@ def test_the_models_page_lists_what_the_organisation_may_use_by_the_catalogs_rul
     names = [row.model.name for row in rows]
     assert names == [m.name for m in available_models_for_organization(org)]
     assert names == model_names_for_organization(org)  # what the access snapshot allows
-    assert names == ["acme-only", "embedder", "gpt-4", "pub-chat", "upstream-x"]
+    assert names == ["acme-only", "embedder", "gguf-chat", "gpt-4", "pub-chat", "upstream-x"]
     html = response.content.decode()
     for hidden in ("globex-only", "globex-alias", "old-model"):
         assert hidden not in html
@@ -301,6 +304,7 @@ def test_the_models_page_lists_what_the_organisation_may_use_by_the_catalogs_rul
     assert [label for label, _ in by_name["pub-chat"].endpoints] == ["chat", "completions"]
     assert [label for label, _ in by_name["gpt-4"].endpoints] == ["chat", "completions"]
     assert [label for label, _ in by_name["embedder"].endpoints] == ["embeddings"]
+    assert [label for label, _ in by_name["gguf-chat"].endpoints] == ["chat", "completions"]
     assert by_name["upstream-x"].endpoints is None
     assert "as the upstream server serves" in html
     assert (by_name["pub-chat"].price_input, by_name["pub-chat"].price_output) == ("0.50", "1.50")
