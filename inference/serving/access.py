@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -144,7 +143,9 @@ class AccessCache:
         return self._name("invalidate")
 
     def key_hash(self, presented: str) -> str:
-        return hmac.new(self.pepper, presented.encode(), hashlib.sha256).hexdigest()
+        # hmac.digest: the one-shot OpenSSL path, the same digest as hmac.new(...) at a fraction
+        # of its cost (it runs on every request).
+        return hmac.digest(self.pepper, presented.encode(), "sha256").hex()
 
     # --- invalidation ---
 

@@ -48,6 +48,7 @@ from inference.serving.limits import Limiter, LimiterUnavailable, Refusal, Reser
 from inference.serving.logs import route_to_serve_logs
 from inference.serving.model_server import LocalModel, UnavailableModel
 from inference.serving.pricing import Prices
+from inference.serving.redis_packing import HiredisPackingConnection
 from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
 from inference.serving.spec import GatewayArgs, GatewayConfig, ModelArgs, RouteSpec
@@ -148,10 +149,12 @@ def redis_client(redis_url: str, max_ongoing_requests: int) -> aioredis.Redis:
     blip; redis-py's default (three, backing off to seconds) held each request ~4.5 s before a
     real outage's 503. A retry may repeat a call that Redis already ran (its reply came after the
     socket timeout), so every script the replica runs is idempotent, the reserve included
-    (``Limiter.reserve``)."""
+    (``Limiter.reserve``). Commands are encoded by hiredis (``redis_packing.py``; a ``rediss://``
+    or ``unix://`` URL keeps redis-py's own connection class for its transport)."""
     return aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
             redis_url,
+            connection_class=HiredisPackingConnection,
             max_connections=redis_pool_size(max_ongoing_requests),
             timeout=REDIS_POOL_WAIT_S,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
@@ -350,21 +353,14 @@ class Gateway:
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
-        too_big = errors.ApiError(
-            413,
-            f"The request body is larger than {limit} bytes.",
-            "invalid_request_error",
-            None,
-            "request_too_large",
-        )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise _too_large(limit)
         body = bytearray()
         async for part in request.stream():
             body.extend(part)
             if len(body) > limit:
-                raise too_big
+                raise _too_large(limit)
         return bytes(body)
 
     def _route(self, call: Call, principal: Principal, name: str, user: Any = None) -> RouteSpec:
@@ -907,6 +903,16 @@ def _describe(error: BaseException) -> str:
     if len(text) > 300:
         text = text[:300] + "…"
     return f"{kind.__module__}.{kind.__qualname__}: {text}"
+
+
+def _too_large(limit: int) -> errors.ApiError:
+    return errors.ApiError(
+        413,
+        f"The request body is larger than {limit} bytes.",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+    )
 
 
 def _new_request_id() -> str:

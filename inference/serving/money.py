@@ -12,7 +12,7 @@ currency units), which is why the limiter's scripts can add them without roundin
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_CEILING, Decimal, InvalidOperation, getcontext, localcontext
 
 MICROS_PER_UNIT = 1_000_000
 
@@ -34,8 +34,13 @@ def to_micros(amount: Decimal | int | str, *, rounding: str = ROUND_CEILING) -> 
         raise ValueError(f"not a finite amount: {amount!r}")
     if value < 0:
         raise ValueError(f"amounts are never negative: {amount!r}")
+    precision = len(value.as_tuple().digits) + 12
+    if precision <= getcontext().prec:
+        # The common case (every price and cost the gateway computes): exact in the current
+        # context already, without the cost of entering a local one.
+        return int(value.scaleb(6).to_integral_value(rounding=rounding))
     with localcontext() as ctx:
-        ctx.prec = max(28, len(value.as_tuple().digits) + 12)
+        ctx.prec = precision
         return int(value.scaleb(6).to_integral_value(rounding=rounding))
 
 
