@@ -10,7 +10,10 @@
 - Limits: the organisation's limits, budgets and plan, read-only; platform staff get links to the
   Django admin and the management API, where limits are set.
 - The response cache's opt-in (``docs/response-cache.md``), shown on the models page and switched
-  there by owners and admins (``organization_update``: audited, published to the gateway).
+  there by owners and admins (``organization_update``: audited, published to the gateway); and per
+  model whether it caches (its catalog ``cache_ttl_s`` above 0), for how long and at what hit
+  price (``price_cache_hit_per_mtok``; an alias as the model it is described by), read in one
+  query for all the page's models.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from django.views.decorators.http import require_POST, require_safe
 from billing import selectors as usage
 from billing import spend
 from console.scoping import OrgContext, org_page
+from inference.models import CatalogModel
 from inference.selectors import endpoints_for_organization
 from tenants import services
 from tenants.catalog import AvailableModel, available_models_for_organization
@@ -136,6 +140,23 @@ class ModelRow:
     endpoints: list[tuple[str, str]] | None  # (label, path); None: the catalog cannot tell
     price_input: str
     price_output: str
+    # The response cache: how long an answer is kept (``2 hours``) and a hit's price per million
+    # tokens, input and output alike; both None when the model does not cache.
+    cache_ttl: str | None = None
+    price_cache_hit: str | None = None
+
+
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def _duration(seconds: int) -> str:
+    """A TTL in the largest unit that holds it exactly (``7200`` → ``2 hours``, ``90`` →
+    ``90 seconds``): never rounded, like the prices."""
+    for unit, size in _UNITS:
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count:,} {unit}{'' if count == 1 else 's'}"
+    raise AssertionError("unreachable: every count of seconds is whole seconds")
 
 
 def _price(amount: Decimal) -> str:
@@ -151,21 +172,34 @@ def _price(amount: Decimal) -> str:
 def models(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     organization = ctx.organization
     endpoints = endpoints_for_organization(organization)
+    available = available_models_for_organization(organization)
+    # The response cache settings of the models the rows are described by (an alias: its shown
+    # target), in one query: the catalog's, as the gateway's routes carry them.
+    caching = {
+        name: (ttl, hit_price)
+        for name, ttl, hit_price in CatalogModel.objects.filter(
+            name__in={model.target or model.name for model in available}, cache_ttl_s__gt=0
+        ).values_list("name", "cache_ttl_s", "price_cache_hit_per_mtok")
+    }
     rows = []
-    for model in available_models_for_organization(organization):
+    for model in available:
         served = endpoints.get(model.name)
+        cache = caching.get(model.target or model.name)
         rows.append(
             ModelRow(
                 model=model,
                 endpoints=None if served is None else [ENDPOINT_LABELS[e] for e in served],
                 price_input=_price(model.price_input_per_mtok),
                 price_output=_price(model.price_output_per_mtok),
+                cache_ttl=None if cache is None else _duration(cache[0]),
+                price_cache_hit=None if cache is None else _price(cache[1]),
             )
         )
     context = {
         "section": "models",
         "organization": organization,
         "rows": rows,
+        "any_caches": any(row.cache_ttl for row in rows),
         "can_manage": ctx.can(MANAGE),
     }
     return render(request, "console/overview/models.html", context)

@@ -1,12 +1,16 @@
 """The response cache's opt-in in the tenant console (the models page, ``console.pages.overview``):
 every member sees whether it is on; owners and admins switch it (a POST, audited like every
-organisation setting, published to the gateway), weaker roles get 403 and outsiders 404."""
+organisation setting, published to the gateway), weaker roles get 403 and outsiders 404. The
+page also says per model whether it caches, how long and at what hit price."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 import pytest
 
 from tenants.models import AuditEvent
+from tests.factories import CatalogModelFactory, ModelAliasFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -63,3 +67,59 @@ def test_the_models_page_shows_and_switches_it(role_client, org) -> None:  # typ
         {"response_cache_enabled": True},
         {"response_cache_enabled": False},
     ]
+
+
+def test_the_models_page_says_which_models_cache_for_how_long_and_at_what_price(
+    role_client, org
+) -> None:  # type: ignore[no-untyped-def]
+    cached = CatalogModelFactory(
+        name="cached-chat", cache_ttl_s=7200, price_cache_hit_per_mtok=Decimal("0.05")
+    )
+    CatalogModelFactory(name="fresh-chat", price_cache_hit_per_mtok=Decimal("0.07"))  # TTL 0
+    ModelAliasFactory(name="cached-alias", target=cached)
+
+    response = role_client("viewer").get(MODELS)
+
+    by_name = {row.model.name: row for row in response.context["rows"]}
+    assert (by_name["cached-chat"].cache_ttl, by_name["cached-chat"].price_cache_hit) == (
+        "2 hours",
+        "0.05",
+    )
+    assert (by_name["cached-alias"].cache_ttl, by_name["cached-alias"].price_cache_hit) == (
+        "2 hours",
+        "0.05",
+    )  # an alias caches as its model
+    assert (by_name["fresh-chat"].cache_ttl, by_name["fresh-chat"].price_cache_hit) == (None, None)
+    html = response.content.decode()
+
+    def cell(name: str) -> str:
+        row = html[html.index(f'data-model="{name}"') :].split("</tr>")[0]
+        return row[row.index('class="response-cache"') :]
+
+    assert "answers kept 2 hours; a hit costs 0.05 per 1M tokens" in cell("cached-chat")
+    assert "answers kept 2 hours" in cell("cached-alias")
+    assert "not cached" in cell("fresh-chat")
+    assert "0.07" not in html  # a model that does not cache has no hit price to show
+    # Whether the organisation opted in, and where: the section below, switched by owners/admins.
+    assert "while the response cache is on for" in html
+    assert 'it is <strong>off</strong>, <a href="#response-cache">below</a>' in html
+    assert "An owner or admin of" in html
+
+
+def test_without_a_caching_model_the_page_says_none_caches(role_client, org) -> None:  # type: ignore[no-untyped-def]
+    CatalogModelFactory(name="fresh-chat")
+    html = role_client("owner").get(MODELS).content.decode()
+    assert "None of these models caches now." in html
+    assert "answers kept" not in html
+    assert "An owner or admin of" not in html  # an owner has the switch itself
+
+
+def test_a_ttl_is_shown_exactly_in_its_largest_whole_unit() -> None:
+    from console.pages.overview import _duration
+
+    assert _duration(1) == "1 second"
+    assert _duration(90) == "90 seconds"
+    assert _duration(120) == "2 minutes"
+    assert _duration(3600) == "1 hour"
+    assert _duration(5400) == "90 minutes"
+    assert _duration(30 * 86400) == "30 days"
