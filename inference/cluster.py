@@ -7,7 +7,11 @@ One call, :func:`cluster_overview`, gathers from the live cluster:
   report (``GET /api/cluster_status``: the logical CPUs and GPUs in use per node);
 - **deployments** from ``GET /api/serve/applications/``: per Serve deployment its status, its
   replicas by state, the target count Ray is scaling to and the autoscaling settings of the
-  config Ray applied (``deployment_config``), named by the catalog model it serves;
+  config Ray applied (``deployment_config``), named by the catalog model it serves. A
+  ``prefix_affinity`` model's application also holds a stub ingress deployment in front of its
+  server (``inference/serving/routers.py``, ``with_router_ingress``): it is not listed as a
+  deployment of its own but folded into its model's row (``DeploymentInfo.router_ingress``), so
+  the model shows once, with its replicas, and the stub's health where it is not healthy;
 - **ongoing requests** per model from the gateway's Prometheus ``/metrics``
   (``vlinders_requests_in_flight``, labelled with the public name asked for: an alias counts for
   its target), read with ``VLINDERS_METRICS_TOKEN``;
@@ -45,6 +49,10 @@ IN_FLIGHT_METRIC = "vlinders_requests_in_flight"
 QUEUED_METRIC = "ray_serve_deployment_queued_queries"
 # Replica states as Serve names them, in the order the page shows them.
 REPLICA_STATES = ("RUNNING", "STARTING", "UPDATING", "RECOVERING", "STOPPING", "PENDING_MIGRATION")
+# The stub ingress deployment of a model application whose server has its own request router:
+# ``inference.serving.routers.INGRESS_DEPLOYMENT``, repeated here because that module loads Ray
+# and part of Ray LLM, which the control plane does not import (a test keeps the two equal).
+ROUTER_INGRESS_DEPLOYMENT = "RouterIngress"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,26 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class RouterIngressInfo:
+    """The stub ingress in front of a model server that has its own request router: one replica,
+    no CPU, never called (requests go to the server's handle); only its health matters, since the
+    model's application is not running without it."""
+
+    deployment: str
+    status: str
+    message: str
+    replicas: dict[str, int]
+
+    @property
+    def running(self) -> int:
+        return self.replicas.get("RUNNING", 0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "HEALTHY"
+
+
+@dataclass(frozen=True)
 class DeploymentInfo:
     application: str
     deployment: str
@@ -99,6 +127,8 @@ class DeploymentInfo:
     autoscaling: Autoscaling | None
     ongoing: float | None = None
     queued: float | None = None
+    # The model's router ingress (``request_router`` ``prefix_affinity``); None without one.
+    router_ingress: RouterIngressInfo | None = None
 
     @property
     def running(self) -> int:
@@ -203,30 +233,50 @@ def _autoscaling(deployment: dict[str, Any]) -> Autoscaling | None:
     return None
 
 
+def _replica_counts(deployment: dict[str, Any]) -> dict[str, int]:
+    replicas: dict[str, int] = defaultdict(int)
+    for replica in deployment.get("replicas") or []:
+        if isinstance(replica, dict):
+            replicas[str(replica.get("state") or "UNKNOWN")] += 1
+    return dict(replicas)
+
+
 def _deployments(details: dict[str, Any], names: dict[str, str]) -> list[DeploymentInfo]:
     rows = []
     apps = as_dict(details.get("applications"))
     for app_name, app in sorted(apps.items()):
         if not isinstance(app, dict):
             continue
-        deployments = as_dict(app.get("deployments"))
+        deployments = {
+            str(name): deployment
+            for name, deployment in as_dict(app.get("deployments")).items()
+            if isinstance(deployment, dict)
+        }
+        # A model application with a router ingress: the stub goes with its server (the
+        # application's other deployment, named like the application), not on a row of its own.
+        ingress: RouterIngressInfo | None = None
+        stub = deployments.get(ROUTER_INGRESS_DEPLOYMENT)
+        if app_name != APP_NAME and stub is not None and len(deployments) > 1:
+            del deployments[ROUTER_INGRESS_DEPLOYMENT]
+            ingress = RouterIngressInfo(
+                deployment=ROUTER_INGRESS_DEPLOYMENT,
+                status=str(stub.get("status") or ""),
+                message=str(stub.get("message") or ""),
+                replicas=_replica_counts(stub),
+            )
+        server = str(app_name) if str(app_name) in deployments else min(deployments, default="")
         for name, deployment in sorted(deployments.items()):
-            if not isinstance(deployment, dict):
-                continue
-            replicas: dict[str, int] = defaultdict(int)
-            for replica in deployment.get("replicas") or []:
-                if isinstance(replica, dict):
-                    replicas[str(replica.get("state") or "UNKNOWN")] += 1
             rows.append(
                 DeploymentInfo(
                     application=str(app_name),
-                    deployment=str(name),
-                    model=names.get(str(name), ""),
+                    deployment=name,
+                    model=names.get(name, ""),
                     status=str(deployment.get("status") or app.get("status") or ""),
                     message=str(deployment.get("message") or app.get("message") or ""),
-                    replicas=dict(replicas),
+                    replicas=_replica_counts(deployment),
                     target=int(deployment.get("target_num_replicas") or 0),
                     autoscaling=_autoscaling(deployment),
+                    router_ingress=ingress if name == server else None,
                 )
             )
     # The gateway first, then the models by name.

@@ -243,6 +243,83 @@ def test_metrics_parsing() -> None:
     assert cluster.queued_by_deployment([ray_text, ray_text]) == {"d": 6.0}
 
 
+class PrefixAffinityDashboard(FakeDashboard):
+    """A ``prefix_affinity`` model's application as Serve reports it: the model server behind
+    the stub ingress (``inference.serving.routers.with_router_ingress``), two deployments."""
+
+    def __init__(self, model_name: str, ingress_status: str = "HEALTHY") -> None:
+        super().__init__(model_name)
+        self.ingress_status = ingress_status
+
+    def get_applications(self) -> dict[str, Any]:
+        details = super().get_applications()
+        healthy = self.ingress_status == "HEALTHY"
+        app = details["applications"][self.deployment]
+        app["deployments"][cluster.ROUTER_INGRESS_DEPLOYMENT] = {
+            "status": self.ingress_status,
+            "message": "" if healthy else "The replica failed to start.",
+            "replicas": [{"state": "RUNNING" if healthy else "STARTING"}],
+            "target_num_replicas": 1,
+            "deployment_config": {"num_replicas": 1},
+        }
+        return details
+
+
+def test_the_stub_ingress_is_the_models_router_ingress_not_a_deployment(
+    staff_client, monkeypatch
+) -> None:
+    CatalogModelFactory(name="big", request_router="prefix_affinity")
+    fake = PrefixAffinityDashboard("big")
+    monkeypatch.setattr(
+        staff_cluster, "cluster_overview", lambda: cluster.cluster_overview(client=fake)
+    )
+    monkeypatch.setattr(cluster, "_fetch_text", lambda url, token="": GATEWAY_METRICS)
+
+    response = staff_client.get(LIVE)
+    gateway, big = response.context["overview"].deployments  # no third row for the stub
+    assert gateway.router_ingress is None
+    assert (big.model, big.deployment, big.running, big.target) == ("big", fake.deployment, 1, 3)
+    assert big.autoscaling == cluster.Autoscaling(1, 4, 16.0)  # the server's, not the stub's
+    assert big.router_ingress == cluster.RouterIngressInfo(
+        deployment="RouterIngress", status="HEALTHY", message="", replicas={"RUNNING": 1}
+    )
+    body = response.content.decode()
+    assert 'data-deployment="RouterIngress"' not in body
+    row = body[body.index(f'data-deployment="{fake.deployment}"') :].split("</tr>")[0]
+    assert "behind a stub router ingress" in row
+    assert "healthy" not in row.split("</th>")[0]  # a healthy stub: no status of its own
+
+
+def test_an_unhealthy_router_ingress_is_said_on_its_models_row(staff_client, monkeypatch) -> None:
+    CatalogModelFactory(name="big", request_router="prefix_affinity")
+    fake = PrefixAffinityDashboard("big", ingress_status="UNHEALTHY")
+    monkeypatch.setattr(
+        staff_cluster, "cluster_overview", lambda: cluster.cluster_overview(client=fake)
+    )
+    body = staff_client.get(LIVE).content.decode()
+    row = body[body.index(f'data-deployment="{fake.deployment}"') :].split("</tr>")[0]
+    assert (
+        "router ingress (prefix-affinity routing) is <strong>unhealthy</strong>, 0 running: " in row
+    )
+    assert "The replica failed to start." in row
+
+
+def test_a_lone_deployment_named_like_the_stub_is_listed() -> None:
+    """Only a stub beside its server is folded: an application of that one deployment lists it."""
+    details = {
+        "applications": {
+            "lone": {"deployments": {"RouterIngress": {"status": "HEALTHY", "replicas": []}}}
+        }
+    }
+    (row,) = cluster._deployments(details, {})
+    assert (row.deployment, row.router_ingress) == ("RouterIngress", None)
+
+
+def test_the_stub_ingress_name_is_the_data_planes() -> None:
+    routers = pytest.importorskip("inference.serving.routers")
+    assert cluster.ROUTER_INGRESS_DEPLOYMENT == routers.INGRESS_DEPLOYMENT
+
+
 # --- scaling -------------------------------------------------------------------------------------
 
 
