@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference.deployment import APP_NAME, deployment_name
 from inference.models import CatalogModel, ModelAlias
 from inference.ray_client import RayDashboardClient, RayDashboardError
+from inference.serving.spec import ROUTER_INGRESS_DEPLOYMENT
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ IN_FLIGHT_METRIC = "vlinders_requests_in_flight"
 QUEUED_METRIC = "ray_serve_deployment_queued_queries"
 # Replica states as Serve names them, in the order the page shows them.
 REPLICA_STATES = ("RUNNING", "STARTING", "UPDATING", "RECOVERING", "STOPPING", "PENDING_MIGRATION")
-# The stub ingress deployment of a model application whose server has its own request router:
-# ``inference.serving.routers.INGRESS_DEPLOYMENT``, repeated here because that module loads Ray
-# and part of Ray LLM, which the control plane does not import (a test keeps the two equal).
-ROUTER_INGRESS_DEPLOYMENT = "RouterIngress"
 
 
 @dataclass(frozen=True)

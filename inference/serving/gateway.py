@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -51,7 +51,13 @@ from inference.serving.pricing import Prices
 from inference.serving.redis_packing import HiredisPackingConnection
 from inference.serving.response_cache import CacheState, ResponseCache
 from inference.serving.settle_journal import SettleJournal
-from inference.serving.spec import GatewayArgs, GatewayConfig, ModelArgs, RouteSpec
+from inference.serving.spec import (
+    ROUTER_INGRESS_DEPLOYMENT,
+    GatewayArgs,
+    GatewayConfig,
+    ModelArgs,
+    RouteSpec,
+)
 from inference.serving.sse import sse, usage_chunk
 from inference.serving.usage import UsageEmitter, UsageEvent
 
@@ -178,6 +184,18 @@ def model_handle(deployment: str) -> tuple[Any, Any]:
     return _Methods(handle), _Methods(handle.options(stream=True))
 
 
+def router_settled(app: str, router: str) -> bool:
+    """Whether a model's application has been rebuilt for ``router``: RUNNING, with the stub
+    ingress that a router of its own needs (``routers.py``) exactly when ``router`` is not
+    Serve's default. Blocking (it asks Serve's controller): run it in a thread."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or status.status != "RUNNING":
+        return False
+    return (ROUTER_INGRESS_DEPLOYMENT in status.deployments) == (router != "default")
+
+
 class _Methods:
     """A Serve handle whose method handles (``handle.complete``: a new handle made by
     ``options`` at each attribute access) are made once, on first use, and then reused."""
@@ -203,6 +221,7 @@ class Gateway:
         self,
         args: dict[str, Any],
         handle_factory: Any = model_handle,
+        settled: Callable[[str, str], bool] = router_settled,
     ) -> None:
         route_to_serve_logs()
         self.args = GatewayArgs.model_validate(args)
@@ -214,6 +233,9 @@ class Gateway:
         self.local: dict[str, LocalModel] = {}
         self._retiring: dict[asyncio.Task[None], LocalModel] = {}
         self._handle_factory = handle_factory
+        self._settled = settled
+        # Per deployment: the task waiting to give a model whose router changed a new handle.
+        self._rehandling: dict[str, asyncio.Task[None]] = {}
         pepper = os.environ.get("VLINDERS_KEY_PEPPER")
         if not pepper:
             raise RuntimeError(
@@ -266,7 +288,12 @@ class Gateway:
             for model in config.models
         }
         retired = [model for name, model in self.local.items() if local.get(name) is not model]
+        routers_before = {model.deployment: model.request_router for model in self.config.models}
         self.config, self.routes, self.handles, self.local = config, routes, handles, local
+        for route in config.models:
+            before = routers_before.get(route.deployment)
+            if route.deployment not in local and before not in (None, route.request_router):
+                self._rehandle(route.deployment, route.request_router)
         for model in retired:
             # Requests already running keep their engine until they are done.
             task = asyncio.get_running_loop().create_task(
@@ -284,6 +311,49 @@ class Gateway:
             len(config.models),
             len(routes),
         )
+
+    def _rehandle(self, deployment: str, router: str) -> None:
+        """Give ``deployment`` a new handle once its application runs with ``router``.
+
+        A Serve handle builds its request router once, from the first deployment config it
+        receives, and keeps it: a replica's handle made before a change of router would route
+        with the old one for the replica's whole life. The old handle serves meanwhile (the
+        model answers throughout its rebuild); a handle made before the rebuild could get the
+        old config first, so the new one is made only when the application is RUNNING in the
+        new router's shape (:func:`router_settled`)."""
+        if (previous := self._rehandling.get(deployment)) is not None:
+            previous.cancel()  # a newer change: wait for that one instead
+        waiting = self._rehandle_when_settled(deployment, router)
+        self._rehandling[deployment] = asyncio.get_running_loop().create_task(waiting)
+
+    async def _rehandle_when_settled(
+        self, deployment: str, router: str, *, interval: float = 1.0, give_up_s: float = 1800.0
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_s
+        try:
+            while loop.time() < deadline:
+                try:
+                    settled = await asyncio.to_thread(self._settled, deployment, router)
+                except Exception as error:  # the controller briefly unreachable: ask again
+                    logger.warning("model %s: router status unknown: %s", deployment, error)
+                    settled = False
+                if settled:
+                    if deployment in self.handles and deployment not in self.local:
+                        self.handles[deployment] = self._handle_factory(deployment)
+                        logger.info("model %s: new handle for router %s", deployment, router)
+                    return
+                await asyncio.sleep(interval)
+            logger.warning(
+                "model %s: its application did not run with request router %s within %.0f s; "
+                "this replica keeps routing it as before",
+                deployment,
+                router,
+                give_up_s,
+            )
+        finally:
+            if self._rehandling.get(deployment) is asyncio.current_task():
+                del self._rehandling[deployment]
 
     @property
     def config_timeout_s(self) -> float:
@@ -662,6 +732,8 @@ class Gateway:
         flight and send or spool every usage event still in memory before the process exits."""
         if self._gauges is not None:
             self._gauges.cancel()
+        for task in list(self._rehandling.values()):
+            task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for task, model in list(self._retiring.items()):
@@ -829,22 +901,37 @@ class Gateway:
             principal = await self.access.authorize(request.headers.get("authorization"))
         except errors.ApiError as error:
             return JSONResponse(error.body(), error.status)
-        data = [
-            _model_object(name, self.routes[name])
-            for name in principal.usable()
-            if name in self.routes
-        ]
+        described = (self._describe(name, principal) for name in principal.usable())
+        data = [model for model in described if model is not None]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_model(self, request: Request, model: str) -> Response:
         self._ensure_started()
         try:
             principal = await self.access.authorize(request.headers.get("authorization"))
-            if not principal.may_use(model) or model not in self.routes:
+            described = self._describe(model, principal) if principal.may_use(model) else None
+            if described is None:
                 raise errors.model_not_found(model)
         except errors.ApiError as error:
             return JSONResponse(error.body(), error.status)
-        return JSONResponse(_model_object(model, self.routes[model]))
+        return JSONResponse(described)
+
+    def _describe(self, name: str, principal: Principal) -> dict[str, Any] | None:
+        """The model object of a name the principal may use, or ``None`` when nothing would
+        serve it (not deployed, or a weighted alias none of whose live targets its organisation
+        may use: a request would be a 404). A weighted alias is described by the targets that
+        can serve this organisation only, with the smallest of their context lengths: a prompt
+        that fits it fits whichever target the split picks."""
+        route = self.routes.get(name)
+        if route is None:
+            return None
+        weighted = self.weighted.get(name)
+        if weighted is None:
+            return _model_object(name, route.context_length)
+        targets, _ = weighted.usable_targets(principal.org_models)
+        if not targets:
+            return None
+        return _model_object(name, min(target.context_length for target in targets))
 
     async def health(self) -> Response:
         try:
@@ -927,13 +1014,13 @@ def _finish_reason(result: dict[str, Any]) -> str | None:
     return None
 
 
-def _model_object(name: str, target: RouteSpec) -> dict[str, Any]:
+def _model_object(name: str, context_length: int) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
         "created": 0,
         "owned_by": "vlinders",
-        "context_length": target.context_length,
+        "context_length": context_length,
     }
 
 

@@ -58,10 +58,12 @@ from ray.serve._private.replica_result import ReplicaResult
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, ReplicaID, RunningReplica
 
+from inference.serving.spec import ROUTER_INGRESS_DEPLOYMENT
+
 # The router class of each ``request_router`` other than Serve's default.
 ROUTER_CLASSES = {"prefix_affinity": "inference.serving.routers.PrefixAffinityRouter"}
 # The stub ingress deployment of a model application whose server has its own router.
-INGRESS_DEPLOYMENT = "RouterIngress"
+INGRESS_DEPLOYMENT = ROUTER_INGRESS_DEPLOYMENT
 
 # The name Ray gives a deployment's prefix tree actor (``PrefixCacheAffinityRouter``): kept, so
 # an operator finds it where Ray's documentation says.

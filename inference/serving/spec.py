@@ -151,6 +151,12 @@ class UpstreamSpec(_Strict):
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
+# The stub ingress deployment of a model application whose server has its own request router
+# (``routers.py``): here, in the module without Ray, so the gateway and the cluster overview can
+# name it without loading Ray's router classes.
+ROUTER_INGRESS_DEPLOYMENT = "RouterIngress"
+
+
 class RouteSpec(_Strict):
     """What the gateway needs to route, reserve for and bill one model (no engine details)."""
 
@@ -169,6 +175,9 @@ class RouteSpec(_Strict):
     model_revision: str = ""
     # An ``openai`` model: the gateway calls its upstream itself (``ModelSpec.upstream``).
     upstream: UpstreamSpec | None = None
+    # The model's request router: a change makes the gateway take a new handle once the
+    # model's application is rebuilt (a handle keeps the router it was built with).
+    request_router: RequestRouterName = "default"
 
     def prices_for(self, plan: str | None) -> Prices:
         """The prices a request of an organisation on ``plan`` is charged: the plan's own prices

@@ -66,6 +66,19 @@ class WeightedAlias:
     def total(self) -> int:
         return sum(self.weights)
 
+    def usable_targets(
+        self, usable: Container[str] | None = None
+    ) -> tuple[tuple[RouteSpec, ...], tuple[int, ...]]:
+        """The targets (and their weights) that take part for an organisation that may use the
+        names in ``usable`` (all, when ``None``): the only ones that can serve it, so the only
+        ones that may describe the alias to it."""
+        targets, weights = self.targets, self.weights
+        if usable is not None and not all(target.name in usable for target in targets):
+            kept = [(t, w) for t, w in zip(targets, weights, strict=True) if t.name in usable]
+            targets = tuple(t for t, _ in kept)
+            weights = tuple(w for _, w in kept)
+        return targets, weights
+
     def choose(
         self,
         *,
@@ -76,11 +89,7 @@ class WeightedAlias:
     ) -> RouteSpec | None:
         """The target that serves one request (see the module docstring); ``None`` when the
         organisation may use no target of a weight above 0."""
-        targets, weights = self.targets, self.weights
-        if usable is not None and not all(target.name in usable for target in targets):
-            kept = [(t, w) for t, w in zip(targets, weights, strict=True) if t.name in usable]
-            targets = tuple(t for t, _ in kept)
-            weights = tuple(w for _, w in kept)
+        targets, weights = self.usable_targets(usable)
         total = sum(weights)
         if total <= 0:
             return None

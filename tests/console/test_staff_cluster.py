@@ -315,11 +315,6 @@ def test_a_lone_deployment_named_like_the_stub_is_listed() -> None:
     assert (row.deployment, row.router_ingress) == ("RouterIngress", None)
 
 
-def test_the_stub_ingress_name_is_the_data_planes() -> None:
-    routers = pytest.importorskip("inference.serving.routers")
-    assert cluster.ROUTER_INGRESS_DEPLOYMENT == routers.INGRESS_DEPLOYMENT
-
-
 # --- scaling -------------------------------------------------------------------------------------
 
 

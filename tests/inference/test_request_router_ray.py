@@ -175,9 +175,10 @@ def test_changing_the_router_replaces_the_model_replicas_only(
     ray_settings, serve, client, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     """A model switched from ``default`` to ``prefix_affinity``: its replicas are replaced (the
-    application's shape changes: a stub ingress, ``routers.py``), the gateway's are kept, and
-    the model answers throughout. (A gateway replica keeps the router its handle was built
-    with: docs/deployment-spec.md, "Request routing".)"""
+    application's shape changes: a stub ingress, ``routers.py``), the gateway's are kept, the
+    model answers throughout, and the gateway's replica, once the application runs in its new
+    shape, routes it with the new router (a new handle: docs/deployment-spec.md, "Request
+    routing")."""
     before = {"syn-affinity": "prefix_affinity", "syn-default": "default"}
     apply(serve, tagged_config(spec(before, str(tmp_path)), ray_settings.VLINDERS_GATEWAY_PORT))
     assert by_prefix(client, "syn-default", 2)
@@ -192,3 +193,15 @@ def test_changing_the_router_replaces_the_model_replicas_only(
     assert not now & model
     served = by_prefix(client, "syn-default", 4)
     assert set(served["a"]) | set(served["b"]) <= {r.rsplit("#", 1)[-1] for r in now}
+
+    # The gateway asks Serve every second whether the application runs in its new shape, then
+    # takes a new handle: from then on each prefix stays on one replica (with Serve's default
+    # router, 8 requests of a prefix all on one replica: probability 2 / 2**8 per prefix).
+    deadline = time.monotonic() + 60
+    while True:
+        affinity = by_prefix(client, "syn-default", 8)
+        if len(set(affinity["a"])) == 1 and len(set(affinity["b"])) == 1:
+            break
+        assert time.monotonic() < deadline, affinity
+        time.sleep(1)
+    assert affinity["a"][0] != affinity["b"][0], affinity
