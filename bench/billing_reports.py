@@ -25,22 +25,17 @@ Postgres (DATABASE_URL's server, default postgres://postgres@127.0.0.1:5432).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench_db import drop_database, setup_database  # noqa: E402  (bench/ is sys.path[0])
+from bench_db import seed_organizations, seed_rollups, throwaway_database
+from common import RESULTS, write_results
 
-RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vlinders_bench_reports"
 MONTH = "2026-10"
 
@@ -49,36 +44,14 @@ def seed(orgs: int, keys: int, models: int, months: int) -> int:
     """Organisations, keys, catalog models, rollups, replica-hours and invoices; returns the
     number of rollup rows."""
     import datetime as dt
-    import uuid
 
     from django.db import connection
 
     from billing import spend
     from billing.models import Invoice, InvoiceLine
     from inference.models import CatalogModel
-    from tenants.models import ApiKey, Organization
 
-    created = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    organizations = Organization.objects.bulk_create(
-        Organization(
-            name=f"Org {i}",
-            slug=f"org-{i}",
-            plan="premium" if i % 3 == 0 else "standard",
-            created_at=created,
-        )
-        for i in range(orgs)
-    )
-    ApiKey.objects.bulk_create(
-        ApiKey(
-            organization=org,
-            name=f"key {k}",
-            prefix=uuid.uuid4().hex[:16],
-            last_four="abcd",
-            secret_hash=uuid.uuid4().hex * 2,
-        )
-        for org in organizations
-        for k in range(keys)
-    )
+    organizations = seed_organizations(orgs, keys, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
     CatalogModel.objects.bulk_create(
         CatalogModel(
             name=f"model-{m}",
@@ -93,22 +66,8 @@ def seed(orgs: int, keys: int, models: int, months: int) -> int:
     for _ in range(months - 1):
         first = (first - dt.timedelta(days=1)).replace(day=1)
     hours = int((month_end - first).total_seconds() // 3600)
+    rows = seed_rollups(first, hours, models)
     with connection.cursor() as cur:
-        cur.execute(
-            """
-            INSERT INTO billing_usagerollup
-              (hour, organization_id, api_key_id, model, requests, errors, prompt_tokens,
-               completion_tokens, cached_tokens, cost)
-            SELECT %s::timestamptz + make_interval(hours => h),
-                   k.organization_id, k.id, 'model-' || m, 10 + h %% 7, h %% 2,
-                   1000 * (1 + h %% 13), 300 * (1 + h %% 5), 100,
-                   ((1000 * (1 + h %% 13)) * 0.123457 + (300 * (1 + h %% 5)) * 0.987654)
-                     / 1000000.0 + m * 0.000000000001
-            FROM tenants_apikey k, generate_series(0, %s - 1) AS h, generate_series(1, %s) AS m
-            """,
-            [first, hours, models],
-        )
-        rows = cur.rowcount
         cur.execute(
             """
             INSERT INTO inference_replicahours (catalog_model_id, hour, replica_seconds)
@@ -223,15 +182,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", default="billing_reports.json")
     args = parser.parse_args()
-    try:
-        setup_database(BENCH_DB)
+    with throwaway_database(BENCH_DB):
         t0 = time.perf_counter()
         rows = seed(args.orgs, args.keys, args.models, args.months)
         seed_s = time.perf_counter() - t0
         results, checks = measure(args.repeat)
-    finally:
-        if "DATABASE_URL" in os.environ and BENCH_DB in os.environ["DATABASE_URL"]:
-            drop_database(BENCH_DB)
     print(
         f"{args.orgs} organisations x {args.keys} keys x {args.models} models, {args.months} "
         f"month(s): {rows} rollup rows ({checks['month_rollup_rows']} in {MONTH}), "
@@ -244,7 +199,6 @@ def main() -> None:
         f"exact: org {checks['exact_by_org']}, model {checks['exact_by_model']}, day "
         f"{checks['exact_by_day']}; page queries: {checks['page_queries']}"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "month": MONTH,
@@ -258,7 +212,7 @@ def main() -> None:
         "results": results,
         "checks": checks,
     }
-    (RESULTS / args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_results(out, RESULTS / args.out)
 
 
 if __name__ == "__main__":

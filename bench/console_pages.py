@@ -27,23 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
-import psycopg
+from bench_db import throwaway_database
+from common import RESULTS, markdown_table, run_header, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vl_bench"
 SLUG = "bench"
 # (asked name, served catalog model, USD per million input tokens, per million output tokens)
@@ -56,40 +51,6 @@ MODELS = [
     ("embed", "all-MiniLM-L6-v2", "0.02", "0"),
 ]
 MODEL_WEIGHTS = [30, 25, 20, 10, 10, 5]
-
-
-def setup_database(*, fresh: bool) -> str:
-    """The benchmark's own database, migrated (created anew when ``fresh``); returns its URL."""
-    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    parts = urlsplit(base)
-    if not parts.scheme.startswith("postgres"):
-        raise SystemExit("the benchmark needs Postgres (DATABASE_URL=postgres://…)")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
-        if fresh or not exists:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return url
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 def build_data(*, events: int, keys: int, now: datetime, seed: int = 1) -> dict[str, Any]:
@@ -395,15 +356,14 @@ def main() -> None:
     parser.add_argument("--output", default="console_pages", help="name of the results file")
     args = parser.parse_args()
 
-    setup_database(fresh=not args.reuse)
-    from django.test.utils import setup_test_environment
+    with throwaway_database(BENCH_DB, fresh=not args.reuse, keep=args.keep):
+        from django.test.utils import setup_test_environment
 
-    from tenants.models import Organization
+        from tenants.models import Organization
 
-    setup_test_environment()  # the test Client's host name, as in the test suite
-    now = datetime.now(UTC)
-    data: dict[str, Any]
-    try:
+        setup_test_environment()  # the test Client's host name, as in the test suite
+        now = datetime.now(UTC)
+        data: dict[str, Any]
         if args.reuse and Organization.objects.filter(slug=SLUG).exists():
             from billing.models import UsageEvent, UsageRollup
 
@@ -418,21 +378,11 @@ def main() -> None:
         print(json.dumps(data))
         results = measure(repeat=args.repeat, now=now)
         plans = explain_requests(now)
-    finally:
-        if not args.keep:
-            drop_database()
 
     print()
     print(_table(results))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "console_pages",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_1m_after": round(os.getloadavg()[0], 2),
-        },
+        **run_header("console_pages", load_average_1m_after=round(os.getloadavg()[0], 2)),
         "method": "Django test Client in-process (middleware, queries, template; no network), "
         f"signed in as the owner; median and max of {args.repeat} after one warm-up; database "
         "ms: time waiting for its queries (execute_wrapper); Python CPU ms: this process's CPU "
@@ -441,22 +391,22 @@ def main() -> None:
         "results": results,
         "plans": plans,
     }
-    path = RESULTS / f"{args.output}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    write_results(out, RESULTS / f"{args.output}.json")
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| page | view | median ms | max ms | database ms | Python CPU ms | queries | KB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['page']} | {r['view']} | {r['median_ms']} | {r['max_ms']} "
-            f"| {r['db_median_ms']} | {r['python_cpu_median_ms']} | {r['queries']} | {r['kb']} |"
-        )
-    return "\n".join(lines)
+    columns = {
+        "page": "page",
+        "view": "view",
+        "median ms": "median_ms",
+        "max ms": "max_ms",
+        "database ms": "db_median_ms",
+        "Python CPU ms": "python_cpu_median_ms",
+        "queries": "queries",
+        "KB": "kb",
+    }
+    rows = [[r[field] for field in columns.values()] for r in results]
+    return markdown_table(list(columns), rows, "llrrrrrr")
 
 
 if __name__ == "__main__":

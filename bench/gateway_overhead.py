@@ -26,112 +26,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+from common import (
+    RESULTS,
+    ROOT,
+    clean_redis,
+    deployment_spec,
+    fresh_names,
+    local_ray,
+    model_entry,
+    run_header,
+    setup_control_plane,
+    start_serve,
+    write_results,
+)
+
 # Overrides LocalRay's high-throughput settings, for --serve-mode default.
 DEFAULT_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
-
-
-def setup_control_plane(
-    workdir: str, prefix: str, *, model: str = "bench-syn", catalog: dict[str, Any] | None = None
-) -> str:
-    """A throwaway SQLite control plane: one organisation, one key, one catalog model (the
-    synthetic test engine unless ``catalog`` says otherwise); publishes the access snapshot
-    under ``prefix`` and returns the key."""
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ["VLINDERS_VAR_DIR"] = workdir
-    os.environ["VLINDERS_REDIS_PREFIX"] = prefix
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    from inference.models import CatalogModel
-    from tenants import services, snapshot
-    from tenants.models import Role
-
-    CatalogModel.objects.create(
-        name=model,
-        **(
-            catalog
-            or {
-                "engine_kind": "synthetic",
-                "engine_args": {"ttft_ms": 0, "tpot_ms": 0},
-                "context_length": 4096,
-            }
-        ),
-    )
-    huge = 10**12
-    org = services.organization_create(
-        name="Bench",
-        slug="bench",
-        requests_per_minute=huge,
-        tokens_per_minute=huge,
-        max_concurrent_requests=10**6,
-        monthly_token_budget=huge,
-        monthly_spend_budget=10**9,
-    )
-    _, secret = services.api_key_create(
-        organization=org,
-        name="bench",
-        created_by=None,
-        actor_role=Role.OWNER,
-        requests_per_minute=huge,
-        tokens_per_minute=huge,
-        max_concurrent_requests=10**6,
-    )
-    snapshot.publish_full()
-    return secret
 
 
 def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, Any]:
     """The Vlinders applications as the control plane renders them (gateway + one model), plus
     the bare ingress application with a model server of its own, same engine and settings."""
-    from django.conf import settings
-
     from inference.deployment import render_serve_config
     from inference.serving.spec import DeploymentSpec
 
-    model = {
-        "name": "bench-syn",
-        "deployment": "model-bench-syn",
-        "engine": "synthetic",
-        "source": {},
-        "engine_args": {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16},
-        "context_length": 4096,
-        "price_input_per_mtok": "0.1",
-        "price_output_per_mtok": "0.2",
-        "aliases": [],
+    model = model_entry(
+        "bench-syn",
+        "synthetic",
+        {"ttft_ms": 0, "tpot_ms": 0, "default_max_tokens": 16},
+        context_length=4096,
         # 1,024 at once per replica and as many queued: the 1,000-client level fits.
-        "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 256},
-        "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
-        "max_queued_requests": 1024,
-    }
-    spec = {
-        "spec_version": 1,
-        "revision": "bench",
-        "redis_url": settings.REDIS_URL,
-        "redis_prefix": prefix,
-        "broker_url": settings.REDIS_URL,
-        "usage_queue": queue,
-        "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
-        "models": [model],
-    }
+        target_ongoing_requests=256,
+        max_queued_requests=1024,
+    )
+    spec = deployment_spec(prefix, queue, spool, [model])
     config = render_serve_config(spec, host="127.0.0.1", port=port)
     parsed = DeploymentSpec.model_validate(spec)
     bare_model = parsed.model_args(parsed.models[0]).model_dump(mode="json")
@@ -144,17 +79,6 @@ def serve_config(port: int, prefix: str, queue: str, spool: str) -> dict[str, An
         }
     )
     return config
-
-
-def deploy_apps(
-    dashboard: str, token: str, config: dict[str, Any], names: list[str], timeout: float = 600
-) -> None:
-    """PUT the Serve config and wait until the named applications are RUNNING."""
-    from inference.ray_client import RayDashboardClient
-
-    client = RayDashboardClient(base_url=dashboard, token=token)
-    client.put_applications(config)
-    client.wait_running(names, timeout=timeout)
 
 
 class CpuMeter:
@@ -260,23 +184,14 @@ class Stack:
     """One local Ray cluster with both applications deployed (the gateway and the bare one)."""
 
     def __init__(self, workdir: str, prefix: str, queue: str, *, mode: str) -> None:
-        from django.conf import settings
-
-        from inference.ray_local import LocalRay
         from tests.ray_fixtures import free_port
 
         self.dir = f"{workdir}/{mode}"
         self.port = free_port()
-        self.cluster = LocalRay(
-            token=secrets.token_hex(32),
-            gcs_port=free_port(),
-            dashboard_port=free_port(),
-            temp_dir=f"{self.dir}/ray",
-            metrics_dir=f"{self.dir}/metrics",
-            haproxy_stats_port=free_port(),
-            haproxy_metrics_port=free_port(),
+        self.cluster = local_ray(
+            self.dir,
+            num_cpus=None,
             env={
-                "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
                 "PYTHONPATH": str(ROOT / "bench"),
                 **(DEFAULT_SERVE_ENV if mode == "default" else {}),
             },
@@ -284,13 +199,7 @@ class Stack:
         self.config = serve_config(self.port, prefix, queue, f"{self.dir}/spool")
 
     def start(self) -> None:
-        self.cluster.start(log_path=f"{self.dir}/ray.log")
-        deploy_apps(
-            self.cluster.dashboard_url,
-            self.cluster.token,
-            self.config,
-            [app["name"] for app in self.config["applications"]],
-        )
+        start_serve(self.cluster, self.config, f"{self.dir}/ray.log")
 
     def url(self, app: str) -> str:
         prefix = "/bare" if app == "bare" else ""
@@ -367,9 +276,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    workdir = tempfile.mkdtemp(prefix="vl-bench-")
-    prefix = f"vlbench:{secrets.token_hex(4)}:"
-    queue = f"vlbench-usage-{secrets.token_hex(4)}"
+    workdir, prefix, queue = fresh_names()
     key = setup_control_plane(workdir, prefix)
     modes = ["default", "throughput"] if args.serve_modes else ["throughput"]
     stacks = {mode: Stack(workdir, prefix, queue, mode=mode) for mode in modes}
@@ -401,25 +308,20 @@ def main() -> None:
     finally:
         for stack in stacks.values():
             stack.cluster.stop()
-        _clean_redis(prefix, queue)
+        clean_redis(prefix, queue)
 
     print()
     print(_table(results, labels))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": name,
+        **run_header(name),
         "baseline": labels[0],
         "candidate": labels[1],
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "requests_per_level": args.requests,
         "rounds": args.rounds,
         "engine": "synthetic (test engine, not a model): 16 tokens, no delay",
         "results": results,
     }
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    write_results(out, RESULTS / f"{name}.json")
 
 
 def replica_pid(stack: Stack, title: str = "ServeReplica:vlinders:Gateway") -> int:
@@ -503,16 +405,6 @@ def _top_functions(raw: Path, count: int = 40) -> str:
     text = "\n".join(lines)
     raw.with_suffix(".top.txt").write_text(text + "\n")
     return text
-
-
-def _clean_redis(prefix: str, queue: str) -> None:
-    import redis
-    from django.conf import settings
-
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    for name in client.scan_iter(match=prefix + "*", count=1000):
-        client.delete(name)
-    client.delete(queue)
 
 
 def _table(results: list[dict[str, Any]], labels: tuple[str, str]) -> str:

@@ -21,21 +21,16 @@ server, default postgres://postgres@127.0.0.1:5432).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench_db import drop_database, setup_database  # noqa: E402  (bench/ is sys.path[0])
+from bench_db import seed_organizations, seed_rollups, throwaway_database
+from common import RESULTS, write_results
 
-RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vlinders_bench_invoice"
 PERIOD = "2026-10"
 
@@ -43,49 +38,12 @@ PERIOD = "2026-10"
 def seed(orgs: int, keys: int, models: int) -> int:
     """Organisations, keys and a month of rollups in SQL; returns the number of rollup rows."""
     import datetime as dt
-    import uuid
 
     from django.db import connection
 
-    from tenants.models import ApiKey, Organization
-
-    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    organizations = Organization.objects.bulk_create(
-        Organization(
-            name=f"Org {i}",
-            slug=f"org-{i}",
-            plan="premium" if i % 3 == 0 else "standard",
-            created_at=created,
-        )
-        for i in range(orgs)
-    )
-    ApiKey.objects.bulk_create(
-        ApiKey(
-            organization=org,
-            name=f"key {k}",
-            prefix=uuid.uuid4().hex[:16],
-            last_four="abcd",
-            secret_hash=uuid.uuid4().hex * 2,
-        )
-        for org in organizations
-        for k in range(keys)
-    )
+    seed_organizations(orgs, keys, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    rows = seed_rollups(dt.datetime(2026, 10, 1, tzinfo=dt.UTC), 744, models)
     with connection.cursor() as cur:
-        cur.execute(
-            """
-            INSERT INTO billing_usagerollup
-              (hour, organization_id, api_key_id, model, requests, errors, prompt_tokens,
-               completion_tokens, cached_tokens, cost)
-            SELECT timestamptz '2026-10-01 00:00+00' + make_interval(hours => h),
-                   k.organization_id, k.id, 'model-' || m, 10 + h %% 7, h %% 2,
-                   1000 * (1 + h %% 13), 300 * (1 + h %% 5), 100,
-                   ((1000 * (1 + h %% 13)) * 0.123457 + (300 * (1 + h %% 5)) * 0.987654)
-                     / 1000000.0 + m * 0.000000000001
-            FROM tenants_apikey k, generate_series(0, 743) AS h, generate_series(1, %s) AS m
-            """,
-            [models],
-        )
-        rows = cur.rowcount
         cur.execute("ANALYZE")
     from billing.services import plan_price_set
 
@@ -142,9 +100,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,4")
     args = parser.parse_args()
     runs = []
-    try:
-        for workers in [int(w) for w in args.workers.split(",")]:
-            setup_database(BENCH_DB)
+    for workers in [int(w) for w in args.workers.split(",")]:
+        with throwaway_database(BENCH_DB):
             t0 = time.perf_counter()
             rows = seed(args.orgs, args.keys, args.models)
             seed_s = time.perf_counter() - t0
@@ -165,10 +122,6 @@ def main() -> None:
                     **checks,
                 }
             )
-            drop_database(BENCH_DB)
-    finally:
-        if "DATABASE_URL" in os.environ and BENCH_DB in os.environ["DATABASE_URL"]:
-            drop_database(BENCH_DB)
     header = f"{'workers':>7} {'orgs':>5} {'rollups':>9} {'finalise s':>10} {'ms/inv':>7} "
     header += f"{'rerun s':>8} {'1/org':>5} {'gapless':>7} {'exact':>5}"
     print(header)
@@ -178,13 +131,12 @@ def main() -> None:
             f"{r['per_invoice_ms']:>7} {r['rerun_s']:>8} {r['one_per_org']!s:>5} "
             f"{r['gap_free']!s:>7} {r['exact']!s:>5}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "period": PERIOD,
         "runs": runs,
     }
-    (RESULTS / "invoice_finalise.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results(out, RESULTS / "invoice_finalise.json")
 
 
 if __name__ == "__main__":

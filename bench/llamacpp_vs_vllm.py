@@ -34,29 +34,28 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
-MODELS_DIR = Path(os.environ.get("VLINDERS_MODELS_DIR", ROOT / "var" / "models"))
+from common import (
+    MODELS_DIR,
+    RESULTS,
+    drive,
+    machine,
+    markdown_table,
+    percentile_nearest,
+    smollm2_path,
+    write_results,
+)
+
 CONTEXT = 2048
 PROMPT = "Tell me a long story about a lighthouse keeper and the ships she guided home."
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def load(engine: Any, body: dict[str, Any], clients: int, requests: int) -> dict[str, Any]:
     """``clients`` concurrent streams, ``requests`` in all; tokens/s and TTFT."""
-    remaining = requests
     ttfts: list[float] = []
     tokens = 0
 
@@ -75,22 +74,14 @@ async def load(engine: Any, body: dict[str, Any], clients: int, requests: int) -
         ttfts.append(first)
         tokens += int(usage["completion_tokens"])
 
-    async def client() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await one()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    wall = time.perf_counter() - started
+    wall = await drive(one, clients, requests)
     return {
         "requests": requests,
         "output_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
         "ttft_p50_ms": statistics.median(ttfts) * 1000,
-        "ttft_p90_ms": _percentile(ttfts, 0.9) * 1000,
+        "ttft_p90_ms": percentile_nearest(ttfts, 0.9) * 1000,
     }
 
 
@@ -100,7 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from inference.serving.engines.vllm_engine import VLLMEngine
 
     gguf = demo_models.find_or_fetch_smollm2_gguf(MODELS_DIR / "cache")
-    folder = demo_models.smollm2_path(MODELS_DIR / "cache", MODELS_DIR / "smollm2-135m-instruct")
+    folder = smollm2_path()
     llamas = {
         f"llama.cpp {threads}t": LlamaCppEngine(
             model="smollm2", path=str(gguf), n_ctx=CONTEXT, n_threads=threads, seed=0
@@ -190,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "llama_cpp_threads": args.threads,
         "statistic": "median of the rounds",
         "start_s": {"llama.cpp": llama_start, "vLLM": vllm_start},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "levels": levels,
     }
 
@@ -218,15 +209,20 @@ def main() -> None:
         f"weights; medians of {args.rounds} interleaved rounds"
     )
     print()
-    print("| clients | engine | weights | output tokens/s | TTFT p50 | TTFT p90 |")
-    print("|---:|---|---|---:|---:|---:|")
-    for level in out["levels"]:
-        for name, s in level["summary"].items():
-            weights = "float32" if name == "vLLM" else "GGUF Q4_1"
-            print(
-                f"| {level['clients']} | {name} | {weights} | {s['tokens_per_s']:.1f} | "
-                f"{s['ttft_p50_ms']:.0f} ms | {s['ttft_p90_ms']:.0f} ms |"
-            )
+    header = ["clients", "engine", "weights", "output tokens/s", "TTFT p50", "TTFT p90"]
+    rows = [
+        [
+            level["clients"],
+            name,
+            "float32" if name == "vLLM" else "GGUF Q4_1",
+            f"{s['tokens_per_s']:.1f}",
+            f"{s['ttft_p50_ms']:.0f} ms",
+            f"{s['ttft_p90_ms']:.0f} ms",
+        ]
+        for level in out["levels"]
+        for name, s in level["summary"].items()
+    ]
+    print(markdown_table(header, rows, "rllrrr"))
     print()
     for level in out["levels"]:
         for name, ratio in level["ratios_to_vllm"].items():
@@ -237,10 +233,7 @@ def main() -> None:
     print(
         f"Start: llama.cpp {out['start_s']['llama.cpp']:.1f} s, vLLM {out['start_s']['vLLM']:.1f} s"
     )
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    write_results(out, Path(args.out))
 
 
 if __name__ == "__main__":

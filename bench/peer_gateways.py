@@ -64,7 +64,6 @@ import base64
 import contextlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -81,11 +80,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-RESULTS = ROOT / "bench" / "results"
+from common import (
+    RESULTS,
+    ROOT,
+    local_ray,
+    run_header,
+    setup_control_plane,
+    start_serve,
+    wait_http,
+    write_results,
+)
 
 LITELLM_VENV = ROOT / "var" / "bench-venvs" / "litellm"
 # 1.108.0: the newest release whose ``proxy`` extra installs from PyPI as this was written (later
@@ -174,18 +178,6 @@ def cpu_delta(before: Snapshot, after: Snapshot) -> float:
     return total
 
 
-def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
-            with urllib.request.urlopen(request, timeout=5):  # noqa: S310 - local server
-                return
-        except (OSError, urllib.error.URLError):
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
 def post_json(url: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if key:
@@ -268,8 +260,6 @@ class Vlinders:
         os.environ["REDIS_URL"] = redis_url
         os.environ["CELERY_BROKER_URL"] = redis_url
         os.environ["VLINDERS_USAGE_QUEUE"] = "bench-usage"
-        from gateway_overhead import setup_control_plane
-
         self.key = setup_control_plane(
             str(workdir),
             "vlbench:",
@@ -288,35 +278,18 @@ class Vlinders:
 
     def start(self) -> str:
         from django.conf import settings
-        from gateway_overhead import deploy_apps
 
         from inference.deployment import render_serve_config, render_spec
-        from inference.ray_local import LocalRay
         from tests.ray_fixtures import free_port
 
         port = free_port()
-        self.cluster = LocalRay(
-            token=secrets.token_hex(32),
-            gcs_port=free_port(),
-            dashboard_port=free_port(),
+        self.cluster = local_ray(
+            str(self.workdir),
             num_cpus=8,  # logical: the replicas are light
-            temp_dir=str(self.workdir / "ray"),
-            metrics_dir=str(self.workdir / "metrics"),
-            haproxy_stats_port=free_port(),
-            haproxy_metrics_port=free_port(),
-            env={
-                "VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER,
-                "VLINDERS_SECRETS_KEY": settings.VLINDERS_SECRETS_KEY,
-            },
+            env={"VLINDERS_SECRETS_KEY": settings.VLINDERS_SECRETS_KEY},
         )
-        self.cluster.start(log_path=str(self.workdir / "ray.log"))
         config = render_serve_config(render_spec(), host="127.0.0.1", port=port)
-        deploy_apps(
-            self.cluster.dashboard_url,
-            self.cluster.token,
-            config,
-            [app["name"] for app in config["applications"]],
-        )
+        start_serve(self.cluster, config, str(self.workdir / "ray.log"))
         return f"http://127.0.0.1:{port}/v1/chat/completions"
 
     def pids(self) -> list[int]:
@@ -644,16 +617,12 @@ def main() -> None:
     )
     print(table(results))
     print(f"Load average (1 min) before and after: {load_before[0]:.1f}, {os.getloadavg()[0]:.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "peer_gateways",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
+        **run_header(
+            "peer_gateways",
             # Others' work on the machine slows every target's req/s; CPU per request less so.
-            "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
-        },
+            load_average_1m_before_after=[load_before[0], os.getloadavg()[0]],
+        ),
         "commit": _commit(),
         "upstream": "bench/mock_upstream.py (a mock, not a model): 9-word answer with usage",
         "litellm": {
@@ -669,9 +638,7 @@ def main() -> None:
         "rounds": args.rounds,
         "results": results,
     }
-    path = RESULTS / "peer_gateways.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    write_results(out, RESULTS / "peer_gateways.json")
     shutil.rmtree(workdir, ignore_errors=True)
 
 

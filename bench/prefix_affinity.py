@@ -26,22 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
-import secrets
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-RESULTS = ROOT / "bench" / "results"
+import common
+
 POLICIES = {"default": "smollm2-default", "prefix_affinity": "smollm2-affinity"}
 MAX_MODEL_LEN = 2048
 WORDS = [
@@ -90,49 +83,28 @@ def prefixes(path: Path, count: int, tokens: int) -> list[str]:
 
 
 def model_spec(name: str, path: Path, router: str, kv_gib: float, seqs: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "deployment": f"model-{name}",
-        "engine": "vllm",
-        "source": {"path": str(path)},
-        "engine_args": {
-            "dtype": "float32",
-            "enforce_eager": True,
-            "max_model_len": MAX_MODEL_LEN,
-            "max_num_seqs": seqs,
-            "cpu_kvcache_space_gib": kv_gib,
-            "enable_prefix_caching": True,
-        },
-        "context_length": MAX_MODEL_LEN,
-        "price_input_per_mtok": "0.1",
-        "price_output_per_mtok": "0.2",
-        "aliases": [],
-        "scaling": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": seqs},
+    return common.vllm_model(
+        name,
+        path,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=seqs,
+        kv_cache_gib=kv_gib,
+        engine_args={"enable_prefix_caching": True},
+        target_ongoing_requests=seqs,
         # Four replicas (two per policy) and the gateway within 4 logical CPUs: only one
         # policy's pair is busy at a time.
-        "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
-        "request_router": router,
-    }
+        replicas=2,
+        num_cpus=0.5,
+        request_router=router,
+    )
 
 
 def serve_config(
     port: int, prefix: str, queue: str, spool: str, models: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    from django.conf import settings
-
     from inference.deployment import render_serve_config
 
-    spec = {
-        "spec_version": 1,
-        "revision": "bench-prefix-affinity",
-        "redis_url": settings.REDIS_URL,
-        "redis_prefix": prefix,
-        "broker_url": settings.REDIS_URL,
-        "usage_queue": queue,
-        "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
-        "models": models,
-    }
+    spec = common.deployment_spec(prefix, queue, spool, models, revision="bench-prefix-affinity")
     return render_serve_config(spec, host="127.0.0.1", port=port)
 
 
@@ -187,14 +159,7 @@ async def load(
         details = usage.prompt_tokens_details
         cached_tokens += (details.cached_tokens or 0) if details is not None else 0
 
-    async def worker() -> None:
-        while queue:
-            system, question = queue.pop(0)
-            await one(system, question)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - began
+    wall = await common.drive(lambda: one(*queue.pop(0)), concurrency, len(queue))
     await client.close()
     return {
         "requests": len(prompts),
@@ -206,11 +171,6 @@ async def load(
     }
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ttfts = [t for run in runs for t in run["ttfts_s"]]
     done = sum(run["requests"] - run["failures"] for run in runs)
@@ -219,7 +179,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "requests": sum(run["requests"] for run in runs),
         "failures": sum(run["failures"] for run in runs),
         "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-        "ttft_p99_ms": _percentile(ttfts, 0.99) * 1000 if ttfts else None,
+        "ttft_p99_ms": common.percentile_ms(ttfts, 0.99),
         "req_s": done / sum(run["wall_s"] for run in runs),
         "cache_hit_rate": sum(run["cached_tokens"] for run in runs) / prompt if prompt else None,
     }
@@ -237,28 +197,18 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=4)
     args = parser.parse_args()
 
-    from gateway_overhead import _clean_redis, deploy_apps, setup_control_plane
-
-    from inference import demo_models
-    from inference.ray_local import LocalRay
-    from tests.ray_fixtures import free_port
-
-    workdir = tempfile.mkdtemp(prefix="vl-bench-affinity-")
-    prefix = f"vlbench:{secrets.token_hex(4)}:"
-    queue = f"vlbench-usage-{secrets.token_hex(4)}"
+    workdir, prefix, queue = common.fresh_names("affinity")
     catalog = {"engine_kind": "vllm", "source_path": "-", "context_length": MAX_MODEL_LEN}
-    key = setup_control_plane(workdir, prefix, model=POLICIES["default"], catalog=catalog)
-    from django.conf import settings
-
+    key = common.setup_control_plane(workdir, prefix, model=POLICIES["default"], catalog=catalog)
     from inference.models import CatalogModel
     from tenants import snapshot
     from tenants.models import Organization
+    from tests.ray_fixtures import free_port
 
     CatalogModel.objects.create(name=POLICIES["prefix_affinity"], **catalog)
     snapshot.publish_organizations(Organization.objects.all())
 
-    models_dir = Path(os.environ.get("VLINDERS_MODELS_DIR", ROOT / "var" / "models"))
-    path = demo_models.smollm2_path(models_dir / "cache", models_dir / "smollm2-135m-instruct")
+    path = common.smollm2_path()
     systems = prefixes(path, args.prefixes, args.prefix_tokens)
     rng = random.Random(13)  # noqa: S311 (the same sequence for both policies)
     rounds = [
@@ -270,47 +220,29 @@ def main() -> None:
     ]
 
     port = free_port()
-    cluster = LocalRay(
-        token=secrets.token_hex(32),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        temp_dir=f"{workdir}/ray",
-        metrics_dir=f"{workdir}/metrics",
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        num_cpus=4,
-        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
-    )
+    cluster = common.local_ray(workdir)
     base_url = f"http://127.0.0.1:{port}/v1"
     runs: dict[str, list[dict[str, Any]]] = {policy: [] for policy in POLICIES}
     began = time.perf_counter()
     try:
-        cluster.start(log_path=f"{workdir}/ray.log")
         models = [
             model_spec(name, path, policy, args.kv_gib, args.max_num_seqs)
             for policy, name in POLICIES.items()
         ]
         config = serve_config(port, prefix, queue, f"{workdir}/spool", models)
-        deploy_apps(
-            cluster.dashboard_url,
-            cluster.token,
-            config,
-            [app["name"] for app in config["applications"]],
-            timeout=900,
-        )
+        common.start_serve(cluster, config, f"{workdir}/ray.log", timeout=900)
         print(f"deployed in {time.perf_counter() - began:.0f} s", flush=True)
-        for round_, prompts in enumerate(rounds):
-            order = list(POLICIES) if round_ % 2 == 0 else list(reversed(POLICIES))
-            for policy in order:
-                result = asyncio.run(
-                    load(base_url, key, POLICIES[policy], prompts, args.concurrency, args.tokens)
-                )
-                runs[policy].append(result)
-                brief = summarise([result])
-                print(f"round {round_ + 1} {policy}: {json.dumps(brief)}", flush=True)
+        for round_, policy in common.alternating(list(POLICIES), args.rounds):
+            prompts = rounds[round_]
+            result = asyncio.run(
+                load(base_url, key, POLICIES[policy], prompts, args.concurrency, args.tokens)
+            )
+            runs[policy].append(result)
+            brief = summarise([result])
+            print(f"round {round_ + 1} {policy}: {json.dumps(brief)}", flush=True)
     finally:
         cluster.stop()
-        _clean_redis(prefix, queue)
+        common.clean_redis(prefix, queue)
 
     table = {policy: summarise(measured) for policy, measured in runs.items()}
     base, cand = table["default"], table["prefix_affinity"]
@@ -326,22 +258,25 @@ def main() -> None:
         f"{args.requests * args.rounds} requests per policy"
     )
     print()
-    print("| router | TTFT p50 | TTFT p99 | req/s | prefix-cache hits | failures |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for policy, row in table.items():
-        print(
-            f"| {policy} | {row['ttft_p50_ms']:.0f} ms | {row['ttft_p99_ms']:.0f} ms | "
-            f"{row['req_s']:.2f} | {row['cache_hit_rate']:.0%} | {row['failures']} |"
-        )
+    header = ["router", "TTFT p50", "TTFT p99", "req/s", "prefix-cache hits", "failures"]
+    cells = [
+        [
+            policy,
+            f"{row['ttft_p50_ms']:.0f} ms",
+            f"{row['ttft_p99_ms']:.0f} ms",
+            f"{row['req_s']:.2f}",
+            f"{row['cache_hit_rate']:.0%}",
+            row["failures"],
+        ]
+        for policy, row in table.items()
+    ]
+    print(common.markdown_table(header, cells, "lrrrrr"))
     print(
         f"\naffinity/default: TTFT p50 {ratios['ttft_p50']:.2f}x, p99 {ratios['ttft_p99']:.2f}x, "
         f"req/s {ratios['req_s']:.2f}x"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "prefix_affinity",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **common.run_header("prefix_affinity"),
         "model": "SmolLM2-135M-Instruct (float32, eager, vLLM CPU 0.32.0, prefix caching)",
         "settings": vars(args),
         "results": table,
@@ -351,9 +286,7 @@ def main() -> None:
             for policy, measured in runs.items()
         },
     }
-    path_out = RESULTS / "prefix_affinity.json"
-    path_out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path_out}")
+    common.write_results(out, common.RESULTS / "prefix_affinity.json")
     shutil.rmtree(workdir, ignore_errors=True)
 
 

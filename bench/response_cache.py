@@ -19,87 +19,56 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import socket
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from common import (
+    RESULTS,
+    markdown_table,
+    percentile_nearest,
+    run_header,
+    setup_control_plane,
+    write_results,
+)
 from fastapi import FastAPI, Request
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-cached"
 ENGINE = {"ttft_ms": 150, "tpot_ms": 15, "default_max_tokens": 64}
 ENGINE_LABEL = "synthetic test engine (not a model): 150 ms to first token, 15 ms/token, 64 tokens"
 
 
-def setup_control_plane(workdir: str, prefix: str) -> str:
-    """One organisation (opted in, limits set), one key, one caching catalog model; the access
-    snapshot published under ``prefix``. Returns the key."""
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ["VLINDERS_VAR_DIR"] = workdir
-    os.environ["VLINDERS_REDIS_PREFIX"] = prefix
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
+def setup(workdir: str, prefix: str) -> str:
+    """The shared throwaway control plane with one caching catalog model and its organisation
+    opted in to the response cache; the access snapshot published under ``prefix``. Returns
+    the key."""
+    catalog = {
+        "engine_kind": "synthetic",
+        "engine_args": ENGINE,
+        "context_length": 4096,
+        "price_input_per_mtok": "1",
+        "price_output_per_mtok": "2",
+        "cache_ttl_s": 600,
+        "price_cache_hit_per_mtok": "0.1",
+    }
+    secret = setup_control_plane(workdir, prefix, model=MODEL, catalog=catalog)
+    from tenants import snapshot
+    from tenants.models import Organization
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    from inference.models import CatalogModel
-    from tenants import services, snapshot
-    from tenants.models import Organization, Role
-
-    CatalogModel.objects.create(
-        name=MODEL,
-        engine_kind="synthetic",
-        engine_args=ENGINE,
-        context_length=4096,
-        price_input_per_mtok="1",
-        price_output_per_mtok="2",
-        cache_ttl_s=600,
-        price_cache_hit_per_mtok="0.1",
-    )
-    huge = 10**12
-    org = services.organization_create(
-        name="Bench",
-        slug="bench",
-        requests_per_minute=huge,
-        tokens_per_minute=huge,
-        max_concurrent_requests=10**6,
-        monthly_token_budget=huge,
-        monthly_spend_budget=10**9,
-    )
-    Organization.objects.filter(pk=org.pk).update(response_cache_enabled=True)
-    _, secret = services.api_key_create(
-        organization=org,
-        name="bench",
-        created_by=None,
-        actor_role=Role.OWNER,
-        requests_per_minute=huge,
-        tokens_per_minute=huge,
-    )
-    snapshot.publish_full()
+    Organization.objects.filter(slug="bench").update(response_cache_enabled=True)
+    snapshot.publish_organizations(Organization.objects.all())
     return secret
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {
-        "p50_ms": round(_percentile(values, 0.5) * 1000, 2),
-        "p95_ms": round(_percentile(values, 0.95) * 1000, 2),
+        "p50_ms": round(percentile_nearest(values, 0.5) * 1000, 2),
+        "p95_ms": round(percentile_nearest(values, 0.95) * 1000, 2),
         "mean_ms": round(statistics.fmean(values) * 1000, 2),
     }
 
@@ -230,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="vl-bench-rcache-")
     prefix = f"vlbench:rcache:{uuid.uuid4().hex[:8]}:"
-    secret = setup_control_plane(workdir, prefix)
+    secret = setup(workdir, prefix)
     from django.conf import settings
 
     os.environ["VLINDERS_KEY_PEPPER"] = settings.VLINDERS_KEY_PEPPER
@@ -256,27 +225,21 @@ def main() -> None:
     print(f"\nResponse cache: {args.prompts} prompts, each asked twice (miss, then hit).")
     print(f"Engine: {ENGINE_LABEL}.")
     print("In-process gateway on uvicorn (no Ray proxy), openai SDK, real Redis, limits set.\n")
-    print("| what | miss p50 | miss p95 | hit p50 | hit p95 | miss/hit (p50) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    header = ["what", "miss p50", "miss p95", "hit p50", "hit p95", "miss/hit (p50)"]
+    cells = []
     for what, miss, hit in rows:
         ratio = miss["p50_ms"] / hit["p50_ms"] if hit["p50_ms"] else float("inf")
-        print(
-            f"| {what} | {miss['p50_ms']:.1f} ms | {miss['p95_ms']:.1f} ms | "
-            f"{hit['p50_ms']:.1f} ms | {hit['p95_ms']:.1f} ms | {ratio:.0f}x |"
-        )
+        times = [f"{side[p]:.1f} ms" for side in (miss, hit) for p in ("p50_ms", "p95_ms")]
+        cells.append([what, *times, f"{ratio:.0f}x"])
+    print(markdown_table(header, cells, "lrrrrr"))
     out = {
-        "benchmark": "response_cache",
+        **run_header("response_cache"),
         "engine": ENGINE_LABEL,
         "setup": "in-process gateway on uvicorn (no Ray proxy), openai SDK, real Redis, limits set",
         "prompts": args.prompts,
         "figures": figures,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "response_cache.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    write_results(out, RESULTS / "response_cache.json")
 
 
 if __name__ == "__main__":

@@ -19,20 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import secrets
-import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-RESULTS = ROOT / "bench" / "results"
+import common
+
 MODEL = "bench-syn"
 
 
@@ -58,32 +49,14 @@ def applications(
 def serve_config(
     port: int, prefix: str, queue: str, spool: str, tpot_ms: float, tokens: int
 ) -> dict[str, Any]:
-    from django.conf import settings
-
-    model = {
-        "name": MODEL,
-        "deployment": f"model-{MODEL}",
-        "engine": "synthetic",
-        "source": {},
-        "engine_args": {"ttft_ms": 0, "tpot_ms": tpot_ms, "default_max_tokens": tokens},
-        "context_length": 8192,
-        "price_input_per_mtok": "0.1",
-        "price_output_per_mtok": "0.2",
-        "aliases": [],
-        "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 256},
-        "resources": {"num_cpus": 0.5, "num_gpus": 0, "accelerator_type": None},
-    }
-    spec = {
-        "spec_version": 1,
-        "revision": "bench",
-        "redis_url": settings.REDIS_URL,
-        "redis_prefix": prefix,
-        "broker_url": settings.REDIS_URL,
-        "usage_queue": queue,
-        "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
-        "models": [model],
-    }
+    model = common.model_entry(
+        MODEL,
+        "synthetic",
+        {"ttft_ms": 0, "tpot_ms": tpot_ms, "default_max_tokens": tokens},
+        context_length=8192,
+        target_ongoing_requests=256,
+    )
+    spec = common.deployment_spec(prefix, queue, spool, [model])
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -111,7 +84,6 @@ async def load(url: str, key: str, concurrency: int, total: int, tokens: int) ->
     durations: list[float] = []
     produced = 0
     failures: list[str] = []
-    remaining = total
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal produced
@@ -134,26 +106,17 @@ async def load(url: str, key: str, concurrency: int, total: int, tokens: int) ->
         ttfts.append(first - start)
         durations.append(time.perf_counter() - start)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await one(session)
-
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - began
-    ttfts.sort()
+        wall = await common.drive(lambda: one(session), concurrency, total)
     return {
         "requests": total,
         "failures": len(failures),
         "first_failure": failures[0] if failures else None,
         "tok_s": produced / wall,
-        "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-        "ttft_p99_ms": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000 if ttfts else None,
-        "stream_p50_ms": statistics.median(durations) * 1000 if durations else None,
+        "ttft_p50_ms": common.median_ms(ttfts),
+        "ttft_p99_ms": common.percentile_ms(ttfts, 0.99),
+        "stream_p50_ms": common.median_ms(durations),
     }
 
 
@@ -167,69 +130,43 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    from gateway_overhead import _clean_redis, deploy_apps, setup_control_plane
-
-    from inference.ray_local import LocalRay
+    workdir, prefix, queue = common.fresh_names("batch")
+    key = common.setup_control_plane(workdir, prefix)
     from tests.ray_fixtures import free_port
 
-    workdir = tempfile.mkdtemp(prefix="vl-bench-batch-")
-    prefix = f"vlbench:{secrets.token_hex(4)}:"
-    queue = f"vlbench-usage-{secrets.token_hex(4)}"
-    key = setup_control_plane(workdir, prefix)
-    from django.conf import settings
-
     port = free_port()
-    cluster = LocalRay(
-        token=secrets.token_hex(32),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        temp_dir=f"{workdir}/ray",
-        metrics_dir=f"{workdir}/metrics",
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        num_cpus=4,
-        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
-    )
+    cluster = common.local_ray(workdir)
     targets = {
         "one message per chunk": f"http://127.0.0.1:{port}/unbatched/v1/chat/completions",
         "batched": f"http://127.0.0.1:{port}/v1/chat/completions",
     }
     results = []
     try:
-        cluster.start(log_path=f"{workdir}/ray.log")
         config = serve_config(port, prefix, queue, f"{workdir}/spool", args.tpot_ms, args.tokens)
-        deploy_apps(
-            cluster.dashboard_url,
-            cluster.token,
-            config,
-            [app["name"] for app in config["applications"]],
-        )
+        common.start_serve(cluster, config, f"{workdir}/ray.log")
         for name, url in targets.items():
             warm = asyncio.run(load(url, key, 4, 16, args.tokens))
             if warm["failures"]:
                 raise RuntimeError(f"{name} fails: {warm['first_failure']}")
         for level in levels:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-            for round_ in range(args.rounds):
-                order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
-                for name in order:
-                    run = asyncio.run(load(targets[name], key, level, args.requests, args.tokens))
-                    if run["failures"]:
-                        raise RuntimeError(f"{name} at {level} clients: {run['first_failure']}")
-                    runs[name].append(run)
+            for _, name in common.alternating(list(targets), args.rounds):
+                run = asyncio.run(load(targets[name], key, level, args.requests, args.tokens))
+                if run["failures"]:
+                    raise RuntimeError(f"{name} at {level} clients: {run['first_failure']}")
+                runs[name].append(run)
             row: dict[str, Any] = {"concurrency": level}
             for name, measured in runs.items():
-                row[name] = {
-                    field: statistics.mean(m[field] for m in measured)
-                    for field in ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "stream_p50_ms")
-                }
+                row[name] = common.mean_of(
+                    measured, ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "stream_p50_ms")
+                )
                 row[name]["failures"] = sum(m["failures"] for m in measured)
             row["tok_s_ratio"] = row["batched"]["tok_s"] / row["one message per chunk"]["tok_s"]
             results.append(row)
             print(json.dumps(row), flush=True)
     finally:
         cluster.stop()
-        _clean_redis(prefix, queue)
+        common.clean_redis(prefix, queue)
 
     print()
     print(
@@ -247,20 +184,15 @@ def main() -> None:
             f"{row['tok_s_ratio']:6.2f} | {one['ttft_p50_ms']:6.1f} / {bat['ttft_p50_ms']:6.1f} ms"
             f" | {one['stream_p50_ms']:7.0f} / {bat['stream_p50_ms']:7.0f} ms"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "stream_batching",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **common.run_header("stream_batching"),
         "engine": f"synthetic (test engine, not a model): {args.tokens} tokens, "
         f"{args.tpot_ms} ms per token",
         "requests": args.requests,
         "rounds": args.rounds,
         "results": results,
     }
-    path = RESULTS / "stream_batching.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    common.write_results(out, common.RESULTS / "stream_batching.json")
 
 
 if __name__ == "__main__":

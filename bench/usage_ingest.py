@@ -31,9 +31,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
-import sys
 import tempfile
 import threading
 import time
@@ -43,44 +41,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from bench_db import drop_database, setup_database
+from common import RESULTS, percentile, run_header, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
 BENCH_DB = "vlinders_bench_usage"
 QUEUE = "usage"
-
-
-def setup_database() -> str:
-    """A fresh database for the run, migrated; returns its URL (also set as DATABASE_URL)."""
-    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    parts = urlsplit(base)
-    if not parts.scheme.startswith("postgres"):
-        raise SystemExit("the benchmark needs Postgres (DATABASE_URL=postgres://…)")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vlinders.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return url
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
 class Poller(threading.Thread):
@@ -145,11 +110,6 @@ def postgres_backend_pids() -> set[int]:
             [BENCH_DB],
         )
         return {row[0] for row in cursor.fetchall()}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_once(
@@ -247,7 +207,7 @@ def main() -> None:
     parser.add_argument("--redis-fsync", default="everysec", choices=["always", "everysec"])
     args = parser.parse_args()
 
-    db_url = setup_database()
+    db_url = setup_database(BENCH_DB)
     from tests.billing.processes import CeleryWorker, RedisServer
 
     workdir = Path(tempfile.mkdtemp(prefix="vl-bench-usage-"))
@@ -292,20 +252,13 @@ def main() -> None:
                 worker.stop()
     finally:
         broker.kill()
-        drop_database()
+        drop_database(BENCH_DB)
 
     print()
     print(_table(results))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "usage_ingest",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            # Other work on the machine skews every figure: the 1-minute load average at the end.
-            "load_average_1m_after": round(os.getloadavg()[0], 2),
-        },
+        # Other work on the machine skews every figure: the 1-minute load average at the end.
+        **run_header("usage_ingest", load_average_1m_after=round(os.getloadavg()[0], 2)),
         "path": "UsageEmitter -> redis-server (AOF everysec) -> celery worker -Q usage "
         "(prefork) -> Postgres, all on this machine",
         "batch_size": args.batch_size,
@@ -313,9 +266,7 @@ def main() -> None:
         "redis_appendfsync": args.redis_fsync,
         "results": results,
     }
-    path = RESULTS / f"{args.output}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path}")
+    write_results(out, RESULTS / f"{args.output}.json")
 
 
 def _table(results: list[dict[str, Any]]) -> str:

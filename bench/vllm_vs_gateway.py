@@ -23,23 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-RESULTS = ROOT / "bench" / "results"
+import common
+
 MODEL = "smollm2"
 # The same engine settings on both sides (the catalog's names; vllm serve's flags below).
 MAX_MODEL_LEN = 2048
@@ -78,52 +71,19 @@ def vllm_server(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - our own local server
-                return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
 def vlinders_config(port: int, prefix: str, queue: str, spool: str, path: Path) -> dict[str, Any]:
-    from django.conf import settings
-
-    model = {
-        "name": MODEL,
-        "deployment": f"model-{MODEL}",
-        "engine": "vllm",
-        "source": {"path": str(path)},
-        "engine_args": {
-            "dtype": "float32",
-            "enforce_eager": True,
-            "max_model_len": MAX_MODEL_LEN,
-            "max_num_seqs": MAX_NUM_SEQS,
-            "cpu_kvcache_space_gib": KV_CACHE_GIB,
-        },
-        "context_length": MAX_MODEL_LEN,
-        "price_input_per_mtok": "0.1",
-        "price_output_per_mtok": "0.2",
-        "aliases": [],
-        "scaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64},
-        "resources": {"num_cpus": 1, "num_gpus": 0, "accelerator_type": None},
-    }
-    spec = {
-        "spec_version": 1,
-        "revision": "bench",
-        "redis_url": settings.REDIS_URL,
-        "redis_prefix": prefix,
-        "broker_url": settings.REDIS_URL,
-        "usage_queue": queue,
-        "usage_spool_dir": spool,
-        "gateway": {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5},
-        "models": [model],
-    }
     from inference.deployment import render_serve_config
 
+    model = common.vllm_model(
+        MODEL,
+        path,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=MAX_NUM_SEQS,
+        kv_cache_gib=KV_CACHE_GIB,
+        target_ongoing_requests=64,
+        num_cpus=1,
+    )
+    spec = common.deployment_spec(prefix, queue, spool, [model])
     return render_serve_config(spec, host="127.0.0.1", port=port)
 
 
@@ -138,7 +98,6 @@ async def load(
     itls: list[float] = []
     produced = 0
     failures = 0
-    remaining = total
 
     async def one() -> None:
         nonlocal produced, failures
@@ -172,23 +131,14 @@ async def load(
         if last is not None and count > 1:
             itls.append((last - first) / (count - 1))
 
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await one()
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - began
+    wall = await common.drive(one, concurrency, total)
     await client.close()
-    ttfts.sort()
     return {
         "requests": total,
         "failures": failures,
         "output_tok_s": produced / wall,
-        "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-        "ttft_p99_ms": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000 if ttfts else None,
+        "ttft_p50_ms": common.median_ms(ttfts),
+        "ttft_p99_ms": common.percentile_ms(ttfts, 0.99),
         "itl_ms": statistics.mean(itls) * 1000 if itls else None,
     }
 
@@ -197,10 +147,9 @@ def _summarise(level: int, requests: int, runs: dict[str, list[dict[str, Any]]])
     """One concurrency level: each target's mean over the rounds, and Vlinders against vLLM."""
     row: dict[str, Any] = {"concurrency": level, "requests_per_round": requests}
     for name, measured in runs.items():
-        row[name] = {
-            field: statistics.mean(m[field] for m in measured)
-            for field in ("output_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_ms")
-        }
+        row[name] = common.mean_of(
+            measured, ("output_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_ms")
+        )
         row[name]["failures"] = sum(m["failures"] for m in measured)
     base, cand = row["vllm serve"], row["vlinders"]
     row["throughput_ratio"] = cand["output_tok_s"] / base["output_tok_s"]
@@ -221,39 +170,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternations (each runs both)")
     args = parser.parse_args()
 
-    from gateway_overhead import _clean_redis, deploy_apps, setup_control_plane
-
-    from inference import demo_models
-    from inference.ray_local import LocalRay
-    from tests.ray_fixtures import free_port
-
-    workdir = tempfile.mkdtemp(prefix="vl-bench-vllm-")
-    prefix = f"vlbench:{secrets.token_hex(4)}:"
-    queue = f"vlbench-usage-{secrets.token_hex(4)}"
-    key = setup_control_plane(
+    workdir, prefix, queue = common.fresh_names("vllm")
+    key = common.setup_control_plane(
         workdir,
         prefix,
         model=MODEL,
         catalog={"engine_kind": "vllm", "source_path": "-", "context_length": MAX_MODEL_LEN},
     )
-    from django.conf import settings
+    from tests.ray_fixtures import free_port
 
-    models_dir = Path(os.environ.get("VLINDERS_MODELS_DIR", ROOT / "var" / "models"))
-    path = demo_models.smollm2_path(models_dir / "cache", models_dir / "smollm2-135m-instruct")
-
+    path = common.smollm2_path()
     vllm_port, gateway_port = free_port(), free_port()
     server = vllm_server(path, vllm_port, Path(workdir) / "vllm.log")
-    cluster = LocalRay(
-        token=secrets.token_hex(32),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        temp_dir=f"{workdir}/ray",
-        metrics_dir=f"{workdir}/metrics",
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        num_cpus=4,
-        env={"VLINDERS_KEY_PEPPER": settings.VLINDERS_KEY_PEPPER},
-    )
+    cluster = common.local_ray(workdir)
     targets = {
         "vllm serve": (f"http://127.0.0.1:{vllm_port}/v1", "unused"),
         "vlinders": (f"http://127.0.0.1:{gateway_port}/v1", key),
@@ -261,27 +190,19 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     results: list[dict[str, Any]] = []
     try:
-        cluster.start(log_path=f"{workdir}/ray.log")
         config = vlinders_config(gateway_port, prefix, queue, f"{workdir}/spool", path)
-        deploy_apps(
-            cluster.dashboard_url,
-            cluster.token,
-            config,
-            [app["name"] for app in config["applications"]],
-        )
-        wait_http(f"http://127.0.0.1:{vllm_port}/health", 600)
+        common.start_serve(cluster, config, f"{workdir}/ray.log")
+        common.wait_http(f"http://127.0.0.1:{vllm_port}/health", 600)
         for base, secret in targets.values():  # warm up both
             asyncio.run(load(base, secret, 4, 8, 8))
         for level in levels:
             requests = args.requests if level > 1 else max(8, args.requests // 4)
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-            for round_ in range(args.rounds):
-                order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
-                for name in order:
-                    base, secret = targets[name]
-                    result = asyncio.run(load(base, secret, level, requests, args.tokens))
-                    runs[name].append(result)
-                    print(f"c={level} round {round_ + 1} {name}: {json.dumps(result)}", flush=True)
+            for round_, name in common.alternating(list(targets), args.rounds):
+                base, secret = targets[name]
+                result = asyncio.run(load(base, secret, level, requests, args.tokens))
+                runs[name].append(result)
+                print(f"c={level} round {round_ + 1} {name}: {json.dumps(result)}", flush=True)
             results.append(_summarise(level, requests, runs))
     finally:
         server.terminate()
@@ -290,7 +211,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         cluster.stop()
-        _clean_redis(prefix, queue)
+        common.clean_redis(prefix, queue)
 
     print()
     print(f"SmolLM2-135M on vLLM CPU, {args.tokens} output tokens per request")
@@ -311,19 +232,14 @@ def main() -> None:
             f"{row['ttft_p50_added_ms']:+.1f} ms, p99 {row['ttft_p99_added_ms']:+.1f} ms, "
             f"ITL ratio {row['itl_ratio']:.3f}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
-        "benchmark": "vllm_vs_gateway",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **common.run_header("vllm_vs_gateway"),
         "model": "SmolLM2-135M-Instruct (float32, eager, vLLM CPU 0.32.0)",
         "output_tokens": args.tokens,
         "rounds": args.rounds,
         "results": results,
     }
-    path_out = RESULTS / "vllm_vs_gateway.json"
-    path_out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nSaved {path_out}")
+    common.write_results(out, common.RESULTS / "vllm_vs_gateway.json")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
