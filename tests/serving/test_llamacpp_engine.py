@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,8 +22,9 @@ from inference import demo_models
 from inference.serving.engines.base import Endpoint
 from inference.serving.engines.llamacpp_engine import LlamaCppEngine
 from inference.serving.errors import ApiError
+from tests.serving.conftest import MODELS_DIR
+from tests.serving.engine_support import CAPITAL, Loop, collect
 
-T = TypeVar("T")
 CHAT: Endpoint = "chat.completions"
 COMPLETIONS: Endpoint = "completions"
 # This question gets the right answer from the Q4_1 weights under greedy decoding ("What is the
@@ -37,22 +37,6 @@ RENDERED = (
     "<|im_start|>assistant\n"
 )
 N_CTX = 2048
-MODELS_DIR = Path(
-    os.environ.get("VLINDERS_MODELS_DIR", Path(__file__).resolve().parents[2] / "var" / "models")
-)
-
-
-class Loop:
-    """One event loop for the module: the engine lives on it between tests."""
-
-    def __init__(self) -> None:
-        self.runner = asyncio.Runner()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.runner.run(coro)
-
-    def close(self) -> None:
-        self.runner.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +66,6 @@ def chat(**extra: Any) -> dict[str, Any]:
 def tokens(engine: LlamaCppEngine, text: str) -> list[int]:
     """``text`` in the model's own tokens (special tokens parsed, no BOS added)."""
     return list(engine.llm.tokenize(text.encode(), add_bos=False, special=True))
-
-
-async def collect(
-    eng: LlamaCppEngine, endpoint: Endpoint, body: dict[str, Any]
-) -> list[dict[str, Any]]:
-    return [chunk async for chunk in eng.stream(endpoint, body)]
 
 
 def stream_text(chunks: list[dict[str, Any]], index: int = 0) -> str:
@@ -290,14 +268,6 @@ def test_requests_at_once_are_served_one_after_another(loop: Loop, engine: Llama
     assert stream_text(chunks) == expected
     assert completion["choices"][0]["text"] == counted
     assert engine.active == 0
-
-
-CAPITAL = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-    "required": ["city", "country"],
-    "additionalProperties": False,
-}
 
 
 def test_a_json_schema_constrains_the_reply(loop: Loop, engine: LlamaCppEngine) -> None:

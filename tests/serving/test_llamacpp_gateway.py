@@ -5,26 +5,21 @@ deployed spec, ``tests/serving/conftest.py``; the engine itself is tested in
 
 from __future__ import annotations
 
-import json
-import time
-
 import openai
 import pytest
 
-from tests.serving.conftest import usage_events
+from tests.serving.engine_support import (
+    capital_as_json,
+    drop_after_three_tokens,
+    usage_event,
+    wait_for_cancellation,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
 MODEL = "smollm2-gguf"
 FRANCE = [{"role": "user", "content": "Name the capital of France."}]
 EOS = "2"  # SmolLM2's end-of-turn token id: a logit bias of -100 keeps it from ending a reply
-
-
-def _event(usage_broker, request_id):  # type: ignore[no-untyped-def]
-    events = usage_events(
-        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
-    )
-    return next(e for e in events if e["http_request_id"] == request_id)
 
 
 def test_chat_is_answered_and_metered_with_the_engine_counts(usage_broker, client):
@@ -37,7 +32,7 @@ def test_chat_is_answered_and_metered_with_the_engine_counts(usage_broker, clien
     assert reply.model == MODEL
     assert reply.usage.prompt_tokens > 20  # the GGUF's chat template, system prompt included
     assert reply.usage.completion_tokens == 8  # 7 tokens of text and the end-of-turn token
-    event = _event(usage_broker, raw.headers["x-request-id"])
+    event = usage_event(usage_broker, raw.headers["x-request-id"])
     assert (event["prompt_tokens"], event["completion_tokens"]) == (
         reply.usage.prompt_tokens,
         reply.usage.completion_tokens,
@@ -49,7 +44,7 @@ def test_chat_is_answered_and_metered_with_the_engine_counts(usage_broker, clien
     )
     cached = again.parse().usage.prompt_tokens_details.cached_tokens
     assert 0 < cached < reply.usage.prompt_tokens
-    assert _event(usage_broker, again.headers["x-request-id"])["cached_tokens"] == cached
+    assert usage_event(usage_broker, again.headers["x-request-id"])["cached_tokens"] == cached
 
 
 def test_stream_with_include_usage(client):
@@ -81,23 +76,7 @@ def test_completions(client):
 
 
 def test_a_json_schema_reply_parses(client):
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-        "required": ["city", "country"],
-        "additionalProperties": False,
-    }
-    reply = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Name the capital of France as JSON."}],
-        max_tokens=60,
-        temperature=0,
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "capital", "schema": schema, "strict": True},
-        },
-    )
-    answer = json.loads(reply.choices[0].message.content)
+    answer = capital_as_json(client, MODEL)
     assert set(answer) == {"city", "country"}
     assert answer["city"] == "Paris"
 
@@ -146,22 +125,12 @@ def test_a_client_disconnect_stops_the_generation(gateway, usage_broker, client)
         stream=True,
         logit_bias={EOS: -100},  # it would write all 400 tokens
     )
-    request_id = raw.headers["x-request-id"]
-    stream = raw.parse()
-    received = 0
-    for chunk in stream:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
-        if received == 3:
-            break
-    stream.close()
+    request_id = drop_after_three_tokens(raw)
 
-    event = _event(usage_broker, request_id)
+    event = usage_event(usage_broker, request_id)
     assert event["status"] == 499
     assert 3 <= event["completion_tokens"] < 400  # the engine's own count, cut short
-    deadline = time.monotonic() + 10
-    while gateway.metric("vlinders_engine_requests_cancelled_total", model=MODEL) <= before:
-        assert time.monotonic() < deadline, "the model server did not cancel the engine request"
-        time.sleep(0.1)
+    wait_for_cancellation(gateway, MODEL, before)
     # The replica's one generation slot is free again: the next request is answered.
     reply = client.chat.completions.create(
         model=MODEL, messages=FRANCE, max_tokens=30, temperature=0

@@ -7,29 +7,20 @@ invoice's unit prices."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import pytest
-from django.conf import settings
-from fastapi import FastAPI, Request
 
 from billing import selectors
 from billing.ingest import ingest_events
 from billing.models import InvoiceLine
-from inference.deployment import render_spec
 from inference.models import PlanModelPrice
 from inference.serving.engines.synthetic import SyntheticEngine
-from inference.serving.gateway import Gateway
-from inference.serving.spec import DeploymentSpec
-from inference.serving.usage import UsageEvent
-from tenants import services, snapshot
-from tenants.models import ApiKey, Organization, Role
+from tenants.models import Organization
 from tests.factories import CatalogModelFactory, OrganizationFactory
+from tests.serving.gateway_harness import InProcessGateway, publish_key, rendered_config
 
 pytestmark = [pytest.mark.django_db, pytest.mark.redis]
 
@@ -39,50 +30,14 @@ PREMIUM = (Decimal("0.450000"), Decimal("0.550000"))
 MESSAGES = [{"role": "user", "content": "one two three"}]
 
 
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> asyncio.Task[Any]:
-        return asyncio.get_running_loop().create_task(self.fn(*args))
-
-
-class _Handle:
-    def __init__(self, engine: SyntheticEngine) -> None:
-        self.complete = _Method(lambda endpoint, body, priority: engine.complete(endpoint, body))
-
-
 def _tenant(plan: str) -> tuple[Organization, str]:
     org = OrganizationFactory(slug=f"org-{plan}", plan=plan)
-    key, secret = services.api_key_create(
-        organization=org, name="k", created_by=None, actor_role=Role.OWNER
-    )
-    snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
-    snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
-    return org, secret
-
-
-def _client(gateway: Gateway, secret: str) -> openai.AsyncOpenAI:
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        return await gateway.handle(request, "chat.completions")
-
-    return openai.AsyncOpenAI(
-        base_url="http://gateway.test/v1",
-        api_key=secret,
-        max_retries=0,
-        http_client=httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
-        ),
-    )
+    return org, publish_key(org)
 
 
 def test_a_premium_organisation_pays_its_plans_price_and_a_standard_one_the_catalogs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VLINDERS_KEY_PEPPER", settings.VLINDERS_KEY_PEPPER)
     model = CatalogModelFactory(
         name=MODEL, price_input_per_mtok=CATALOG[0], price_output_per_mtok=CATALOG[1]
     )
@@ -95,50 +50,24 @@ def test_a_premium_organisation_pays_its_plans_price_and_a_standard_one_the_cata
     premium, premium_secret = _tenant("premium")
     standard, standard_secret = _tenant("standard")
     # What the control plane would apply: the gateway's user_config rendered from the catalog.
-    config = DeploymentSpec.model_validate(render_spec()).gateway_config().model_dump(mode="json")
-    engine = SyntheticEngine(model=MODEL, default_max_tokens=16)
-    gateway = Gateway(
-        {
-            "spec_version": 1,
-            "redis_url": settings.REDIS_URL,
-            "redis_prefix": settings.VLINDERS_REDIS_PREFIX,
-            "broker_url": settings.REDIS_URL,
-            "usage_spool_dir": str(tmp_path / "spool"),
-            "max_ongoing_requests": 64,
-        },
-        handle_factory=lambda name: (_Handle(engine), _Handle(engine)),
+    harness = InProcessGateway(
+        tmp_path,
+        monkeypatch,
+        SyntheticEngine(model=MODEL, default_max_tokens=16),
+        config=rendered_config(),
     )
-    events: list[UsageEvent] = []
-    reserved: list[tuple[str, int, Decimal]] = []
-    settled: list[tuple[int, int, Decimal]] = []
-    gateway.usage.emit = events.append  # type: ignore[method-assign]
-    reserve, settle = gateway.limiter.reserve, gateway.settles.settle
-
-    async def spy_reserve(**kwargs: Any) -> Any:
-        reserved.append((kwargs["org_id"], kwargs["tokens"], kwargs["spend"]))
-        return await reserve(**kwargs)
-
-    async def spy_settle(reservation: Any, **kwargs: Any) -> Any:
-        settled.append((kwargs["prompt_tokens"], kwargs["completion_tokens"], kwargs["spend"]))
-        return await settle(reservation, **kwargs)
-
-    gateway.limiter.reserve = spy_reserve  # type: ignore[method-assign]
-    gateway.settles.settle = spy_settle  # type: ignore[method-assign]
+    events, reserved, settled = harness.events, harness.reserved, harness.settled
 
     async def run() -> list[Any]:
-        await gateway.reconfigure(config)
         replies = []
         for secret in (premium_secret, standard_secret):
-            client = _client(gateway, secret)
+            client = harness.client(secret)
             replies.append(
                 await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=7)
             )
-        while gateway._background:  # the settles run after each response
-            await asyncio.gather(*list(gateway._background), return_exceptions=True)
-        await gateway.__del__()
         return replies
 
-    replies = asyncio.run(run())
+    replies = harness.run(run)
     assert [e.org_id for e in events] == [str(premium.pk), str(standard.pk)]
     for event, reply, prices, (_, tokens, reserve_spend), settle in zip(
         events, replies, (PREMIUM, CATALOG), reserved, settled, strict=True

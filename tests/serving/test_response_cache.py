@@ -12,33 +12,25 @@ Ray Serve deployment is ``test_response_cache_e2e.py``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-from django.conf import settings
-from fastapi import FastAPI, Request
 
 from billing.ingest import ingest_events
 from billing.models import UsageEvent as BillingEvent
-from inference.deployment import render_spec
 from inference.serving import requests, response_cache
 from inference.serving.engines.synthetic import SyntheticEngine
-from inference.serving.gateway import Gateway
 from inference.serving.response_cache import Entry, entry_key, ineligible, normalised
-from inference.serving.spec import DeploymentSpec, ModelSpec, RouteSpec
+from inference.serving.spec import ModelSpec, RouteSpec
 from inference.serving.usage import UsageEvent
-from tenants import services, snapshot
-from tenants.models import ApiKey, Organization, Role
+from tenants.models import Organization
 from tests.factories import CatalogModelFactory, OrganizationFactory
+from tests.serving.gateway_harness import InProcessGateway, publish_key, rendered_config
 
 MODEL = "syn-cached"
 PRICES = (Decimal("1.000000"), Decimal("2.000000"))
@@ -187,144 +179,18 @@ def test_an_entry_survives_its_json_and_an_unreadable_one_is_a_miss() -> None:
 # --- the gateway, in-process -----------------------------------------------------------------
 
 
-@dataclass
-class _Counting:
-    """The synthetic engine, counting the calls that reached it."""
-
-    engine: SyntheticEngine
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _Stream:
-    """A Serve streaming response's shape: ``__anext__`` gives lists of chunks; ``cancel``."""
-
-    def __init__(self, chunks: AsyncIterator[dict[str, Any]]) -> None:
-        self.chunks = chunks
-
-    def __aiter__(self) -> _Stream:
-        return self
-
-    async def __anext__(self) -> list[dict[str, Any]]:
-        return [await self.chunks.__anext__()]
-
-    def cancel(self) -> None:
-        pass
-
-
-async def _embedding(body: dict[str, Any]) -> dict[str, Any]:
-    words = len(str(body["input"]).split())
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, float(words)]}],
-        "model": body["model"],
-        "usage": {"prompt_tokens": words, "total_tokens": words},
-    }
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> Any:
-        return self.fn(*args)
-
-
-class _Handle:
-    def __init__(self, counting: _Counting) -> None:
-        def complete(endpoint: Any, body: dict[str, Any], priority: int) -> Any:
-            counting.calls.append(body)
-            if endpoint == "embeddings":  # the synthetic engine has none: a fixed vector
-                return asyncio.get_running_loop().create_task(_embedding(body))
-            return asyncio.get_running_loop().create_task(counting.engine.complete(endpoint, body))
-
-        def stream(endpoint: Any, body: dict[str, Any], priority: int) -> _Stream:
-            counting.calls.append(body)
-            return _Stream(counting.engine.stream(endpoint, body).__aiter__())
-
-        self.complete = _Method(complete)
-        self.stream = _Method(stream)
-
-
 def _tenant(*, cache: bool = True, **limits: Any) -> tuple[Organization, str]:
     org = OrganizationFactory(response_cache_enabled=cache, **limits)
-    key, secret = services.api_key_create(
-        organization=org, name="k", created_by=None, actor_role=Role.OWNER
-    )
-    snapshot.publish_organizations(Organization.objects.filter(pk=org.pk))
-    snapshot.publish_keys(ApiKey.objects.filter(pk=key.pk))
-    return org, secret
+    return org, publish_key(org)
 
 
-def _client(gateway: Gateway, secret: str) -> openai.AsyncOpenAI:
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        return await gateway.handle(request, "chat.completions")
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Any:
-        return await gateway.handle(request, "embeddings")
-
-    return openai.AsyncOpenAI(
-        base_url="http://gateway.test/v1",
-        api_key=secret,
-        max_retries=0,
-        http_client=httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
-        ),
-    )
-
-
-def rendered_config() -> dict[str, Any]:
-    """The gateway config the control plane renders from the catalog now."""
-    spec = DeploymentSpec.model_validate(render_spec())
-    return spec.gateway_config().model_dump(mode="json")
-
-
-class Harness:
-    """A gateway on the catalog's rendered routes, its usage events and settles recorded."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.counting = _Counting(SyntheticEngine(model=MODEL, default_max_tokens=8))
-        self.gateway = Gateway(
-            {
-                "spec_version": 1,
-                "redis_url": settings.REDIS_URL,
-                "redis_prefix": settings.VLINDERS_REDIS_PREFIX,
-                "broker_url": settings.REDIS_URL,
-                "usage_spool_dir": str(tmp_path / "spool"),
-                "max_ongoing_requests": 64,
-            },
-            handle_factory=lambda name: (_Handle(self.counting), _Handle(self.counting)),
-        )
-        self.events: list[UsageEvent] = []
-        self.settled: list[tuple[int, int, Decimal]] = []
-        self.gateway.usage.emit = self.events.append  # type: ignore[method-assign]
-        settle = self.gateway.settles.settle
-
-        async def spy_settle(reservation: Any, **kwargs: Any) -> Any:
-            self.settled.append(
-                (kwargs["prompt_tokens"], kwargs["completion_tokens"], kwargs["spend"])
-            )
-            return await settle(reservation, **kwargs)
-
-        self.gateway.settles.settle = spy_settle  # type: ignore[method-assign]
-
-        self.config = rendered_config()
-
-    async def configure(self, config: dict[str, Any] | None = None) -> None:
-        """Apply a gateway config (by default the one rendered from the catalog when made)."""
-        await self.gateway.reconfigure(config or self.config)
-
-    async def drain(self) -> None:
-        while self.gateway._background:  # settles and stores run after each response
-            await asyncio.gather(*list(self.gateway._background), return_exceptions=True)
+class Harness(InProcessGateway):
+    """The gateway on the catalog's rendered routes, with the cache's requests: each asks for
+    the cache (``USE``) unless told otherwise, and waits for the stores after its response."""
 
     async def chat(self, secret: str, *, headers: dict[str, str] | None = None, **body: Any) -> Any:
         """A plain chat request through the SDK: (the raw response, the parsed completion)."""
-        client = _client(self.gateway, secret)
-        raw = await client.chat.completions.with_raw_response.create(
+        raw = await self.client(secret).chat.completions.with_raw_response.create(
             model=body.pop("model", MODEL),
             messages=body.pop("messages", MESSAGES),
             extra_headers=headers if headers is not None else USE,
@@ -334,17 +200,34 @@ class Harness:
         return raw, raw.parse()
 
     async def stream(self, secret: str, **body: Any) -> tuple[Any, list[Any]]:
-        client = _client(self.gateway, secret)
-        raw = await client.chat.completions.with_raw_response.create(
+        raw = await self.client(secret).chat.completions.with_raw_response.create(
             model=MODEL, messages=MESSAGES, stream=True, extra_headers=USE, **body
         )
         chunks = [chunk async for chunk in raw.parse()]
         await self.drain()
         return raw, chunks
 
-    async def close(self) -> None:
-        await self.drain()
-        await self.gateway.__del__()
+    async def outcome(self, secret: str, **body: Any) -> str:
+        """What the cache did with a deterministic chat request (``x-vlinders-cache``)."""
+        raw, _ = await self.chat(secret, temperature=0, **body)
+        return str(raw.headers["x-vlinders-cache"])
+
+    async def refused(
+        self,
+        secret: str,
+        times: int,
+        refusal: Callable[[openai.RateLimitError], Any],
+        **body: Any,
+    ) -> list[Any]:
+        """The :meth:`outcome` of ``times`` identical requests, or for each one refused with a
+        429, ``refusal`` of its error."""
+        outcomes: list[Any] = []
+        for _ in range(times):
+            try:
+                outcomes.append(await self.outcome(secret, **body))
+            except openai.RateLimitError as error:
+                outcomes.append(refusal(error))
+        return outcomes
 
 
 @pytest.fixture
@@ -361,8 +244,8 @@ def cached_model(db):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def harness(cached_model, tmp_path, monkeypatch) -> Harness:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("VLINDERS_KEY_PEPPER", settings.VLINDERS_KEY_PEPPER)
-    return Harness(tmp_path)
+    engine = SyntheticEngine(model=MODEL, default_max_tokens=8)
+    return Harness(tmp_path, monkeypatch, engine, config=rendered_config(), embeddings=True)
 
 
 def _text(completion: Any) -> str:
@@ -375,16 +258,12 @@ def test_a_miss_then_a_hit_metered_at_the_hit_price_into_billing(harness: Harnes
     org, secret = _tenant()
 
     async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            return [await harness.chat(secret, temperature=0) for _ in range(2)]
-        finally:
-            await harness.close()
+        return [await harness.chat(secret, temperature=0) for _ in range(2)]
 
-    (miss_raw, miss), (hit_raw, hit) = asyncio.run(run())
+    (miss_raw, miss), (hit_raw, hit) = harness.run(run)
     assert miss_raw.headers["x-vlinders-cache"] == "miss"
     assert hit_raw.headers["x-vlinders-cache"] == "hit"
-    assert len(harness.counting.calls) == 1  # the hit never reached the engine
+    assert len(harness.calls) == 1  # the hit never reached the engine
     assert hit.model_dump() == miss.model_dump()  # the same answer, id and usage included
     prompt, completion = miss.usage.prompt_tokens, miss.usage.completion_tokens
     full = (prompt * PRICES[0] + completion * PRICES[1]) / 10**6
@@ -413,24 +292,20 @@ def test_a_stream_is_replayed_as_a_stream_with_usage_and_done(harness: Harness) 
     _, secret = _tenant()
 
     async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            first = await harness.stream(secret, seed=5, stream_options={"include_usage": True})
-            second = await harness.stream(secret, seed=5, stream_options={"include_usage": True})
-            # Without include_usage: the same entry, no usage chunk.
-            third = await harness.stream(secret, seed=5)
-            # A plain request does not share the stream's entry.
-            plain = await harness.chat(secret, seed=5)
-            return [first, second, third, plain]
-        finally:
-            await harness.close()
+        first = await harness.stream(secret, seed=5, stream_options={"include_usage": True})
+        second = await harness.stream(secret, seed=5, stream_options={"include_usage": True})
+        # Without include_usage: the same entry, no usage chunk.
+        third = await harness.stream(secret, seed=5)
+        # A plain request does not share the stream's entry.
+        plain = await harness.chat(secret, seed=5)
+        return [first, second, third, plain]
 
-    (miss_raw, miss), (hit_raw, hit), (_, bare), (plain_raw, _) = asyncio.run(run())
+    (miss_raw, miss), (hit_raw, hit), (_, bare), (plain_raw, _) = harness.run(run)
     assert miss_raw.headers["x-vlinders-cache"] == "miss"
     assert hit_raw.headers["x-vlinders-cache"] == "hit"
     assert hit_raw.headers["content-type"].startswith("text/event-stream")
     assert plain_raw.headers["x-vlinders-cache"] == "miss"
-    assert len(harness.counting.calls) == 2  # the first stream and the plain request
+    assert len(harness.calls) == 2  # the first stream and the plain request
     # Chunk for chunk as relayed; the usage chunk (the gateway's own) has the request's id.
     assert [c.model_dump() for c in hit[:-1]] == [c.model_dump() for c in miss[:-1]]
     assert hit[-1].usage == miss[-1].usage
@@ -461,24 +336,20 @@ def test_embeddings_are_cached_too(harness: Harness) -> None:
     _, secret = _tenant()
 
     async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            client = _client(harness.gateway, secret)
-            replies = []
-            for _ in range(2):
-                raw = await client.embeddings.with_raw_response.create(
-                    model=MODEL, input="three little words", extra_headers=USE
-                )
-                await harness.drain()
-                replies.append(raw)
-            return replies
-        finally:
-            await harness.close()
+        client = harness.client(secret)
+        replies = []
+        for _ in range(2):
+            raw = await client.embeddings.with_raw_response.create(
+                model=MODEL, input="three little words", extra_headers=USE
+            )
+            await harness.drain()
+            replies.append(raw)
+        return replies
 
-    miss, hit = asyncio.run(run())
+    miss, hit = harness.run(run)
     assert (miss.headers["x-vlinders-cache"], hit.headers["x-vlinders-cache"]) == ("miss", "hit")
     assert hit.parse().data[0].embedding == miss.parse().data[0].embedding == [0.25, -0.5, 3.0]
-    assert len(harness.counting.calls) == 1
+    assert len(harness.calls) == 1
     assert [(e.cache, e.prompt_tokens, e.cost) for e in harness.events] == [
         ("miss", 3, 3 * PRICES[0] / 10**6),
         ("hit", 3, 3 * HIT_PRICE / 10**6),
@@ -492,18 +363,10 @@ def test_an_entry_never_crosses_organisations(harness: Harness) -> None:
     _, second = _tenant()
 
     async def run() -> list[str]:
-        await harness.configure()
-        try:
-            outcomes = []
-            for secret in (first, second, second, first):
-                raw, _ = await harness.chat(secret, temperature=0)
-                outcomes.append(raw.headers["x-vlinders-cache"])
-            return outcomes
-        finally:
-            await harness.close()
+        return [await harness.outcome(secret) for secret in (first, second, second, first)]
 
-    assert asyncio.run(run()) == ["miss", "miss", "hit", "hit"]
-    assert len(harness.counting.calls) == 2
+    assert harness.run(run) == ["miss", "miss", "hit", "hit"]
+    assert len(harness.calls) == 2
 
 
 @pytest.mark.django_db
@@ -513,23 +376,19 @@ def test_without_the_opt_ins_or_determinism_the_cache_does_not_apply(harness: Ha
     _, opted_out = _tenant(cache=False)
 
     async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            return [
-                # the organisation did not opt in
-                *[await harness.chat(opted_out, temperature=0) for _ in range(2)],
-                # the request did not ask
-                *[await harness.chat(opted_in, temperature=0, headers={}) for _ in range(2)],
-                # not deterministic: the default temperature, or two answers
-                *[await harness.chat(opted_in) for _ in range(2)],
-                *[await harness.chat(opted_in, temperature=0, n=2) for _ in range(2)],
-            ]
-        finally:
-            await harness.close()
+        return [
+            # the organisation did not opt in
+            *[await harness.chat(opted_out, temperature=0) for _ in range(2)],
+            # the request did not ask
+            *[await harness.chat(opted_in, temperature=0, headers={}) for _ in range(2)],
+            # not deterministic: the default temperature, or two answers
+            *[await harness.chat(opted_in) for _ in range(2)],
+            *[await harness.chat(opted_in, temperature=0, n=2) for _ in range(2)],
+        ]
 
-    replies = asyncio.run(run())
+    replies = harness.run(run)
     assert all("x-vlinders-cache" not in raw.headers for raw, _ in replies)
-    assert len(harness.counting.calls) == len(replies)  # every one ran in the engine
+    assert len(harness.calls) == len(replies)  # every one ran in the engine
     assert all(event.cache is None for event in harness.events)
     assert all(event.price_input_per_mtok == PRICES[0] for event in harness.events)
 
@@ -545,63 +404,48 @@ def test_a_changed_model_revision_misses(harness: Harness, cached_model: Any) ->
     assert changed["models"][0]["model_revision"] != harness.config["models"][0]["model_revision"]
 
     async def run() -> list[str]:
-        await harness.configure()
-        try:
-            outcomes = []
-            for _ in range(2):
-                raw, _ = await harness.chat(secret, temperature=0)
-                outcomes.append(raw.headers["x-vlinders-cache"])
-            await harness.configure(changed)
-            for _ in range(2):
-                raw, _ = await harness.chat(secret, temperature=0)
-                outcomes.append(raw.headers["x-vlinders-cache"])
-            return outcomes
-        finally:
-            await harness.close()
+        outcomes = [await harness.outcome(secret) for _ in range(2)]
+        await harness.configure(changed)
+        return outcomes + [await harness.outcome(secret) for _ in range(2)]
 
-    assert asyncio.run(run()) == ["miss", "hit", "miss", "hit"]
+    assert harness.run(run) == ["miss", "hit", "miss", "hit"]
+
+
+def _set_ttl(harness: Harness, cached_model: Any, seconds: int) -> None:
+    """The catalog model's cache TTL set to ``seconds``; the harness applies the config the
+    control plane renders from it."""
+    cached_model.cache_ttl_s = seconds
+    cached_model.save()
+    harness.config = rendered_config()
 
 
 @pytest.mark.django_db
 @pytest.mark.redis
 def test_an_entry_expires_after_the_catalogs_ttl(harness: Harness, cached_model: Any) -> None:
-    cached_model.cache_ttl_s = 1
-    cached_model.save()
-    harness.config = rendered_config()
+    _set_ttl(harness, cached_model, 1)
     _, secret = _tenant()
 
     async def run() -> list[str]:
-        await harness.configure()
-        try:
-            outcomes = []
-            for pause in (0, 0, 2.2, 0):
-                time.sleep(pause)  # past the TTL of 1 s (Redis expires the key)
-                raw, _ = await harness.chat(secret, temperature=0)
-                outcomes.append(raw.headers["x-vlinders-cache"])
-            return outcomes
-        finally:
-            await harness.close()
+        outcomes = []
+        for pause in (0, 0, 2.2, 0):
+            time.sleep(pause)  # past the TTL of 1 s (Redis expires the key)
+            outcomes.append(await harness.outcome(secret))
+        return outcomes
 
-    assert asyncio.run(run()) == ["miss", "hit", "miss", "hit"]
+    assert harness.run(run) == ["miss", "hit", "miss", "hit"]
 
 
 @pytest.mark.django_db
 @pytest.mark.redis
 def test_a_ttl_of_zero_turns_the_cache_off(harness: Harness, cached_model: Any) -> None:
-    cached_model.cache_ttl_s = 0
-    cached_model.save()
-    harness.config = rendered_config()
+    _set_ttl(harness, cached_model, 0)
     _, secret = _tenant()
 
     async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            return [await harness.chat(secret, temperature=0) for _ in range(2)]
-        finally:
-            await harness.close()
+        return [await harness.chat(secret, temperature=0) for _ in range(2)]
 
-    assert all("x-vlinders-cache" not in raw.headers for raw, _ in asyncio.run(run()))
-    assert len(harness.counting.calls) == 2
+    assert all("x-vlinders-cache" not in raw.headers for raw, _ in harness.run(run))
+    assert len(harness.calls) == 2
 
 
 @pytest.mark.django_db
@@ -609,21 +453,8 @@ def test_a_ttl_of_zero_turns_the_cache_off(harness: Harness, cached_model: Any) 
 def test_hits_are_still_refused_by_rate_limits(harness: Harness) -> None:
     _, secret = _tenant(requests_per_minute=2)
 
-    async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            outcomes: list[Any] = []
-            for _ in range(3):
-                try:
-                    raw, _ = await harness.chat(secret, temperature=0)
-                    outcomes.append(raw.headers["x-vlinders-cache"])
-                except openai.RateLimitError as error:
-                    outcomes.append(error.status_code)
-            return outcomes
-        finally:
-            await harness.close()
-
-    assert asyncio.run(run()) == ["miss", "hit", 429]
+    refused = harness.run(lambda: harness.refused(secret, 3, lambda error: error.status_code))
+    assert refused == ["miss", "hit", 429]
     assert [event.status for event in harness.events] == [200, 200, 429]
 
 
@@ -635,22 +466,11 @@ def test_hits_are_still_refused_by_a_token_budget(harness: Harness) -> None:
     13; the hit's 41 more would pass the budget of 45, so it is refused."""
     _, secret = _tenant(monthly_token_budget=45)
 
-    async def run() -> list[Any]:
-        await harness.configure()
-        try:
-            outcomes: list[Any] = []
-            for _ in range(2):
-                try:
-                    raw, _ = await harness.chat(secret, temperature=0, max_tokens=4)
-                    outcomes.append(raw.headers["x-vlinders-cache"])
-                except openai.RateLimitError as error:
-                    outcomes.append(error.code)
-            return outcomes
-        finally:
-            await harness.close()
-
-    assert asyncio.run(run()) == ["miss", "insufficient_quota"]
-    assert len(harness.counting.calls) == 1
+    refused = harness.run(
+        lambda: harness.refused(secret, 2, lambda error: error.code, max_tokens=4)
+    )
+    assert refused == ["miss", "insufficient_quota"]
+    assert len(harness.calls) == 1
     assert [event.cache for event in harness.events] == ["miss", "hit"]
 
 

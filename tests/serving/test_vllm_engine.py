@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Coroutine, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -26,26 +25,11 @@ from inference import demo_models
 from inference.serving.engines.base import Endpoint
 from inference.serving.engines.vllm_engine import VLLMEngine
 from inference.serving.errors import ApiError
+from tests.serving.conftest import MODELS_DIR
+from tests.serving.engine_support import CAPITAL, Loop, collect
 
-T = TypeVar("T")
 CHAT: Endpoint = "chat.completions"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-MODELS_DIR = Path(
-    os.environ.get("VLINDERS_MODELS_DIR", Path(__file__).resolve().parents[2] / "var" / "models")
-)
-
-
-class Loop:
-    """One event loop for the module: the engines live on it between tests."""
-
-    def __init__(self) -> None:
-        self.runner = asyncio.Runner()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.runner.run(coro)
-
-    def close(self) -> None:
-        self.runner.close()
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +60,6 @@ def engine(loop: Loop) -> Iterator[VLLMEngine]:
 
 def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "whatever-the-client-said", "messages": FRANCE, "temperature": 0, **extra}
-
-
-async def collect(
-    eng: VLLMEngine, endpoint: Endpoint, body: dict[str, Any]
-) -> list[dict[str, Any]]:
-    return [chunk async for chunk in eng.stream(endpoint, body)]
 
 
 async def settle(eng: VLLMEngine) -> int:
@@ -136,16 +114,10 @@ def test_stream_asks_usage_even_when_the_client_did_not(loop: Loop, engine: VLLM
 
 
 def test_json_schema_response_format(loop: Loop, engine: VLLMEngine) -> None:
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-        "required": ["city", "country"],
-        "additionalProperties": False,
-    }
     body = chat(
         messages=[{"role": "user", "content": "The capital of France as JSON: city, country."}],
         max_tokens=60,
-        response_format={"type": "json_schema", "json_schema": {"name": "cap", "schema": schema}},
+        response_format={"type": "json_schema", "json_schema": {"name": "cap", "schema": CAPITAL}},
     )
     result = loop.run(engine.complete(CHAT, body))
     answer = json.loads(result["choices"][0]["message"]["content"])

@@ -14,7 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.serving.conftest import usage_events
+from tests.serving.engine_support import (
+    capital_as_json,
+    drop_after_three_tokens,
+    usage_event,
+    wait_for_cancellation,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.ray]
 
@@ -58,23 +63,7 @@ def test_vllm_validation_is_an_openai_400(client):
 
 
 def test_json_schema_response_parses(client):
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-        "required": ["city", "country"],
-        "additionalProperties": False,
-    }
-    reply = client.chat.completions.create(
-        model="smollm2",
-        messages=[{"role": "user", "content": "Name the capital of France as JSON."}],
-        max_tokens=60,
-        temperature=0,
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "capital", "schema": schema, "strict": True},
-        },
-    )
-    answer = json.loads(reply.choices[0].message.content)
+    answer = capital_as_json(client, "smollm2")
     assert set(answer) == {"city", "country"}
     assert all(isinstance(v, str) for v in answer.values())
 
@@ -131,11 +120,7 @@ def test_cached_prompt_tokens_are_reported_and_metered(gateway, usage_broker, cl
     reply = raw.parse()
     cached = reply.usage.prompt_tokens_details.cached_tokens
     assert 0 < cached <= reply.usage.prompt_tokens
-    request_id = raw.headers["x-request-id"]
-    events = usage_events(
-        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
-    )
-    event = next(e for e in events if e["http_request_id"] == request_id)
+    event = usage_event(usage_broker, raw.headers["x-request-id"])
     assert event["cached_tokens"] == cached
 
 
@@ -148,25 +133,12 @@ def test_a_client_disconnect_aborts_the_engine_request(gateway, usage_broker, cl
         stream=True,
         extra_body={"ignore_eos": True},  # vLLM's own parameter: it would run all 400 tokens
     )
-    request_id = raw.headers["x-request-id"]
-    stream = raw.parse()
-    received = 0
-    for chunk in stream:
-        received += bool(chunk.choices and chunk.choices[0].delta.content)
-        if received == 3:
-            break
-    stream.close()
+    request_id = drop_after_three_tokens(raw)
 
-    events = usage_events(
-        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
-    )
-    event = next(e for e in events if e["http_request_id"] == request_id)
+    event = usage_event(usage_broker, request_id)
     assert event["status"] == 499
     assert 3 <= event["completion_tokens"] < 400  # the engine's own count, cut short
-    deadline = time.monotonic() + 10
-    while gateway.metric("vlinders_engine_requests_cancelled_total", model="smollm2") <= before:
-        assert time.monotonic() < deadline, "the model server did not cancel the engine request"
-        time.sleep(0.1)
+    wait_for_cancellation(gateway, "smollm2", before)
 
 
 # --- embeddings: all-MiniLM-L6-v2 on vLLM's pooling runner ---
@@ -192,11 +164,7 @@ def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(gateway, usage
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
     assert result.model == "minilm"
     assert result.usage.prompt_tokens > 0
-    request_id = raw.headers["x-request-id"]
-    events = usage_events(
-        usage_broker, wait_for=lambda es: any(e["http_request_id"] == request_id for e in es)
-    )
-    event = next(e for e in events if e["http_request_id"] == request_id)
+    event = usage_event(usage_broker, raw.headers["x-request-id"])
     assert event["endpoint"] == "embeddings"
     assert (event["prompt_tokens"], event["completion_tokens"]) == (result.usage.prompt_tokens, 0)
 
