@@ -174,13 +174,16 @@ def redis_client(redis_url: str, max_ongoing_requests: int) -> aioredis.Redis:
 def model_handle(deployment: str) -> tuple[Any, Any]:
     """The Serve handles (plain, streaming) of a model's application, by name. Resolved once
     per model and reused for every request."""
-    from ray import serve
+    from ray.serve.handle import DeploymentHandle
 
-    # Not checked against the controller (Serve's own flag for this): an apply that adds a model
-    # reconfigures the gateway while the model's application is still being created, and a
-    # failed check would make the reconfigure fail and Serve replace the gateway's replicas.
-    # Requests to a model that is not up yet wait for it, within the model's request timeout.
-    handle = serve.get_deployment_handle(deployment, app_name=deployment, _check_exists=False)
+    # A handle of its own, not ``serve.get_deployment_handle``'s: that one is cached per process
+    # by name, with the request router it was built with, so after a change of router
+    # (``Gateway._rehandle``) it would hand back the old router again. Not checked against the
+    # controller either: an apply that adds a model reconfigures the gateway while the model's
+    # application is still being created, and a failed check would make the reconfigure fail
+    # and Serve replace the gateway's replicas. Requests to a model that is not up yet wait for
+    # it, within the model's request timeout. The streaming handle shares the plain one's router.
+    handle: Any = DeploymentHandle(deployment, deployment)
     return _Methods(handle), _Methods(handle.options(stream=True))
 
 
