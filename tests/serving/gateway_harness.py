@@ -194,8 +194,8 @@ class InProcessGateway:
         self.gateway.settles.settle = spy_settle  # type: ignore[method-assign]
 
     def client(self, secret: str) -> openai.AsyncOpenAI:
-        """The openai SDK with ``secret``, talking to the gateway through ASGI (chat completions
-        and embeddings, routed as the gateway's Serve ingress routes them)."""
+        """The openai SDK with ``secret``, talking to the gateway through ASGI (chat completions,
+        embeddings and the models list, routed as the gateway's Serve ingress routes them)."""
         gateway = self.gateway
         app = FastAPI()
 
@@ -206,6 +206,14 @@ class InProcessGateway:
         @app.post("/v1/embeddings")
         async def embeddings(request: Request) -> Any:
             return await gateway.handle(request, "embeddings")
+
+        @app.get("/v1/models")
+        async def models(request: Request) -> Any:
+            return await gateway.list_models(request)
+
+        @app.get("/v1/models/{model:path}")
+        async def model(request: Request, model: str) -> Any:
+            return await gateway.get_model(request, model)
 
         return openai.AsyncOpenAI(
             base_url="http://gateway.test/v1",

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from inference import services as catalog_services
 from inference.deployment import deployment_name
-from inference.models import ModelAlias, Visibility
+from inference.models import CatalogModel, ModelAlias, Visibility
 from inference.serving.engines.synthetic import SyntheticEngine
 from tenants.models import Organization
 from tests.factories import CatalogModelFactory, OrganizationFactory
@@ -222,3 +222,46 @@ def test_a_key_allowed_the_alias_is_served_by_its_targets_and_only_the_alias(
     served, refused = gateway.run(run, config=rendered_config())
     assert set(served) == {"chat-v1", "chat-v2"}, served
     assert refused == [403, 403]
+
+
+def test_the_models_list_describes_an_alias_by_the_targets_that_can_serve_the_organisation(
+    gateway: InProcessGateway, catalog
+) -> None:
+    """``/v1/models`` and ``/v1/models/{name}``: a weighted alias has the smallest context length
+    of the targets that can serve the asking organisation (a prompt that fits it fits whichever
+    target the split picks), and an alias none of whose live targets the organisation may use is
+    neither listed nor found (a request to it would be a 404)."""
+    insider, outsider = catalog
+    v1 = CatalogModel.objects.get(name="chat-v1")
+    v2 = CatalogModel.objects.get(name="chat-v2")
+    v1.context_length, v2.context_length = 4096, 2048
+    v1.save(update_fields=["context_length"])
+    v2.save(update_fields=["context_length"])
+    # Listed under chat-v1 (the outsider may use it), but only the restricted canary serves it.
+    catalog_services.model_alias_create(name="canary-only", target=v1, weight=0, splits=[(v2, 100)])
+    insider_secret, outsider_secret = publish_key(insider), publish_key(outsider)
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for who, secret in (("insider", insider_secret), ("outsider", outsider_secret)):
+            client = gateway.client(secret)
+            listed = await client.models.list()
+            out[who] = {model.id: model.model_extra["context_length"] async for model in listed}
+            out[f"{who}-chat"] = (await client.models.retrieve("chat")).model_extra
+            try:
+                await client.models.retrieve("canary-only")
+                out[f"{who}-canary-only"] = 200
+            except openai.NotFoundError as error:
+                out[f"{who}-canary-only"] = error.status_code
+        return out
+
+    out = gateway.run(run, config=rendered_config())
+    assert out["insider"]["chat"] == 2048  # either target may serve it: the smaller context
+    assert out["insider-chat"]["context_length"] == 2048
+    assert out["outsider"]["chat"] == 4096  # only chat-v1 serves the outsider
+    assert out["outsider-chat"]["context_length"] == 4096
+    assert "chat-v2" not in out["outsider"]
+    assert out["insider"]["canary-only"] == 2048
+    assert out["insider-canary-only"] == 200
+    assert "canary-only" not in out["outsider"]
+    assert out["outsider-canary-only"] == 404
