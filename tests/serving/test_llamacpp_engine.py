@@ -27,8 +27,11 @@ from tests.serving.engine_support import CAPITAL, Loop, collect
 
 CHAT: Endpoint = "chat.completions"
 COMPLETIONS: Endpoint = "completions"
-# This question gets the right answer from the Q4_1 weights under greedy decoding ("What is the
-# capital of France?" does not: llama.cpp's Q4_1 kernels drift from the de-quantised float32).
+# What the model answers is never asserted: llama.cpp is built for the machine it runs on, and
+# its Q4_1 kernels (AVX2, AVX-512, AMX) answer this question differently under greedy decoding,
+# even on one machine depending on how much of the prompt its KV cache held from the request
+# before (the prompt is then evaluated in other batches). The engine's contract is asserted
+# against its own answer in the same state (``settled``).
 FRANCE = [{"role": "user", "content": "Name the capital of France."}]
 # The GGUF's own chat template, rendered by hand: what the engine must have sent the model.
 RENDERED = (
@@ -63,6 +66,14 @@ def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "whatever-the-client-said", "messages": FRANCE, "temperature": 0, **extra}
 
 
+def settled(loop: Loop, engine: LlamaCppEngine, body: dict[str, Any]) -> str:
+    """The chat answer to ``body`` once the same request ran just before it: every later call
+    of the same request reuses the same cached prefix, so it answers the same."""
+    loop.run(engine.complete(CHAT, body))
+    content: str = loop.run(engine.complete(CHAT, body))["choices"][0]["message"]["content"]
+    return content
+
+
 def tokens(engine: LlamaCppEngine, text: str) -> list[int]:
     """``text`` in the model's own tokens (special tokens parsed, no BOS added)."""
     return list(engine.llm.tokenize(text.encode(), add_bos=False, special=True))
@@ -92,7 +103,8 @@ def test_chat_answers_with_the_gguf_template_and_exact_usage(
     assert result["model"] == "smollm2-gguf"
     assert result["system_fingerprint"].startswith("llama.cpp-")
     choice = result["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": "The capital of France is Paris."}
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"]
     assert choice["finish_reason"] == "stop"
     usage = result["usage"]
     # The prompt is the template as rendered by hand; the completion is the answer's tokens
@@ -129,6 +141,7 @@ def test_unknown_engine_arguments_are_refused(gguf: Path) -> None:
 def test_stream_matches_the_whole_response_and_carries_running_usage(
     loop: Loop, engine: LlamaCppEngine
 ) -> None:
+    settled(loop, engine, chat(max_tokens=30))  # the same cached prefix for both calls below
     whole = loop.run(engine.complete(CHAT, chat(max_tokens=30)))
     chunks = loop.run(collect(engine, CHAT, chat(max_tokens=30, stream=True)))
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
@@ -220,19 +233,27 @@ def test_a_list_of_prompts_token_ids_and_n(loop: Loop, engine: LlamaCppEngine) -
 
 
 def test_stop_sequences_end_the_reply(loop: Loop, engine: LlamaCppEngine) -> None:
-    result = loop.run(engine.complete(CHAT, chat(max_tokens=30, stop=["Paris"])))
+    whole = settled(loop, engine, chat(max_tokens=30))
+    words = whole.split(" ")
+    assert len(words) >= 3, whole
+    second, third = " " + words[1], " " + words[2]
+    result = loop.run(engine.complete(CHAT, chat(max_tokens=30, stop=[third])))
     choice = result["choices"][0]
-    assert choice["message"]["content"] == "The capital of France is "
+    assert choice["message"]["content"] == whole[: whole.index(third)]
     assert choice["finish_reason"] == "stop"
-    chunks = loop.run(collect(engine, CHAT, chat(max_tokens=30, stop="France", stream=True)))
-    assert stream_text(chunks) == "The capital of "
+    chunks = loop.run(collect(engine, CHAT, chat(max_tokens=30, stop=second, stream=True)))
+    assert stream_text(chunks) == whole[: whole.index(second)]
 
 
 def test_max_completion_tokens(loop: Loop, engine: LlamaCppEngine) -> None:
+    whole = settled(loop, engine, chat(max_tokens=30))
     result = loop.run(engine.complete(CHAT, chat(max_completion_tokens=3)))
     assert result["choices"][0]["finish_reason"] == "length"
     assert result["usage"]["completion_tokens"] == 3
-    assert result["choices"][0]["message"]["content"] == "The capital of"
+    cut = result["choices"][0]["message"]["content"]
+    assert cut
+    assert whole.startswith(cut)
+    assert len(tokens(engine, cut)) == 3
 
 
 def test_a_seed_makes_sampling_reproducible(loop: Loop, engine: LlamaCppEngine) -> None:
@@ -250,10 +271,12 @@ def test_a_seed_makes_sampling_reproducible(loop: Loop, engine: LlamaCppEngine) 
 
 def test_requests_at_once_are_served_one_after_another(loop: Loop, engine: LlamaCppEngine) -> None:
     """The Llama object is not thread-safe: concurrent requests queue on the engine's one worker
-    thread and each gets the answer it gets alone."""
+    thread and each gets the answer it gets alone in the same state: the two chat requests run
+    one after the other, so the second answers as the settled request does, and the counting
+    (a prompt whose answer no kernel changes) is exact."""
     counting = {"model": "m", "prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0}
-    alone = loop.run(engine.complete(CHAT, chat(max_tokens=30)))
     counted = loop.run(engine.complete(COMPLETIONS, counting))["choices"][0]["text"]
+    alone = settled(loop, engine, chat(max_tokens=30))
 
     async def both() -> list[Any]:
         return await asyncio.gather(
@@ -263,9 +286,8 @@ def test_requests_at_once_are_served_one_after_another(loop: Loop, engine: Llama
         )
 
     whole, chunks, completion = loop.run(both())
-    expected = alone["choices"][0]["message"]["content"]
-    assert whole["choices"][0]["message"]["content"] == expected
-    assert stream_text(chunks) == expected
+    assert whole["choices"][0]["message"]["content"] == alone
+    assert stream_text(chunks) == alone
     assert completion["choices"][0]["text"] == counted
     assert engine.active == 0
 
@@ -279,8 +301,9 @@ def test_a_json_schema_constrains_the_reply(loop: Loop, engine: LlamaCppEngine) 
     )
     result = loop.run(engine.complete(CHAT, body))
     answer = json.loads(result["choices"][0]["message"]["content"])
-    assert set(answer) == {"city", "country"}
-    assert answer["city"] == "Paris"
+    assert set(answer) == {"city", "country"}  # the schema held, whatever the model knows
+    assert isinstance(answer["city"], str)
+    assert isinstance(answer["country"], str)
     chunks = loop.run(collect(engine, CHAT, {**body, "stream": True}))
     assert json.loads(stream_text(chunks)) == answer
 
