@@ -6,10 +6,13 @@ behaviour on a real Ray Serve is ``tests/inference/test_request_router_ray.py``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from inference.serving.gateway import Gateway
+
+T = TypeVar("T")
 
 
 def _args(tmp_path: Path) -> dict[str, Any]:
@@ -56,6 +59,28 @@ class Cluster:
         return self.settled.get(app) == router
 
 
+def _run(
+    tmp_path: Path,
+    monkeypatch: Any,
+    scenario: Callable[[Gateway], Awaitable[T]],
+    *,
+    handle_factory: Callable[[str], Any],
+    settled: Callable[[str, str], bool],
+) -> T:
+    """``scenario`` on a gateway with these stand-ins for Serve, closed afterwards as Serve
+    stops a replica."""
+    monkeypatch.setenv("VLINDERS_KEY_PEPPER", "test-pepper")
+
+    async def main() -> T:
+        gateway = Gateway(_args(tmp_path), handle_factory=handle_factory, settled=settled)
+        try:
+            return await scenario(gateway)
+        finally:
+            await gateway.__del__()
+
+    return asyncio.run(main())
+
+
 async def _wait_for(condition: Any, seconds: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -67,66 +92,51 @@ async def _wait_for(condition: Any, seconds: float = 5.0) -> None:
 def test_a_new_handle_only_once_the_application_runs_with_the_new_router(
     tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("VLINDERS_KEY_PEPPER", "test-pepper")
     cluster = Cluster()
 
-    async def run() -> None:
-        gateway = Gateway(
-            _args(tmp_path), handle_factory=cluster.handle, settled=cluster.is_settled
-        )
-        try:
-            await gateway.reconfigure(_config("r1", {"a": "default", "b": "default"}))
-            first_a, first_b = gateway.handles["model-a"], gateway.handles["model-b"]
+    async def scenario(gateway: Gateway) -> None:
+        await gateway.reconfigure(_config("r1", {"a": "default", "b": "default"}))
+        first_a, first_b = gateway.handles["model-a"], gateway.handles["model-b"]
 
-            await gateway.reconfigure(_config("r2", {"a": "prefix_affinity", "b": "default"}))
-            # Kept while the application is rebuilt: the model answers throughout.
-            assert gateway.handles["model-a"] is first_a
-            await _wait_for(lambda: cluster.asked >= 2)
-            assert gateway.handles["model-a"] is first_a
+        await gateway.reconfigure(_config("r2", {"a": "prefix_affinity", "b": "default"}))
+        # Kept while the application is rebuilt: the model answers throughout.
+        assert gateway.handles["model-a"] is first_a
+        await _wait_for(lambda: cluster.asked >= 2)
+        assert gateway.handles["model-a"] is first_a
 
-            cluster.settled["model-a"] = "prefix_affinity"
-            await _wait_for(lambda: gateway.handles["model-a"] is not first_a)
-            assert gateway.handles["model-a"][0] == "model-a#3"  # a new one, made once
-            assert gateway.handles["model-b"] is first_b  # its router did not change
-            assert cluster.made == ["model-a", "model-b", "model-a"]
-            assert not gateway._rehandling  # nothing left waiting
-        finally:
-            await gateway.__del__()
+        cluster.settled["model-a"] = "prefix_affinity"
+        await _wait_for(lambda: gateway.handles["model-a"] is not first_a)
+        assert gateway.handles["model-a"][0] == "model-a#3"  # a new one, made once
+        assert gateway.handles["model-b"] is first_b  # its router did not change
+        assert cluster.made == ["model-a", "model-b", "model-a"]
+        assert not gateway._rehandling  # nothing left waiting
 
-    asyncio.run(run())
+    _run(tmp_path, monkeypatch, scenario, handle_factory=cluster.handle, settled=cluster.is_settled)
 
 
 def test_a_newer_change_replaces_the_wait_for_an_older_one(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("VLINDERS_KEY_PEPPER", "test-pepper")
     cluster = Cluster()
 
-    async def run() -> None:
-        gateway = Gateway(
-            _args(tmp_path), handle_factory=cluster.handle, settled=cluster.is_settled
-        )
-        try:
-            await gateway.reconfigure(_config("r1", {"a": "default"}))
-            await gateway.reconfigure(_config("r2", {"a": "prefix_affinity"}))
-            waiting = gateway._rehandling["model-a"]
-            await gateway.reconfigure(_config("r3", {"a": "default"}))  # changed back
-            await asyncio.sleep(0)
-            assert waiting.cancelled()
-            # The application still runs as before the first change, which is now the goal.
-            cluster.settled["model-a"] = "default"
-            await _wait_for(lambda: len(cluster.made) == 2)
-            assert not gateway._rehandling
-            # An apply that does not change the router makes no handle and waits for nothing.
-            await gateway.reconfigure(_config("r4", {"a": "default"}))
-            assert not gateway._rehandling
-            assert cluster.made == ["model-a", "model-a"]
-        finally:
-            await gateway.__del__()
+    async def scenario(gateway: Gateway) -> None:
+        await gateway.reconfigure(_config("r1", {"a": "default"}))
+        await gateway.reconfigure(_config("r2", {"a": "prefix_affinity"}))
+        waiting = gateway._rehandling["model-a"]
+        await gateway.reconfigure(_config("r3", {"a": "default"}))  # changed back
+        await asyncio.sleep(0)
+        assert waiting.cancelled()
+        # The application still runs as before the first change, which is now the goal.
+        cluster.settled["model-a"] = "default"
+        await _wait_for(lambda: len(cluster.made) == 2)
+        assert not gateway._rehandling
+        # An apply that does not change the router makes no handle and waits for nothing.
+        await gateway.reconfigure(_config("r4", {"a": "default"}))
+        assert not gateway._rehandling
+        assert cluster.made == ["model-a", "model-a"]
 
-    asyncio.run(run())
+    _run(tmp_path, monkeypatch, scenario, handle_factory=cluster.handle, settled=cluster.is_settled)
 
 
 def test_a_status_that_fails_is_asked_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("VLINDERS_KEY_PEPPER", "test-pepper")
     cluster = Cluster()
     failures = [RuntimeError("controller unreachable")]
 
@@ -135,15 +145,11 @@ def test_a_status_that_fails_is_asked_again(tmp_path, monkeypatch) -> None:  # t
             raise failures.pop()
         return True
 
-    async def run() -> list[str]:
-        gateway = Gateway(_args(tmp_path), handle_factory=cluster.handle, settled=flaky)
-        try:
-            await gateway.reconfigure(_config("r1", {"a": "default"}))
-            await gateway.reconfigure(_config("r2", {"a": "prefix_affinity"}))
-            task = gateway._rehandling["model-a"]
-            await asyncio.wait_for(task, timeout=10)
-            return cluster.made
-        finally:
-            await gateway.__del__()
+    async def scenario(gateway: Gateway) -> list[str]:
+        await gateway.reconfigure(_config("r1", {"a": "default"}))
+        await gateway.reconfigure(_config("r2", {"a": "prefix_affinity"}))
+        await asyncio.wait_for(gateway._rehandling["model-a"], timeout=10)
+        return cluster.made
 
-    assert asyncio.run(run()) == ["model-a", "model-a"]
+    made = _run(tmp_path, monkeypatch, scenario, handle_factory=cluster.handle, settled=flaky)
+    assert made == ["model-a", "model-a"]
