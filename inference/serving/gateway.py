@@ -904,7 +904,7 @@ class Gateway:
             principal = await self.access.authorize(request.headers.get("authorization"))
         except errors.ApiError as error:
             return JSONResponse(error.body(), error.status)
-        described = (self._describe(name, principal) for name in principal.usable())
+        described = (self._model_entry(name, principal) for name in principal.usable())
         data = [model for model in described if model is not None]
         return JSONResponse({"object": "list", "data": data})
 
@@ -912,14 +912,14 @@ class Gateway:
         self._ensure_started()
         try:
             principal = await self.access.authorize(request.headers.get("authorization"))
-            described = self._describe(model, principal) if principal.may_use(model) else None
+            described = self._model_entry(model, principal) if principal.may_use(model) else None
             if described is None:
                 raise errors.model_not_found(model)
         except errors.ApiError as error:
             return JSONResponse(error.body(), error.status)
         return JSONResponse(described)
 
-    def _describe(self, name: str, principal: Principal) -> dict[str, Any] | None:
+    def _model_entry(self, name: str, principal: Principal) -> dict[str, Any] | None:
         """The model object of a name the principal may use, or ``None`` when nothing would
         serve it (not deployed, or a weighted alias none of whose live targets its organisation
         may use: a request would be a 404). A weighted alias is described by the targets that
