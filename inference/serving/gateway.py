@@ -297,6 +297,8 @@ class Gateway:
             before = routers_before.get(route.deployment)
             if route.deployment not in local and before not in (None, route.request_router):
                 self._rehandle(route.deployment, route.request_router)
+        for deployment in [d for d in self._rehandling if d not in handles or d in local]:
+            self._rehandling.pop(deployment).cancel()  # no longer a model served by a handle
         for model in retired:
             # Requests already running keep their engine until they are done.
             task = asyncio.get_running_loop().create_task(

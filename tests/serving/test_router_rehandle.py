@@ -132,6 +132,13 @@ def test_a_newer_change_replaces_the_wait_for_an_older_one(tmp_path, monkeypatch
         await gateway.reconfigure(_config("r4", {"a": "default"}))
         assert not gateway._rehandling
         assert cluster.made == ["model-a", "model-a"]
+        # A model removed while its new router is awaited: the wait ends with it.
+        await gateway.reconfigure(_config("r5", {"a": "prefix_affinity"}))
+        waiting = gateway._rehandling["model-a"]
+        await gateway.reconfigure(_config("r6", {}))
+        await asyncio.sleep(0)
+        assert waiting.cancelled()
+        assert not gateway._rehandling
 
     _run(tmp_path, monkeypatch, scenario, handle_factory=cluster.handle, settled=cluster.is_settled)
 
