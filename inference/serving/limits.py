@@ -740,7 +740,7 @@ class Limiter:
             micros,
             _ttl(month_end + MONTH_KEY_GRACE_SECONDS - now),
         ]
-        reply = await self._call("settle", self._settle, keys, args, defer=True)
+        reply = await self._call("settle", self._settle, keys, args)
         return any(int(v) for v in reply)
 
     async def renew(self, reservations: Iterable[Reservation], *, now: float | None = None) -> int:
@@ -890,16 +890,8 @@ class Limiter:
         await self._call("set_balance", self._set_balance, [self._balance_key(org_id)], args)
 
     # -- plumbing ------------------------------------------------------------------------------
-    async def _call(
-        self,
-        operation: str,
-        script: Any,
-        keys: list[str],
-        args: list[Any],
-        *,
-        defer: bool = False,
-    ) -> Any:
-        return await self._call_plain(operation, self._batch.call(script, keys, args, defer=defer))
+    async def _call(self, operation: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._call_plain(operation, self._batch.call(script, keys, args))
 
     @staticmethod
     async def _call_plain(operation: str, awaitable: Any) -> Any:
@@ -915,9 +907,6 @@ class Limiter:
 
 # The most script calls one pipeline carries.
 MAX_PIPELINE = 256
-# How long a settle waits for a reserve to ride with (ScriptBatcher): about one request's time
-# through a gateway at one client, a small fraction of any lease or minute window.
-SETTLE_DEFER_S = 0.005
 
 
 class ScriptBatcher:
@@ -930,53 +919,25 @@ class ScriptBatcher:
     lone request pays nothing measurable. A pipeline that fails fails each of its calls with the
     same error, and the client's one retry repeats the whole pipeline: every script the gateway
     runs is idempotent, which makes that safe, as it makes the single call's retry safe.
-
-    A *deferred* call (a settle: nobody waits for its reply on a response's path) waits up to
-    ``defer_s`` for a call that is not deferred (the next request's reserve) and rides in its
-    pipeline, ahead of it; when none comes in that time it leaves alone. So a replica pays one
-    round trip per request, not two, even at one client (``bench/gateway_overhead.py``), and the
-    settle of a request still reaches Redis before any reserve this replica sends after it (a
-    concurrency slot a sequential client frees is free for its next request). The price: a slot
-    or a reservation is released up to ``defer_s`` later than the response, which a request on
-    another replica can see.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, defer_s: float = SETTLE_DEFER_S) -> None:
-        if defer_s < 0:
-            raise ValueError("defer_s must not be negative")
+    def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.defer_s = defer_s
         self._queue: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._deferred: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def call(
-        self, script: Any, keys: list[str], args: list[Any], *, defer: bool = False
-    ) -> asyncio.Future[Any]:
+    def call(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """The script's reply, as a future; Redis errors are raised by the future as they are
-        raised by a direct call. ``defer``: see the class docstring."""
+        raised by a direct call."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        item = (script, keys, args, future)
-        if defer:
-            self._deferred.append(item)
-            if not self._queue and self._timer is None:
-                self._timer = loop.call_later(self.defer_s, self._flush)
-            return future
         if not self._queue:
             loop.call_soon(self._flush)
-        self._queue.append(item)
+        self._queue.append((script, keys, args, future))
         return future
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        # Deferred calls first: a settle goes ahead of the reserves it rides with.
-        queue, self._queue, self._deferred = self._deferred + self._queue, [], []
-        if not queue:
-            return
+        queue, self._queue = self._queue, []
         loop = asyncio.get_running_loop()
         for start in range(0, len(queue), MAX_PIPELINE):
             task = loop.create_task(self._send(queue[start : start + MAX_PIPELINE]))

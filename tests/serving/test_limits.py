@@ -17,7 +17,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from inference.serving.limits import (
-    SETTLE_DEFER_S,
     DuplicateReservation,
     Limiter,
     LimiterUnavailable,
@@ -719,44 +718,9 @@ def test_concurrent_reserves_and_settles_share_pipelines_and_keep_the_budget() -
     assert (usage.used_tokens, usage.reserved_tokens) == (500, 0)
 
 
-def test_a_settle_rides_ahead_of_the_next_reserve_in_one_call() -> None:
-    """A sequential client at a concurrency limit of one: its settle waits (deferred) for the
-    next reserve and goes ahead of it in the same pipeline, so the slot it frees is free for
-    that reserve; one round trip for both."""
-
-    async def body(lim: Limiter) -> tuple[bool, Reservation | Refusal, list[int]]:
-        one = LimitSet(max_concurrent_requests=1)
-        first = await reserve(lim, key=one)
-        spy = CountingPipelines(lim)
-        settling = asyncio.ensure_future(settle(lim, first, 1))
-        await asyncio.sleep(0.001)  # the settle is queued, deferred, not sent
-        assert not settling.done()
-        second = await reserve(lim, key=one)
-        return await settling, second, spy.sizes
-
-    settled, second, sizes = run(body)
-    assert settled
-    assert isinstance(second, Reservation)  # the settle ran first: the slot was free
-    assert sizes == [2]  # one pipeline: the settle, then the reserve
-
-
-def test_a_settle_with_no_reserve_to_ride_with_leaves_on_its_own() -> None:
-    async def body(lim: Limiter) -> tuple[bool, float, Any]:
-        held = await reserve(lim, tokens=5)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        settled = await asyncio.wait_for(settle(lim, held, 3), timeout=5)
-        return settled, loop.time() - began, await lim.month_usage("key", "k1", month="2026-03")
-
-    settled, waited, usage = run(body)
-    assert settled
-    assert waited >= SETTLE_DEFER_S * 0.9  # it waited for a reserve to ride with, then left
-    assert (usage.used_tokens, usage.reserved_tokens) == (3, 0)
-
-
 def test_a_pipeline_answers_each_call_as_its_own_script_would() -> None:
-    """Admissions, refusals, a replayed and a duplicate request id, a deferred settle: a mixed
-    pipeline of one turn gives every caller the answer a call of its own gives."""
+    """Admissions, refusals, a replayed and a duplicate request id, a settle: a mixed pipeline
+    of one turn gives every caller the answer a call of its own gives, in order."""
 
     async def body(lim: Limiter) -> tuple[list[Any], Any]:
         two = LimitSet(max_concurrent_requests=2)
