@@ -35,15 +35,20 @@ _PLAIN = (str, bytes, int)
 class HiredisPackingConnection(aioredis.Connection):
     """``redis.asyncio.Connection`` with commands encoded by hiredis (see the module)."""
 
-    def pack_command(self, *args: Any) -> list[bytes]:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Decided once per connection, not per command: its encoder never changes.
         encoder = self.encoder
-        if (
-            _hiredis_pack is None
-            or encoder.encoding.lower().replace("-", "") != "utf8"
-            or encoder.encoding_errors != "strict"
-            or not all(type(arg) in _PLAIN for arg in args)
-        ):
+        self._hiredis_packs = (
+            _hiredis_pack is not None
+            and encoder.encoding.lower().replace("-", "") == "utf8"
+            and encoder.encoding_errors == "strict"
+        )
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if not self._hiredis_packs or not all(type(arg) in _PLAIN for arg in args):
             return super().pack_command(*args)
+        assert _hiredis_pack is not None  # implied by _hiredis_packs
         first = args[0]
         if " " in first if isinstance(first, str) else b" " in first:
             # 'SCRIPT LOAD' and the like: Redis expects the words as separate arguments.
